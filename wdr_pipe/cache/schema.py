@@ -1,0 +1,63 @@
+"""Arrow schemas of every table in the store (documented in docs/store.md).
+
+Bump ``SCHEMA_VERSION`` when a change would make an older reader misread a
+store; readers refuse a store whose major version they do not know.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+INDEX = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("urls", pa.list_(pa.string()), nullable=False),
+        pa.field("labels", pa.list_(pa.int32())),  # null for unlabelled splits
+    ]
+)
+
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("jpeg", pa.binary(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("src_width", pa.int32(), nullable=False),
+        pa.field("src_height", pa.int32(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("labels", pa.list_(pa.int32())),
+    ]
+)
+
+FAILURES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+LABEL_MAP = pa.schema(
+    [
+        pa.field("labelId", pa.int32(), nullable=False),
+        pa.field("taskId", pa.int32()),
+        pa.field("labelName", pa.string()),
+        pa.field("taskName", pa.string()),
+    ]
+)
+
+
+def features_schema(hog_dim: int, hist_dim: int, dtype: str = "float32") -> pa.Schema:
+    """Schema of a feature shard: fixed-size lists so readers get a dense matrix."""
+    t = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("hog", pa.list_(t, hog_dim)),         # null where the image failed to decode
+            pa.field("color_hist", pa.list_(t, hist_dim)),
+            pa.field("error", pa.string()),                # null when ok
+        ]
+    )
