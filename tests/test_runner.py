@@ -1,0 +1,34 @@
+import pytest
+
+from wdr_pipe.errors import UserError
+from wdr_pipe.pipeline.runner import run_tasks
+
+
+def _square(task, on_progress):
+    on_progress({"done": 1, "ok": 1, "failed": 0, "nbytes": task})
+    return task * task
+
+
+def _boom(task, on_progress):
+    if task == 2:
+        raise UserError("task 2: disk full")
+    return task
+
+
+@pytest.mark.parametrize("scheduler", ["inline", None])
+def test_results_in_task_order_and_progress_totals(scheduler):
+    seen = []
+    out = run_tasks(_square, [1, 2, 3, 4], stage="sq", total=4, scheduler=scheduler, workers=2,
+                    progress=seen.append, final=lambda r: {"done": 1, "ok": 1})
+    assert out == [1, 4, 9, 16]
+    assert seen and seen[-1].done == 4 and seen[-1].ok == 4 and seen[-1].total == 4
+
+
+def test_task_error_reaches_the_caller():
+    with pytest.raises(UserError, match="disk full"):
+        run_tasks(_boom, [1, 2, 3], stage="b", scheduler=None, workers=2)
+
+
+def test_unreachable_scheduler_is_a_user_error():
+    with pytest.raises(UserError, match="cannot reach dask scheduler"):
+        run_tasks(_square, [1], stage="x", scheduler="tcp://127.0.0.1:9")
