@@ -59,7 +59,7 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote
 
 log = logging.getLogger("wdr_pipe")
 
@@ -129,22 +129,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- responses --------------------------------------------------------
     def _send(self, code: int, body: bytes = b"", ctype: str = "text/plain", extra: Optional[Dict] = None,
-              head_only: bool = False) -> None:
-        lines = [f"HTTP/1.1 {code} {REASONS.get(code, '')}", f"Content-Type: {ctype}",
-                 f"Content-Length: {len(body)}"]
-        for k, v in (extra or {}).items():
-            lines.append(f"{k}: {v}")
+              length: Optional[int] = -1) -> None:
+        """One write of status line, headers and body; ``length=None`` omits Content-Length."""
+        lines = [f"HTTP/1.1 {code} {REASONS.get(code, '')}", f"Content-Type: {ctype}"]
+        if length is not None:
+            lines.append(f"Content-Length: {len(body) if length < 0 else length}")
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head if head_only or self.command == "HEAD" else head + body)
-
-    def _send_head(self, code: int, headers: Dict) -> None:
-        lines = [f"HTTP/1.1 {code} {REASONS.get(code, '')}"] + [f"{k}: {v}" for k, v in headers.items()]
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.wfile.write(head if self.command == "HEAD" else head + body)
 
     def _send_file(self, rel: str, data: bytes) -> None:
-        self._send(200, data, self.server.content_type(rel))
+        self._send(200, data, mimetypes.guess_type(rel)[0] or "application/octet-stream")
 
     # -- dispatch ---------------------------------------------------------
     def do_HEAD(self) -> None:
@@ -153,7 +150,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         target = self.path
         path, _, query = target.partition("?")
-        self.server.count(path)
+        self.server.count(self.server.hits, path)
         if path.startswith("/fault/"):
             kind, _, rel = path[len("/fault/"):].partition("/")
             return self._fault(kind, unquote(rel), target, query)
@@ -172,7 +169,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(404, b"not found\n")
         if kind in ("500-then-ok", "429"):
             n = int(args.get("n", ["1"])[0])
-            if self.server.attempt(target) <= n:
+            if self.server.count(self.server.attempts, target) <= n:
                 if kind == "429":
                     return self._send(429, b"slow down\n", extra={"Retry-After": "1"})
                 return self._send(500, b"server error\n")
@@ -188,7 +185,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if kind in ("redirect", "redirect-loop"):
             base = self.server.base_url + "/fault/" + kind + "/" + quote(rel)
             if kind == "redirect-loop":
-                location = base if "b" in args or query == "b" else base + "?b"
+                location = base if query == "b" else base + "?b"
             else:
                 hop = int(args.get("hop", ["0"])[0])
                 location = self.server.base_url + "/" + quote(rel) if hop >= 2 else f"{base}?hop={hop + 1}"
@@ -227,7 +224,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _drip(self, data: bytes) -> None:
         self.close_connection = True
-        self._send_head(200, {"Content-Type": "image/jpeg", "Content-Length": len(data), "Connection": "close"})
+        self._send(200, ctype="image/jpeg", length=len(data))
         start = time.monotonic()
         for i in range(len(data)):
             if time.monotonic() - start > DRIP_MAX_S or self.server.closing.wait(DRIP_INTERVAL):
@@ -239,17 +236,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _oversized(self, data: bytes) -> None:
         self.close_connection = True
-        self._send_head(200, {"Content-Type": "image/jpeg", "Connection": "close"})
-        chunk = 256 * 1024
-        zeros = b"\x00" * chunk
-        sent = 0
+        self._send(200, ctype="image/jpeg", length=None)
+        zeros, sent = b"\x00" * (256 * 1024), len(data)
         try:
             self.wfile.write(data)
-            sent = len(data)
             while sent < OVERSIZED_BYTES and not self.server.closing.is_set():
-                part = zeros[: OVERSIZED_BYTES - sent]
-                self.wfile.write(part)
-                sent += len(part)
+                sent += self.wfile.write(zeros[: OVERSIZED_BYTES - sent])
         except OSError:
             return
 
@@ -284,19 +276,10 @@ class _Server(http.server.ThreadingHTTPServer):
                 self.cached_bytes += len(data)
         return data
 
-    @staticmethod
-    @lru_cache(maxsize=64)
-    def content_type(rel: str) -> str:
-        return mimetypes.guess_type(rel)[0] or "application/octet-stream"
-
-    def count(self, path: str) -> None:
+    def count(self, counter: collections.Counter, key: str) -> int:
         with self.lock:
-            self.hits[path] += 1
-
-    def attempt(self, target: str) -> int:
-        with self.lock:
-            self.attempts[target] += 1
-            return self.attempts[target]
+            counter[key] += 1
+            return counter[key]
 
     def track(self, conn: socket.socket, add: bool) -> None:
         with self.lock:
