@@ -1,0 +1,190 @@
+"""The store as a library (wdr_pipe.cache.read) and the `wdr-pipe store info` command."""
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from wdr_pipe.cache import (Store, config_key, failures_path, label_space, load_features, load_labels, load_split,
+                            open_store, stats_path, store_info, write_config)
+from wdr_pipe.cache.atomic import write_parquet_atomic
+from wdr_pipe.cache.schema import FAILURES, LABEL_MAP, features_schema
+from wdr_pipe.cli import cli
+from wdr_pipe.errors import UserError
+
+
+@dataclass(frozen=True)
+class FakeFeatures:
+    """Stands in for the features stage's config in these tests."""
+
+    hog_dim: int = 36
+    hist_dim: int = 8
+    dtype: str = "float32"
+
+
+def fake_vectors(image_id: str, dim: int) -> np.ndarray:
+    return np.random.default_rng([int(image_id), dim]).random(dim).astype(np.float32)
+
+
+def write_features(root, cfg=FakeFeatures(), failed=("3",)) -> str:
+    """Write feature shards row-aligned with the committed image shards; ``failed`` ids get null vectors."""
+    store = Store(root)
+    key = config_key(cfg)
+    schema = features_schema(cfg.hog_dim, cfg.hist_dim, cfg.dtype)
+    for split in store.splits():
+        for shard in store.image_shards(split):
+            ids = pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
+            rows = [{"image_id": i,
+                     "hog": None if i in failed else fake_vectors(i, cfg.hog_dim).tolist(),
+                     "color_hist": None if i in failed else fake_vectors(i, cfg.hist_dim).tolist(),
+                     "error": "cannot decode" if i in failed else None} for i in ids]
+            out = store.features_dir(key, split) / shard.name
+            write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), out)
+            stats_path(out).write_text(json.dumps({"rows": len(rows)}))
+    write_config(store.features_root(key) / "config.json", cfg)
+    return key
+
+
+@pytest.fixture
+def feature_store(image_store):
+    return image_store, write_features(image_store)
+
+
+def _records(synth_data, split):
+    return [r for r in synth_data[1] if r.split == split]
+
+
+def test_label_space_from_max_id_then_from_label_map(image_store, synth_data):
+    top = max(max(r.labels) for r in synth_data[1] if r.split != "test")
+    assert label_space(image_store).tolist() == list(range(1, top + 1))
+    lm = pa.table({"labelId": [30, 10, 20], "taskId": [1, 1, 2], "labelName": ["a", "b", "c"],
+                   "taskName": ["x", "x", "y"]}, schema=LABEL_MAP)
+    pq.write_table(lm, Store(image_store).label_map_path)
+    assert label_space(image_store).tolist() == [10, 20, 30]
+    with pytest.raises(UserError, match="label id .* not in the label space"):
+        load_labels(image_store, "train")
+
+
+def test_load_labels_matches_the_data_set(image_store, synth_data):
+    ids, y = load_labels(image_store, "validation")
+    space = label_space(image_store)
+    recs = _records(synth_data, "validation")
+    assert ids.tolist() == [r.image_id for r in recs] and y.dtype == np.uint8
+    assert y.shape == (len(recs), len(space))
+    for r, row in zip(recs, y):
+        assert space[np.flatnonzero(row)].tolist() == sorted(r.labels)
+    with pytest.raises(UserError, match="no labels"):
+        load_labels(image_store, "test")
+    with pytest.raises(UserError, match="no committed image shards for split 'nope'"):
+        load_labels(image_store, "nope")
+
+
+def test_load_features_drops_or_keeps_failed_rows(feature_store):
+    root, key = feature_store
+    ids, hog, hist = load_features(root, "train")
+    assert "3" not in ids.tolist() and len(ids) == 47
+    assert hog.shape == (47, 36) and hist.shape == (47, 8) and hog.dtype == np.float32
+    i = ids.tolist().index("17")
+    assert np.array_equal(hog[i], fake_vectors("17", 36)) and np.array_equal(hist[i], fake_vectors("17", 8))
+    ids2, hog2, _ = load_features(open_store(root), "train", key=key, drop_failed=False)
+    assert len(ids2) == 48 and np.isnan(hog2[ids2.tolist().index("3")]).all()
+    assert not np.isnan(np.delete(hog2, ids2.tolist().index("3"), axis=0)).any()
+
+
+def test_feature_key_choice(feature_store):
+    root, key = feature_store
+    other = write_features(root, FakeFeatures(hog_dim=12, dtype="float16"))
+    with pytest.raises(UserError, match=f"several feature configs .*{min(key, other)}"):
+        load_features(root, "train")
+    with pytest.raises(UserError, match="no feature config 'zzz'"):
+        load_features(root, "train", key="zzz")
+    _, hog, _ = load_features(root, "train", key=other)
+    assert hog.shape == (47, 12) and hog.dtype == np.float16
+
+
+def test_load_split_in_three_forms(feature_store, synth_data):
+    root, _ = feature_store
+    d = load_split(root, "train")
+    ids, y = load_labels(root, "train")
+    keep = ids != "3"
+    assert d["image_id"].tolist() == ids[keep].tolist()
+    assert np.array_equal(d["labels"], y[keep]) and d["hog"].shape == (47, 36)
+    df = load_split(root, "train", as_="pandas")
+    assert df.columns.tolist() == ["image_id", "hog", "color_hist", "labels"] and len(df) == 47
+    by_id = {r.image_id: sorted(r.labels) for r in _records(synth_data, "train")}
+    assert all(by_id[i] == lab.tolist() for i, lab in zip(df.image_id, df.labels))
+    t = load_split(root, "train", as_="torch")
+    assert t["hog"].shape == (47, 36) and t["labels"].shape == y[keep].shape
+    assert np.array_equal(t["labels"].numpy(), y[keep]) and t["image_id"] == d["image_id"].tolist()
+    test = load_split(root, "test")
+    assert test["labels"] is None and len(test["image_id"]) == 7  # id 3 failed there too
+    with pytest.raises(UserError, match="as_="):
+        load_split(root, "train", as_="arrow")
+
+
+def test_load_split_reads_only_shards_committed_on_both_sides(feature_store):
+    root, key = feature_store
+    store = Store(root)
+    stats_path(store.features_dir(key, "train") / "part-00001.parquet").unlink()  # features not finished
+    d = load_split(root, "train")
+    assert d["image_id"].tolist() == [str(i) for i in range(1, 21) if i != 3] + [str(i) for i in range(41, 49)]
+    # a feature shard that does not match its image shard is refused with the fix
+    t = pq.read_table(store.features_dir(key, "train") / "part-00002.parquet")
+    write_parquet_atomic(t.slice(1), store.features_dir(key, "train") / "part-00002.parquet")
+    with pytest.raises(UserError, match="not row-aligned.*rerun 'wdr-pipe features'"):
+        load_split(root, "train")
+
+
+def test_no_features_names_the_command(image_store):
+    with pytest.raises(UserError, match="wdr-pipe features"):
+        load_split(image_store, "train")
+
+
+def test_incompatible_store_refused_by_api_and_cli(image_store):
+    (image_store / "_store.json").write_text('{"schema_version": 99}')
+    with pytest.raises(UserError, match="schema version 99"):
+        load_labels(image_store, "train")
+    res = CliRunner().invoke(cli, ["store", "info", str(image_store)])
+    assert res.exit_code == 1 and "schema version 99" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["store", "info", str(image_store.parent)])
+    assert res.exit_code == 1 and "not a wdr-pipe store" in res.output
+
+
+def _add_failures(root):
+    shard = Store(root).image_shards("train")[0]
+    t = pa.table({"image_id": ["900", "901", "902"], "url": ["http://x/900", "http://x/901", None],
+                  "status": ["http_404", "timeout", "http_404"], "error": ["404", "read timeout", None]},
+                 schema=FAILURES)
+    write_parquet_atomic(t, failures_path(shard))
+
+
+def test_store_info_counts_everything(feature_store):
+    root, key = feature_store
+    _add_failures(root)
+    info = store_info(root)
+    assert info["schema_version"] == 1 and info["labels"] == len(label_space(root))
+    tr = info["splits"]["train"]
+    assert (tr["index_rows"], tr["ok"], tr["failed"], tr["committed_shards"]) == (48, 48, 3, 3)
+    assert tr["failed_by_status"] == {"http_404": 2, "timeout": 1}
+    assert info["splits"]["test"]["ok"] == 8
+    (f,) = info["features"]
+    assert f["key"] == key and f["shards"] == {"test": 1, "train": 3, "validation": 1}
+    assert f["summary"] == "FakeFeatures(dtype=float32, hist_dim=8, hog_dim=36)" and f["bytes"] > 0
+    assert info["stats"] == {} and info["bytes"] > tr["bytes"] > 0
+
+
+def test_store_info_command_text_and_json(feature_store):
+    root, key = feature_store
+    _add_failures(root)
+    res = CliRunner().invoke(cli, ["store", "info", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "schema version 1" in res.output and "http_404 2, timeout 1" in res.output
+    assert key in res.output and "label stats: none" in res.output
+    train_line = next(line for line in res.output.splitlines() if line.startswith("train"))
+    assert train_line.split()[:4] == ["train", "48", "48", "3"]
+    res = CliRunner().invoke(cli, ["store", "info", str(root), "--json"])
+    assert res.exit_code == 0
+    assert json.loads(res.output)["splits"]["validation"]["ok"] == 16

@@ -1,0 +1,202 @@
+"""Label statistics of the labelled splits, under ``STORE/stats/<split>/``.
+
+From the ``labels`` column of a split's committed image shards (the images
+actually fetched) it writes:
+
+- ``label_counts.parquet``: ``label int32, count int64``, one row per id of the label space;
+- ``cooccurrence.parquet``: ``label_a int32, label_b int32, count int64`` for label_a < label_b
+  and count > 0 only (the matrix is symmetric; its diagonal is ``label_counts``);
+- ``label_embeddings.parquet``: ``label int32, vector fixed_size_list<float32>[dim]`` (GloVe-style, see embed.py);
+- ``label_weights.parquet``: ``label int32, count int64, weight float32, pos_weight float32``;
+- ``sample_weights.parquet``: ``image_id string, weight float32`` in image shard order;
+- ``config.json``, written last: the ``StatsConfig``, its key and the digest of the inputs.
+
+A rerun with the same config and the same committed image shards does no work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from ..cache import Store, config_key, open_store, stats_path, write_config
+from ..cache.atomic import write_parquet_atomic
+from ..cache.keys import canonical_json, read_json
+from ..cache.read import STATS_FILES, label_space, multi_hot_positions, read_shards
+from ..errors import UserError
+from ..progress import Hook, Progress, report
+from .embed import fit_glove
+
+log = logging.getLogger("wdr_pipe")
+
+LABEL_COUNTS = pa.schema([("label", pa.int32()), ("count", pa.int64())])
+COOCCURRENCE = pa.schema([("label_a", pa.int32()), ("label_b", pa.int32()), ("count", pa.int64())])
+LABEL_WEIGHTS = pa.schema([("label", pa.int32()), ("count", pa.int64()), ("weight", pa.float32()),
+                           ("pos_weight", pa.float32())])
+SAMPLE_WEIGHTS = pa.schema([pa.field("image_id", pa.string(), nullable=False), ("weight", pa.float32())])
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([("label", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsConfig:
+    """Settings of the label statistics; hashed, they key ``stats/<split>/``."""
+
+    dim: int = 20                  # label embedding dimension (the WDR paper uses 20)
+    alpha: float = 0.75            # exponent of the label weights (as in GloVe)
+    epochs: int = 1000             # full-batch Adagrad epochs of the embedding fit
+    lr: float = 0.05               # Adagrad learning rate
+    x_max: float = 100.0           # GloVe weighting: f(c) = min(1, (c / x_max)^0.75)
+    seed: int = 0                  # embedding initialisation
+    pos_weight_clip: float = 100.0  # pos_weight is clipped to [1 / clip, clip]
+    version: int = 1               # bump when the computation changes
+
+
+# -- the numbers -------------------------------------------------------------------
+def multi_hot_csr(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray, where: str = "labels") -> sp.csr_matrix:
+    """Sparse (N, L) 0/1 matrix of a list<int32> column (repeated ids count once)."""
+    rows, cols = multi_hot_positions(labels, space, where)
+    x = sp.csr_matrix((np.ones(len(rows), np.int64), (rows, cols)), shape=(len(labels), len(space)))
+    x.sum_duplicates()
+    x.data[:] = 1
+    return x
+
+
+def cooccurrence(x: sp.csr_matrix) -> np.ndarray:
+    """Dense symmetric (L, L) int64 counts: [i, j] = rows with both labels; [i, i] = rows with label i."""
+    return np.asarray((x.T @ x).toarray(), dtype=np.int64)
+
+
+def per_label_weights(counts: np.ndarray, alpha: float = 0.75) -> np.ndarray:
+    """w_l = f_l^(alpha-1) * sum f / sum f^alpha over the labels that occur (0 for those that do not).
+
+    So (w_a f_a) / (w_b f_b) = (f_a / f_b)^alpha and sum w_l f_l = sum f_l.
+    """
+    f = np.asarray(counts, dtype=np.float64)
+    w = np.zeros_like(f)
+    seen = f > 0
+    if seen.any():
+        w[seen] = f[seen] ** (alpha - 1) * f[seen].sum() / (f[seen] ** alpha).sum()
+    return w
+
+
+def per_image_weights(x: sp.csr_matrix, w: np.ndarray) -> np.ndarray:
+    """Mean weight of each row's labels; 1.0 for a row with no labels (the mean weight of an occurrence)."""
+    k = np.diff(x.indptr)
+    total = x @ w
+    return np.where(k > 0, total / np.maximum(k, 1), 1.0)
+
+
+def pos_weights(counts: np.ndarray, n: int, clip: float = 100.0) -> np.ndarray:
+    """(N - P_l) / P_l for a weighted BCE, clipped to [1/clip, clip]; ``clip`` for a label with no positives."""
+    p = np.asarray(counts, dtype=np.float64)
+    out = np.full_like(p, float(clip))
+    pos = p > 0
+    out[pos] = (n - p[pos]) / p[pos]
+    return np.clip(out, 1.0 / clip, clip)
+
+
+# -- the stage ---------------------------------------------------------------------
+def inputs_digest(store: Store, split: str, space: np.ndarray) -> str:
+    """Digest of what the stats of ``split`` read: committed image shards and the label space."""
+    parts = [[p.name, p.stat().st_size, stats_path(p).read_text(encoding="utf-8")] for p in store.image_shards(split)]
+    payload = canonical_json([parts, hashlib.sha256(np.ascontiguousarray(space).tobytes()).hexdigest()])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _is_current(out: Path, key: str, digest: str) -> bool:
+    cfg_path = out / "config.json"
+    if not cfg_path.exists() or not all((out / f"{n}.parquet").exists() for n in STATS_FILES):
+        return False
+    try:
+        doc = read_json(cfg_path)
+    except ValueError:
+        return False
+    return doc.get("key") == key and doc.get("inputs") == digest
+
+
+def split_stats(image_ids: np.ndarray, x: sp.csr_matrix, space: np.ndarray,
+                cfg: StatsConfig) -> Tuple[Dict[str, pa.Table], List[float]]:
+    """All stats tables of one split from its multi-hot matrix, and the embedding fit's
+    losses (pure; nothing is written)."""
+    c = cooccurrence(x)
+    counts = np.diag(c).copy()
+    a, b = np.nonzero(np.triu(c, k=1))
+    vectors, losses = fit_glove(c, dim=cfg.dim, epochs=cfg.epochs, lr=cfg.lr, x_max=cfg.x_max, seed=cfg.seed)
+    w = per_label_weights(counts, cfg.alpha)
+    labels = pa.array(space, pa.int32())
+    tables = {
+        "label_counts": pa.table([labels, pa.array(counts, pa.int64())], schema=LABEL_COUNTS),
+        "cooccurrence": pa.table([pa.array(space[a], pa.int32()), pa.array(space[b], pa.int32()),
+                                  pa.array(c[a, b], pa.int64())], schema=COOCCURRENCE),
+        "label_embeddings": pa.table(
+            [labels, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), cfg.dim)],
+            schema=embeddings_schema(cfg.dim)),
+        "label_weights": pa.table([labels, pa.array(counts, pa.int64()), pa.array(w, pa.float32()),
+                                   pa.array(pos_weights(counts, x.shape[0], cfg.pos_weight_clip), pa.float32())],
+                                  schema=LABEL_WEIGHTS),
+        "sample_weights": pa.table([pa.array(image_ids, pa.string()),
+                                    pa.array(per_image_weights(x, w), pa.float32())], schema=SAMPLE_WEIGHTS),
+    }
+    return tables, losses
+
+
+def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfig = StatsConfig(),
+                  progress: Hook = None) -> Dict[str, dict]:
+    """Write ``stats/<split>/`` for each labelled split (default: every split of the store).
+
+    Returns ``{split: {"status": "computed" | "cached" | "skipped", ...}}``.
+    """
+    store = store if isinstance(store, Store) else open_store(store)
+    have = store.splits()
+    splits = list(have if splits is None else splits)
+    unknown = [s for s in splits if s not in have]
+    if unknown:
+        raise UserError(f"--split {unknown[0]}: no such split in {store.root} (splits: {', '.join(have) or 'none'})")
+    space = label_space(store)
+    key = config_key(cfg)
+    summary: Dict[str, dict] = {}
+    report(progress, Progress("stats", total=len(splits)))
+    for i, split in enumerate(splits):
+        summary[split] = _one_split(store, split, cfg, key, space)
+        report(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
+    return summary
+
+
+def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.ndarray) -> dict:
+    out = store.stats_dir(split)
+    if not store.image_shards(split):
+        log.info("stats: skipping %s (no committed image shards)", split)
+        return {"status": "skipped", "reason": "no committed image shards"}
+    digest = inputs_digest(store, split, space)
+    if _is_current(out, key, digest):
+        log.info("stats: %s is up to date (%s)", split, out)
+        return {"status": "cached", "dir": str(out), "key": key}
+    t = read_shards(store.image_shards(split), ["image_id", "labels"])
+    image_ids, labels = t.column("image_id").to_numpy(zero_copy_only=False), t.column("labels")
+    if labels.null_count == len(labels):
+        log.info("stats: skipping %s (no labels: an unlabelled split)", split)
+        return {"status": "skipped", "reason": "no labels"}
+    x = multi_hot_csr(labels, space, where=str(store.images_dir(split)))
+    tables, losses = split_stats(image_ids, x, space, cfg)
+    (out / "config.json").unlink(missing_ok=True)  # uncommit first: a killed run is redone
+    for name, table in tables.items():
+        write_parquet_atomic(table, out / f"{name}.parquet")
+    fit = {"loss_start": losses[0], "loss_end": losses[-1]}
+    write_config(out / "config.json", cfg, inputs=digest, images=int(x.shape[0]), labels=len(space), fit=fit)
+    log.info("stats: %s: %d images, %d labels, embedding loss %.3f -> %.4f", split, x.shape[0], len(space),
+             losses[0], losses[-1])
+    return {"status": "computed", "dir": str(out), "key": key, "images": int(x.shape[0]), "labels": len(space),
+            **fit}
+
+
+__all__: List[str] = ["StatsConfig", "compute_stats", "cooccurrence", "multi_hot_csr", "per_image_weights",
+                      "per_label_weights", "pos_weights", "split_stats"]
