@@ -95,6 +95,88 @@ def cli(verbose: int) -> None:
 
 # -- store ---------------------------------------------------------------------
 
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@cli.group("store")
+def store_group() -> None:
+    """Inspect a store (see docs/store.md for its layout)."""
+
+
+@store_group.command("info")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+def store_info_cmd(store, as_json):
+    """Print the splits, row counts, failures, feature configs, label stats and sizes of STORE.
+
+    \b
+    Examples:
+      wdr-pipe store info store/
+      wdr-pipe store info store/ --json | jq .splits.train
+    """
+    import json
+
+    from .cache.read import store_info
+
+    with user_errors():
+        info = store_info(store)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"store {info['path']}: schema version {info['schema_version']}, {_mib(info['bytes'])}, "
+               f"{info['labels']} labels ({'label_map.parquet' if info['label_map'] else 'no label map'})")
+    click.echo(f"{'split':<12}{'index':>9}{'ok':>9}{'failed':>8}{'shards':>10}{'size':>12}")
+    for name, s in info["splits"].items():
+        index = "-" if s["index_rows"] is None else s["index_rows"]
+        click.echo(f"{name:<12}{index:>9}{s['ok']:>9}{s['failed']:>8}"
+                   f"{s['committed_shards']:>5}/{s['shards']:<4}{_mib(s['bytes']):>12}")
+        if s["failed_by_status"]:
+            click.echo("    failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_by_status"].items()))
+    click.echo("features:" + ("" if info["features"] else " none (run 'wdr-pipe features')"))
+    for f in info["features"]:
+        shards = ", ".join(f"{k} {v}" for k, v in f["shards"].items()) or "no shards"
+        click.echo(f"  {f['key']}  {f['summary']}\n      shards: {shards}; {_mib(f['bytes'])}")
+    click.echo("label stats:" + ("" if info["stats"] else " none (run 'wdr-pipe stats')"))
+    for name, s in info["stats"].items():
+        state = "complete" if s["complete"] else "INCOMPLETE (rerun 'wdr-pipe stats')"
+        click.echo(f"  {name}: {state}, key {s['key']}, {_mib(s['bytes'])}  {s['summary']}")
+
+
+@cli.command("stats")
+@click.option("--store", "store", required=True, type=click.Path(exists=True, file_okay=False), help="Store folder.")
+@click.option("--split", "splits", multiple=True, help="Split(s) to do [default: every labelled split].")
+@click.option("--dim", default=20, show_default=True, help="Label embedding dimension.")
+@click.option("--alpha", default=0.75, show_default=True, help="Exponent of the label weights.")
+@click.option("--epochs", default=1000, show_default=True, help="Epochs of the embedding fit.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the embedding fit.")
+@click.option("--pos-weight-clip", default=100.0, show_default=True, help="Clip BCE pos_weight to [1/c, c].")
+def stats_cmd(store, splits, dim, alpha, epochs, seed, pos_weight_clip):
+    """Label counts, co-occurrence, label embeddings and loss weights of each labelled split.
+
+    Writes STORE/stats/<split>/ (see docs/store.md); a rerun with the same settings and images does nothing.
+
+    \b
+    Examples:
+      wdr-pipe stats --store store/
+      wdr-pipe stats --store store/ --split train --dim 32 --alpha 0.5
+    """
+    from .pipeline.stats import StatsConfig, compute_stats
+
+    cfg = StatsConfig(dim=dim, alpha=alpha, epochs=epochs, seed=seed, pos_weight_clip=pos_weight_clip)
+    with user_errors(), progress_bar("stats") as bar:
+        summary = compute_stats(store, splits or None, cfg, progress=bar)
+    for name, s in summary.items():
+        if s["status"] == "computed":
+            click.echo(f"{name}: {s['images']} images, {s['labels']} labels, embedding loss "
+                       f"{s['loss_start']:.3f} -> {s['loss_end']:.4f}; written to {s['dir']}")
+        elif s["status"] == "cached":
+            click.echo(f"{name}: up to date ({s['dir']})")
+        else:
+            click.echo(f"{name}: skipped ({s['reason']})")
+
+
 # -- synth / serve -------------------------------------------------------------
 
 
