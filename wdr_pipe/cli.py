@@ -91,7 +91,95 @@ def cli(verbose: int) -> None:
 
 # -- fetch ---------------------------------------------------------------------
 
+
+@cli.command()
+@click.argument("indexes", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--store", "store", required=True, type=click.Path(file_okay=False), help="Store folder (created if missing).")
+@click.option("--split", help="Split name (default: the index file's stem, e.g. train).")
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False), help="CSV labelId,taskId,labelName,taskName.")
+@click.option("--size", default=320, show_default=True, help="Output size in pixels (see --resize-mode).")
+@click.option("--resize-mode", type=click.Choice(["shorter", "longer", "center_crop", "pad"]), default="shorter",
+              show_default=True, help="shorter/longer: that side becomes --size; center_crop/pad: a --size square.")
+@click.option("--quality", default=95, show_default=True, help="JPEG quality of the stored images.")
+@click.option("--min-size", default=32, show_default=True, help="Reject images whose shorter side is smaller.")
+@click.option("--shard-size", default=1000, show_default=True, help="Rows per shard (one dask task each).")
+@click.option("--workers", type=int, help="Local worker processes [default: every core].")
+@click.option("--threads", default=16, show_default=True, help="Download threads per worker.")
+@click.option("--per-host", default=8, show_default=True, help="At most this many downloads at once per host.")
+@click.option("--scheduler", help="Address of a running dask.distributed scheduler (tcp://HOST:PORT).")
+@click.option("--timeout", default=10.0, show_default=True, help="Connect/read timeout per request, seconds.")
+@click.option("--deadline", default=60.0, show_default=True, help="Overall time limit per image, retries included.")
+@click.option("--retries", default=3, show_default=True, help="Retries on connection errors, 5xx and 429.")
+@click.option("--max-bytes", default=20 * 2**20, show_default=True, help="Largest body accepted per image.")
+@click.option("--limit", type=int, help="Fetch only the first N rows of each split.")
+@click.option("--retry-failed", is_flag=True, help="Also fetch again the failed rows of finished shards.")
+def fetch(indexes, store, split, label_map, size, resize_mode, quality, min_size, shard_size, workers, threads,
+          per_host, scheduler, timeout, deadline, retries, max_bytes, limit, retry_failed):
+    """Download and resize the images of URL INDEXES into Parquet shards under STORE/images/.
+
+    INDEXES are FGVC5 JSON files (train.json ...), CSV/TSV/Parquet files with image_id and url
+    columns, or a Clothing Attributes folder. A rerun resumes: finished shards are skipped.
+
+    \b
+    Examples:
+      wdr-pipe fetch train.json validation.json --store store/
+      wdr-pipe fetch urls.csv --store store/ --size 299 --limit 1000
+      wdr-pipe fetch train.json --store store/ --retry-failed --scheduler tcp://10.0.0.5:8786
+    """
+    from .pipeline.download import DownloadConfig
+    from .pipeline.fetch import FetchConfig, FetchOptions, fetch as run_fetch
+
+    cfg = FetchConfig(size=size, resize_mode=resize_mode, quality=quality, min_size=min_size)
+    dl = DownloadConfig(connect_timeout=timeout, read_timeout=timeout, deadline=deadline, retries=retries,
+                        max_bytes=max_bytes)
+    opts = FetchOptions(shard_size=shard_size, threads=threads, per_host=per_host, download=dl)
+    with user_errors(), progress_bar("fetch") as bar:
+        summary = run_fetch(store, indexes, cfg, opts, split=split, label_map=label_map, limit=limit,
+                            retry_failed=retry_failed, workers=workers, scheduler=scheduler, progress=bar)
+    for s in summary.splits:
+        reasons = ", ".join(f"{k} {v}" for k, v in s.by_status.items()) or "none"
+        click.echo(f"{s.split}: {s.ok} ok, {s.failed} failed ({reasons}); {s.shards_run} of {s.shards} shards "
+                   f"run now, {s.bytes_downloaded / 2**20:.1f} MiB downloaded"
+                   + (f", {s.duplicates} duplicate images (see images/{s.split}/_duplicates.parquet)" if s.duplicates else ""))
+    click.echo(f"done in {summary.seconds:.1f}s; images in {store}/images/ (key {summary.key})")
+
+
 # -- features ------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False), help="The store folder.")
+@click.option("--split", "splits", multiple=True, help="Split to process (repeatable; default: every split with images).")
+@click.option("--hog-size", type=int, default=128, show_default=True, help="Images are resized to SIZE x SIZE.")
+@click.option("--orientations", type=int, default=9, show_default=True, help="HOG orientation bins.")
+@click.option("--bins", type=int, default=8, show_default=True, help="Colour histogram bins per HSV channel.")
+@click.option("--keep-background", is_flag=True, help="Count near-white background pixels in the histogram.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--rebuild", is_flag=True, help="Recompute every shard of these splits under this config.")
+@click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="dask scheduler to run on (default: a local cluster; 'inline' runs in this process).")
+def features(store_dir, splits, hog_size, orientations, bins, keep_background, dtype, rebuild, workers, scheduler):
+    """Compute HOG and colour-histogram features of every fetched image.
+
+    Writes STORE/features/KEY/SPLIT/part-NNNNN.parquet, one per image shard,
+    where KEY is a hash of the settings; shards already computed with the same
+    settings are reused, so a rerun only does new image shards.
+
+    \b
+    Example:
+      wdr-pipe features --store store/ --split train --split validation
+    """
+    from .pipeline.features import FeatureConfig, compute_features
+
+    with user_errors():
+        cfg = FeatureConfig(hog_size=hog_size, orientations=orientations, bins=bins,
+                            ignore_background=not keep_background, dtype=dtype)
+        with progress_bar("features") as bar:
+            summary = compute_features(store_dir, splits or None, cfg, rebuild=rebuild, workers=workers,
+                                       scheduler=scheduler, progress=bar)
+    click.echo(summary.line())
+
 
 # -- store ---------------------------------------------------------------------
 

@@ -1,0 +1,178 @@
+"""wdr-pipe fetch end to end against a real loopback server."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from wdr_pipe.cache import Store, stats_path
+from wdr_pipe.cli import cli
+from wdr_pipe.errors import UserError
+from wdr_pipe.pipeline.download import DownloadConfig
+from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
+from wdr_pipe.pipeline.serve import ImageServer
+
+FAST = DownloadConfig(connect_timeout=2, read_timeout=2, deadline=5, retries=2, backoff=0.05, max_bytes=4_000_000)
+EXPECTED = {  # fault kind -> final status
+    "404": "not_found", "500-then-ok": "ok", "429": "ok", "drip": "timeout", "truncated": "decode_error",
+    "html": "not_image", "oversized": "too_large", "bomb": "too_many_pixels", "bomb-jpeg": "too_many_pixels",
+    "redirect": "ok", "redirect-loop": "too_many_redirects", "reset": "connection_error", "slow-headers": "timeout",
+}
+
+
+def write_csv(path: Path, rows) -> Path:
+    lines = ["image_id,url,labels"] + [f"{i},{u},{' '.join(map(str, lab))}" for i, u, lab in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_split(store: Path, split: str):
+    s = Store(store)
+    ok = [r for p in s.image_shards(split) for r in pq.read_table(p).to_pylist()]
+    failed = [r for p in s.image_shards(split)
+              for r in pq.read_table(p.with_name(p.name.replace(".parquet", ".failures.parquet"))).to_pylist()]
+    return ok, failed
+
+
+@pytest.fixture(scope="module")
+def server(synth_data):
+    root, _ = synth_data
+    with ImageServer(root) as srv:
+        yield srv
+
+
+def test_every_fault_ends_with_its_status_within_the_bound(server, tmp_path):
+    rows = [(k, server.fault_url(k, "images/train/1.jpg"), [1]) for k in EXPECTED]
+    rows += [(f"good{i}", server.url(f"images/train/{i}.jpg"), [2, 3]) for i in range(2, 8)]
+    rows.append(("bad-scheme", "ftp://127.0.0.1/x.jpg", [1]))
+    index = write_csv(tmp_path / "faults.csv", rows)
+    t0 = time.monotonic()
+    summary = fetch(tmp_path / "store", [index], FetchConfig(size=96), FetchOptions(shard_size=8, threads=8,
+                    download=FAST), scheduler="inline")
+    elapsed = time.monotonic() - t0
+    ok, failed = read_split(tmp_path / "store", "faults")
+    got = {r["image_id"]: "ok" for r in ok} | {r["image_id"]: r["status"] for r in failed}
+    assert got == {**EXPECTED, **{f"good{i}": "ok" for i in range(2, 8)}, "bad-scheme": "bad_url"}
+    assert summary.ok == len(ok) and summary.failed == len(failed)
+    # liveness, not speed: drip and slow-headers are cut by the 5 s deadline / 2 s read timeout
+    assert elapsed < 60
+    for r in ok:
+        im = Image.open(io.BytesIO(r["jpeg"]))
+        assert min(im.size) == 96 and (r["width"], r["height"]) == im.size and r["labels"] in ([1], [2, 3])
+
+
+def test_several_urls_are_tried_in_order(server, tmp_path):
+    urls = [server.fault_url("404", "images/train/2.jpg"), server.url("images/train/2.jpg")]
+    index = tmp_path / "multi.json"
+    index.write_text(json.dumps({"images": [{"url": urls, "imageId": "1"}],
+                                 "annotations": [{"labelId": ["3", "3", "5"], "imageId": "1"}]}))
+    fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
+    ok, _ = read_split(tmp_path / "s", "multi")
+    assert [(r["url"], r["labels"]) for r in ok] == [(urls[1], [3, 5])]
+
+
+def test_rerun_does_no_work_and_retry_failed_fetches_only_failures(server, tmp_path):
+    flaky = server.fault_url("500-then-ok", "images/train/3.jpg", n=FAST.retries + 1)  # fails one whole run
+    rows = [("flaky", flaky, [1])] + [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(4, 9)]
+    index = write_csv(tmp_path / "train.csv", rows)
+    run = dict(cfg=FetchConfig(size=64), opts=FetchOptions(shard_size=3, download=FAST), scheduler="inline")
+    first = fetch(tmp_path / "s", [index], **run)
+    assert (first.ok, first.failed) == (5, 1)
+    before = dict(server.hits)  # (not reset(): that would also restart the flaky URL's failure count)
+    again = fetch(tmp_path / "s", [index], **run)
+    assert dict(server.hits) == before and again.splits[0].shards_run == 0 and again.ok == 5
+    retried = fetch(tmp_path / "s", [index], retry_failed=True, **run)
+    new_hits = {k: v - before.get(k, 0) for k, v in server.hits.items() if v != before.get(k, 0)}
+    assert new_hits == {"/fault/500-then-ok/images/train/3.jpg": 1}
+    assert retried.ok == 6 and retried.failed == 0
+    ok, failed = read_split(tmp_path / "s", "train")
+    assert [r["image_id"] for r in ok] == ["flaky", "4", "5", "6", "7", "8"] and failed == []
+
+
+def test_changed_image_settings_are_refused(server, tmp_path):
+    index = write_csv(tmp_path / "train.csv", [("1", server.url("images/train/1.jpg"), [1])])
+    fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
+    with pytest.raises(UserError, match="size=64.*new --store"):
+        fetch(tmp_path / "s", [index], FetchConfig(size=128), FetchOptions(download=FAST), scheduler="inline")
+
+
+def test_duplicate_content_is_reported(server, tmp_path):
+    url = server.url("images/train/5.jpg")
+    index = write_csv(tmp_path / "train.csv", [("a", url, [1]), ("b", url, [2]), ("c", server.url("images/train/6.jpg"), [1])])
+    summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
+    assert summary.splits[0].duplicates == 1
+    dups = pq.read_table(tmp_path / "s" / "images" / "train" / "_duplicates.parquet").to_pylist()
+    assert [sorted(d["image_ids"]) for d in dups] == [["a", "b"]]
+
+
+def test_two_worker_local_cluster_matches_inline(server, tmp_path):
+    rows = [(str(i), server.url(f"images/train/{i}.jpg"), [i % 3 + 1]) for i in range(1, 13)]
+    index = write_csv(tmp_path / "train.csv", rows)
+    opts = FetchOptions(shard_size=4, download=FAST)
+    fetch(tmp_path / "a", [index], FetchConfig(size=64), opts, scheduler="inline")
+    seen = []
+    summary = fetch(tmp_path / "b", [index], FetchConfig(size=64), opts, workers=2, progress=seen.append)
+    assert summary.ok == 12 and seen[-1].done == 12 and seen[-1].total == 12
+    a, _ = read_split(tmp_path / "a", "train")
+    b, _ = read_split(tmp_path / "b", "train")
+    assert [r["image_id"] for r in a] == [r["image_id"] for r in b]
+    assert [r["jpeg"] for r in a] == [r["jpeg"] for r in b]
+
+
+def test_cli_fetch_and_its_errors(server, tmp_path):
+    index = write_csv(tmp_path / "train.csv", [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(1, 4)])
+    runner = CliRunner()
+    res = runner.invoke(cli, ["fetch", str(index), "--store", str(tmp_path / "s"), "--size", "64", "--workers", "1",
+                              "--scheduler", "inline", "--timeout", "2"])
+    assert res.exit_code == 0, res.output
+    assert "train: 3 ok, 0 failed" in res.output
+    res = runner.invoke(cli, ["fetch", str(index), "--store", str(tmp_path / "s"), "--size", "99", "--scheduler", "inline"])
+    assert res.exit_code == 1 and "Error: " in res.output and "new --store" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    res = runner.invoke(cli, ["fetch", str(bad), "--store", str(tmp_path / "s2")])
+    assert res.exit_code == 1 and "bad.json" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_kill_and_resume_stores_every_image_exactly_once(synth_data, tmp_path):
+    root, records = synth_data
+    train = [r for r in records if r.split == "train"]
+    with ImageServer(root) as srv:
+        # every 4th URL drips, so the run is slow enough to be killed in the middle
+        rows = [(r.image_id, srv.fault_url("drip", r.path) if int(r.image_id) % 4 == 0 else srv.url(r.path), list(r.labels))
+                for r in train]
+        index = write_csv(tmp_path / "train.csv", rows)
+        cmd = [sys.executable, "-m", "wdr_pipe.cli", "fetch", str(index), "--store", str(tmp_path / "s"), "--size", "64",
+               "--shard-size", "4", "--workers", "1", "--threads", "4", "--deadline", "1.5", "--timeout", "1",
+               "--scheduler", "inline"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        folder = tmp_path / "s" / "images" / "train"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(folder.glob("*.stats.json"))) < 2:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        committed = list(folder.glob("*.stats.json"))
+        assert 2 <= len(committed) < len(train) // 4, "the kill should land mid-run"
+        for p in folder.glob("part-*.parquet"):  # any file under a final name is complete
+            pq.read_metadata(p)
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+    ok, failed = read_split(tmp_path / "s", "train")
+    good = sorted(r.image_id for r in train if int(r.image_id) % 4)
+    assert sorted(r["image_id"] for r in ok) == good  # exactly once each
+    assert sorted(r["image_id"] for r in failed) == sorted(r.image_id for r in train if int(r.image_id) % 4 == 0)
+    assert not list(folder.glob(".tmp-*"))
+    assert all(stats_path(p).exists() for p in folder.glob("part-?????.parquet"))

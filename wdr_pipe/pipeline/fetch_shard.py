@@ -1,0 +1,206 @@
+"""One fetch shard: rows of an index -> images, failures and stats files.
+
+``fetch_shard(task)`` is the unit of work of ``wdr-pipe fetch`` (one dask
+task). It downloads the shard's rows on a bounded thread pool (at most
+``per_host`` at once per host), resizes them, and writes
+``part-NNNNN.parquet`` (the images, in index order),
+``part-NNNNN.failures.parquet`` (every row that failed, with its status) and
+last ``part-NNNNN.stats.json``, the commit marker. In retry mode it fetches
+only the given failed rows and merges them into the committed shard.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import __version__
+from ..cache import config_dict, config_key, failures_path, stats_path
+from ..cache.atomic import write_parquet_atomic, write_text_atomic
+from ..cache.schema import FAILURES, IMAGES
+from ..progress import log
+from .download import DownloadConfig, DownloadFailed, Downloader
+from .imageops import ImageRejected, ResizeSpec, process
+
+ROW_GROUP = 256  # rows per Parquet row group: bounded memory for streaming readers
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """What the stored images look like; hashed, it is the store's image key."""
+
+    size: int = 320
+    resize_mode: str = "shorter"
+    quality: int = 95
+    min_size: int = 32
+    max_pixels: int = 80_000_000
+    version: int = 2  # 2: decode headroom 1.3 + antialiased bicubic
+
+    def spec(self) -> ResizeSpec:
+        return ResizeSpec(self.size, self.resize_mode, self.quality, self.min_size, self.max_pixels)
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How to fetch (does not change the result, so not part of the key)."""
+
+    shard_size: int = 1000
+    threads: int = 16
+    per_host: int = 8
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+
+
+@dataclass
+class ShardTask:
+    split: str
+    number: int
+    start: int
+    end: int
+    path: str
+    rows: List[Tuple[str, List[str], Optional[List[int]]]]
+    cfg: FetchConfig
+    opts: FetchOptions
+    retry_ids: Optional[List[str]] = None  # retry mode: only these failed rows
+
+
+# -- one shard -------------------------------------------------------------------
+
+
+def _host(urls: Sequence[str]) -> str:
+    return urlsplit(urls[0]).netloc if urls else ""
+
+
+def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], threads: int, per_host: int) -> None:
+    """Call ``fn(i)`` for i in range(n) on ``threads`` threads, at most ``per_host`` at once per host.
+
+    A thread takes the first pending item whose host has a free slot, so one
+    slow host cannot occupy every thread while others wait.
+    """
+    pending = collections.deque(range(n))
+    active: Dict[str, int] = collections.Counter()
+    cond = threading.Condition()
+
+    def take() -> Optional[int]:
+        with cond:
+            while pending:
+                for k, i in enumerate(pending):
+                    if active[hosts[i]] < per_host:
+                        del pending[k]
+                        active[hosts[i]] += 1
+                        return i
+                    if k >= 512:
+                        break
+                cond.wait(0.2)
+            return None
+
+    def loop() -> None:
+        while (i := take()) is not None:
+            try:
+                fn(i)
+            finally:
+                with cond:
+                    active[hosts[i]] -= 1
+                    cond.notify_all()
+
+    workers = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, min(threads, n)))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+
+
+def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
+    """Download and resize one shard; write images, failures and stats (last). Returns the stats."""
+    t0 = time.monotonic()
+    spec = task.cfg.spec()
+    wanted = set(task.retry_ids) if task.retry_ids is not None else None
+    todo = [i for i, r in enumerate(task.rows) if wanted is None or r[0] in wanted]
+    dl = Downloader(replace(task.opts.download, pool_size=max(task.opts.threads, 1)))
+    ok_rows: Dict[int, dict] = {}
+    fail_rows: Dict[int, dict] = {}
+    counters = {"done": 0, "ok": 0, "failed": 0, "nbytes": 0}
+    lock = threading.Lock()
+
+    def work(k: int) -> None:
+        i = todo[k]
+        image_id, urls, labels = task.rows[i]
+        url, nbytes = (urls[0] if urls else None), 0
+        try:
+            data, url = dl.get(urls)
+            nbytes = len(data)
+            jpeg, (w, h), (sw, sh) = process(data, spec)
+            row = dict(image_id=image_id, jpeg=jpeg, width=w, height=h, src_width=sw, src_height=sh, url=url,
+                       sha256=hashlib.sha256(data).hexdigest(), labels=labels)
+            failure = None
+        except DownloadFailed as e:
+            failure = dict(image_id=image_id, url=e.url or url, status=e.status, error=str(e))
+        except ImageRejected as e:
+            failure = dict(image_id=image_id, url=url, status=e.status, error=str(e))
+        except Exception as e:  # a bug for one image must not lose the shard
+            log.exception("unexpected error on %s", image_id)
+            failure = dict(image_id=image_id, url=url, status="error", error=f"{type(e).__name__}: {e}")
+        with lock:
+            if failure is None:
+                ok_rows[i] = row
+                counters["ok"] += 1
+            else:
+                fail_rows[i] = failure
+                counters["failed"] += 1
+            counters["done"] += 1
+            counters["nbytes"] += nbytes
+            on_progress(dict(counters))
+
+    try:
+        run_per_host(len(todo), [_host(task.rows[i][1]) for i in todo], work, task.opts.threads,
+                     task.opts.per_host)
+    finally:
+        dl.close()
+    return _commit(task, ok_rows, fail_rows, counters, time.monotonic() - t0)
+
+
+def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict], counters: dict,
+            seconds: float) -> dict:
+    path = Path(task.path)
+    images = pa.Table.from_pylist([ok_rows[i] for i in sorted(ok_rows)], schema=IMAGES)
+    failures = pa.Table.from_pylist([fail_rows[i] for i in sorted(fail_rows)], schema=FAILURES)
+    if task.retry_ids is not None:  # merge with what the shard already had, in index order
+        order = {r[0]: i for i, r in enumerate(task.rows)}
+        old = pq.read_table(path, schema=IMAGES)
+        images = pa.concat_tables([old, images])
+        images = images.take(sorted(range(images.num_rows), key=lambda j: order[images["image_id"][j].as_py()]))
+        old_f = pq.read_table(failures_path(path), schema=FAILURES)
+        still = old_f.filter(pc.invert(pc.is_in(old_f["image_id"], value_set=pa.array(task.retry_ids))))
+        failures = pa.concat_tables([still, failures])
+        stats_path(path).unlink(missing_ok=True)  # uncommit while the files change
+    write_parquet_atomic(images, path, row_group_size=ROW_GROUP)
+    write_parquet_atomic(failures, failures_path(path))
+    by_status = collections.Counter(failures["status"].to_pylist())
+    examples: Dict[str, list] = {}
+    for r in failures.to_pylist():
+        if len(examples.setdefault(r["status"], [])) < 3:
+            examples[r["status"]].append({"image_id": r["image_id"], "url": r["url"], "error": r["error"]})
+    stats = {
+        "shard": task.number, "split": task.split, "rows": [task.start, task.end],
+        "ok": images.num_rows, "failed": failures.num_rows, "status_counts": dict(sorted(by_status.items())),
+        "failure_examples": examples, "bytes_downloaded": counters["nbytes"],
+        "bytes_stored": int(pc.sum(pc.binary_length(images["jpeg"])).as_py() or 0),
+        "seconds": round(seconds, 3), "retried": task.retry_ids is not None,
+        "this_run": {"done": counters["done"], "ok": counters["ok"], "failed": counters["failed"],
+                     "nbytes": counters["nbytes"]},
+        "config": config_dict(task.cfg), "config_key": config_key(task.cfg),
+        "options": {"threads": task.opts.threads, "per_host": task.opts.per_host,
+                    "download": asdict(task.opts.download)},
+        "wdr_pipe_version": __version__, "written_at": time.time(),
+    }
+    write_text_atomic(stats_path(path), json.dumps(stats, indent=1) + "\n")  # the commit marker, last
+    return stats
