@@ -1,0 +1,332 @@
+"""The features stage: image shards -> HOG and colour-histogram shards.
+
+For every committed image shard ``images/<split>/part-NNNNN.parquet`` it
+writes ``features/<key>/<split>/part-NNNNN.parquet``, row-aligned with the
+image shard (same image_id order), schema ``features_schema(hog_dim,
+hist_dim, dtype)``, then ``part-NNNNN.stats.json`` last as the commit marker.
+``<key>`` is ``config_key(FeatureConfig)``; ``features/<key>/config.json``
+holds the config. A feature shard is reused when its stats.json names the
+same input (the image shard's size and the sha256 of its stats.json), so a
+second run decodes nothing, a re-fetched image shard is recomputed, and a
+changed config writes under a new key beside the old one.
+
+Per image: decode the JPEG (simplejpeg, DCT-domain downscale to the smallest
+size of at least ``hog_size`` on both sides; OpenCV as a fallback for what
+libjpeg-turbo refuses, e.g. CMYK), resize the whole image to ``hog_size`` x
+``hog_size`` with ``cv2.INTER_AREA`` (no crop: the aspect ratio is not
+kept), then HOG of its grayscale (``cv2.COLOR_RGB2GRAY``, uint8) by
+``hog.hog_batch`` and the colour histogram of the resized RGB by
+``color.color_hist_batch``. A row whose bytes do not decode gets null
+features and an ``error`` string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..cache import Store, config_key, stats_path, write_config
+from ..cache.atomic import atomic_path, remove_stale_tmp, write_text_atomic
+from ..cache.schema import features_schema
+from ..errors import UserError
+from ..progress import Hook
+from .color import COLOR_SPACES, color_hist_batch
+from .hog import BLOCK_NORMS, hog_batch, hog_dim
+from .runner import run_tasks
+
+log = logging.getLogger("wdr_pipe")
+
+FEATURE_CODE_VERSION = 1  # bump when a change of this code changes the numbers
+BATCH = 128               # images decoded and computed together (one Parquet row group)
+DTYPES = ("float32", "float16")
+
+# What this process computed, for tests and benchmarks (tasks run in-process with scheduler="inline").
+COUNTERS = {"images_decoded": 0, "shards_computed": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that decides the numbers of a feature shard; its hash is the cache key."""
+
+    hog_size: int = 128            # images are resized to hog_size x hog_size (HOG and histogram)
+    orientations: int = 9
+    cell: int = 8                  # pixels per cell (square)
+    block: int = 2                 # cells per block (square)
+    block_norm: str = "L2-Hys"
+    color_space: str = "HSV"       # "HSV" (OpenCV 8-bit) or "RGB"
+    bins: int = 8                  # per channel: bins**3 histogram values
+    ignore_background: bool = True
+    background_max_s: float = 0.1  # near-white: S/255 < this ...
+    background_min_v: float = 0.9  # ... and V/255 > this
+    resize: str = "area"           # cv2.INTER_AREA on the whole image, no crop
+    dtype: str = "float32"         # or "float16"
+    version: int = FEATURE_CODE_VERSION
+
+    def __post_init__(self):
+        checks = [
+            (self.block_norm in BLOCK_NORMS, f"block_norm {self.block_norm!r}: use one of {', '.join(BLOCK_NORMS)}"),
+            (self.color_space in COLOR_SPACES, f"color_space {self.color_space!r}: use one of {', '.join(COLOR_SPACES)}"),
+            (self.dtype in DTYPES, f"dtype {self.dtype!r}: use float32 or float16"),
+            (self.resize == "area", f"resize {self.resize!r}: only 'area' is implemented"),
+            (1 <= self.orientations <= 180, f"orientations {self.orientations}: use 1 to 180"),
+            (1 <= self.bins <= 64, f"bins {self.bins}: use 1 to 64"),
+            (self.cell >= 1 and self.block >= 1 and self.hog_size >= self.cell * self.block,
+             f"hog_size {self.hog_size} is smaller than one block ({self.block} cells of {self.cell} px)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"feature config: {msg}")
+
+    @property
+    def hog_dim(self) -> int:
+        return hog_dim(self.hog_size, self.orientations, self.cell, self.block)
+
+    @property
+    def hist_dim(self) -> int:
+        return self.bins ** 3
+
+    @property
+    def key(self) -> str:
+        return config_key(self)
+
+    def schema(self) -> pa.Schema:
+        return features_schema(self.hog_dim, self.hist_dim, self.dtype)
+
+
+# -- per image -----------------------------------------------------------------
+
+
+def decode_resize(data: Optional[bytes], size: int) -> np.ndarray:
+    """JPEG (or any OpenCV-readable) bytes -> (size, size, 3) uint8 RGB; ValueError if unreadable."""
+    import simplejpeg
+
+    if not data:
+        raise ValueError("no image bytes")
+    try:
+        img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
+    except ValueError as e:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"undecodable image ({e})") from None
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def compute_batch(jpegs: Sequence[Optional[bytes]], cfg: FeatureConfig):
+    """Decode and compute one batch -> (hog (n, D), hist (n, bins**3), errors: list of str or None)."""
+    n, size = len(jpegs), cfg.hog_size
+    rgb = np.zeros((n, size, size, 3), np.uint8)
+    errors: List[Optional[str]] = [None] * n
+    for i, data in enumerate(jpegs):
+        try:
+            rgb[i] = decode_resize(data, size)
+        except Exception as e:  # any undecodable row becomes a null row, never a crashed shard
+            errors[i] = f"{type(e).__name__}: {e}"[:300]
+    COUNTERS["images_decoded"] += n
+    gray = cv2.cvtColor(rgb.reshape(n * size, size, 3), cv2.COLOR_RGB2GRAY).reshape(n, size, size)
+    return hog_batch(gray, cfg), color_hist_batch(rgb, cfg), errors
+
+
+def _list_column(values: np.ndarray, typ: pa.DataType, null: np.ndarray) -> pa.Array:
+    flat = pa.array(values.ravel(), type=typ.value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, type=typ, mask=pa.array(null))
+
+
+# -- per shard (runs on a dask worker) -------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    split: str
+    image_shard: str
+    out: str
+    source: Dict[str, object]
+    cfg: FeatureConfig
+
+
+def shard_identity(image_shard: Path) -> Dict[str, object]:
+    """What a feature shard was computed from: the image shard's name, size and stats.json digest."""
+    image_shard = Path(image_shard)
+    digest = hashlib.sha256(stats_path(image_shard).read_bytes()).hexdigest()
+    return {"shard": image_shard.name, "bytes": image_shard.stat().st_size, "stats_sha256": digest}
+
+
+def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
+    """Compute one feature shard from one image shard; writes the parquet, then its stats.json."""
+    start = time.monotonic()
+    cfg, schema = task.cfg, task.cfg.schema()
+    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
+    counts = {"done": 0, "ok": 0, "failed": 0, "nbytes": 0}
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one task per core; OpenCV's own threads would only contend
+    try:
+        source = pq.ParquetFile(task.image_shard)
+        with atomic_path(Path(task.out)) as tmp:
+            with pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=1,
+                                  use_dictionary=["image_id"], write_statistics=["image_id"]) as writer:
+                for batch in source.iter_batches(batch_size=BATCH, columns=["image_id", "jpeg"]):
+                    jpegs = batch.column(1).to_pylist()
+                    hogs, hists, errors = compute_batch(jpegs, cfg)
+                    null = np.array([e is not None for e in errors])
+                    writer.write_table(pa.Table.from_arrays([
+                        batch.column(0).cast(pa.string()),
+                        _list_column(hogs.astype(np_dtype), schema.field("hog").type, null),
+                        _list_column(hists.astype(np_dtype), schema.field("color_hist").type, null),
+                        pa.array(errors, pa.string()),
+                    ], schema=schema))
+                    for e in errors:
+                        if e is not None:
+                            log.warning("%s: %s", task.image_shard, e)
+                    counts["done"] += len(jpegs)
+                    counts["failed"] += int(null.sum())
+                    counts["ok"] = counts["done"] - counts["failed"]
+                    counts["nbytes"] += sum(len(j) for j in jpegs if j)
+                    on_progress(counts)
+    finally:
+        cv2.setNumThreads(threads)
+    stats = {"rows": counts["done"], "errors": counts["failed"], "seconds": round(time.monotonic() - start, 3),
+             "key": cfg.key, "source": task.source}
+    write_text_atomic(stats_path(Path(task.out)), json.dumps(stats, indent=2) + "\n")
+    COUNTERS["shards_computed"] += 1
+    return {"split": task.split, **stats}
+
+
+# -- the stage -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SplitSummary:
+    shards_computed: int = 0
+    shards_skipped: int = 0
+    rows: int = 0              # rows in all of the split's feature shards, reused or new
+    errors: int = 0
+    images_computed: int = 0   # images decoded in this run
+
+
+@dataclasses.dataclass
+class FeatureSummary:
+    key: str
+    root: Path
+    splits: Dict[str, SplitSummary]
+    seconds: float = 0.0
+
+    def total(self, name: str) -> int:
+        return sum(getattr(s, name) for s in self.splits.values())
+
+    def line(self) -> str:
+        return (f"features {self.key}: {self.total('rows')} images ({self.total('images_computed')} computed, "
+                f"{self.total('shards_skipped')} shards reused), {self.total('errors')} errors, "
+                f"{self.seconds:.1f}s -> {self.root}")
+
+
+def _rebuild_hint(store: Store, split: str) -> str:
+    return f"run 'wdr-pipe features --store {store.root} --split {split} --rebuild' to recompute it"
+
+
+def check_feature_shard(store: Store, split: str, out: Path, image_shard: Path, stats: dict,
+                        cfg: FeatureConfig) -> None:
+    """Raise UserError naming ``out`` if it is unreadable or does not match its image shard row by row."""
+    try:
+        meta = pq.read_metadata(out)
+        rows = meta.num_rows
+        schema = meta.schema.to_arrow_schema()
+        ids = pq.read_table(out, columns=["image_id"]).column(0)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{out}: unreadable feature shard ({str(e).splitlines()[0]}); "
+                        f"{_rebuild_hint(store, split)}") from e
+    problem = None
+    if not schema.equals(cfg.schema()):
+        problem = "its schema is not the one of this config"
+    elif rows != stats.get("rows"):
+        problem = f"{rows} rows, its stats.json says {stats.get('rows')}"
+    elif not ids.equals(pq.read_table(image_shard, columns=["image_id"]).column(0).cast(pa.string())):
+        problem = f"its image_ids are not those of {image_shard} in the same order"
+    if problem:
+        raise UserError(f"{out}: damaged feature shard ({problem}); {_rebuild_hint(store, split)}")
+
+
+def _committed_stats(out: Path) -> Optional[dict]:
+    marker = stats_path(out)
+    if not marker.exists():
+        return None
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:
+        return None  # an unreadable marker commits nothing: the shard is recomputed
+
+
+def default_splits(store: Store) -> List[str]:
+    d = store.root / "images"
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and store.image_shards(p.name)) if d.is_dir() else []
+
+
+def plan(store: Store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool
+         ) -> Tuple[List[ShardTask], Dict[str, SplitSummary], int]:
+    """Tasks for the shards to compute, the summary of the reused ones, and the number of images to do."""
+    tasks, summary, todo = [], {}, 0
+    for split in splits:
+        shards = store.image_shards(split)
+        if not shards:
+            raise UserError(f"{store.images_dir(split)}: no committed image shards for split {split!r}; "
+                            f"run 'wdr-pipe fetch' for it first or drop --split {split}")
+        out_dir = store.features_dir(cfg.key, split)
+        remove_stale_tmp(out_dir)
+        s = summary[split] = SplitSummary()
+        for shard in shards:
+            out = out_dir / shard.name
+            source = shard_identity(shard)
+            stats = None if rebuild else _committed_stats(out)
+            if stats is not None and stats.get("source") == source:
+                check_feature_shard(store, split, out, shard, stats, cfg)
+                s.shards_skipped += 1
+                s.rows += stats["rows"]
+                s.errors += stats["errors"]
+                continue
+            if stats is not None:
+                log.info("%s: image shard changed since it was computed; recomputing", out)
+            stats_path(out).unlink(missing_ok=True)  # uncommit first: a killed run never leaves a stale pair
+            tasks.append(ShardTask(split, str(shard), str(out), source, cfg))
+            todo += pq.read_metadata(shard).num_rows
+    return tasks, summary, todo
+
+
+def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: FeatureConfig = FeatureConfig(), *,
+                     rebuild: bool = False, workers: Optional[int] = None, scheduler: Optional[str] = None,
+                     progress: Hook = None, timeout: Optional[float] = None) -> FeatureSummary:
+    """Compute the missing feature shards of ``splits`` (default: every split with image shards).
+
+    ``rebuild`` recomputes every shard of those splits under the key. ``timeout``
+    (seconds, default 120 + 0.1 per image to compute) bounds the whole run.
+    """
+    start = time.monotonic()
+    store = store if isinstance(store, Store) else Store(store)
+    splits = list(splits) if splits else default_splits(store)
+    if not splits:
+        raise UserError(f"{store.root}: no image shards under images/; run 'wdr-pipe fetch' first")
+    root = store.features_root(cfg.key)
+    if rebuild or not (root / "config.json").exists():
+        write_config(root / "config.json", cfg, hog_dim=cfg.hog_dim, hist_dim=cfg.hist_dim)
+    tasks, summary, todo = plan(store, splits, cfg, rebuild)
+    if timeout is None:  # a bound, about 100x what a slow machine needs
+        timeout = 120.0 + 0.1 * todo
+    log.info("features %s: %d shards to compute (%d images), %d reused", cfg.key, len(tasks), todo,
+             sum(s.shards_skipped for s in summary.values()))
+    results = run_tasks(features_task, tasks, stage="features", total=todo, scheduler=scheduler,
+                        workers=workers, progress=progress, timeout=timeout,
+                        final=lambda r: {"done": r["rows"], "ok": r["rows"] - r["errors"], "failed": r["errors"]})
+    for r in results:
+        s = summary[r["split"]]
+        s.shards_computed += 1
+        s.rows += r["rows"]
+        s.errors += r["errors"]
+        s.images_computed += r["rows"]
+    return FeatureSummary(cfg.key, root, summary, time.monotonic() - start)
