@@ -359,3 +359,14 @@ def test_ingest_checks_labels_against_the_label_map(tmp_path):
     with pytest.raises(UserError, match=r"train.json: image '2': label 95 is not in the label map .*map.csv"):
         ingest(store, [write_json(tmp_path / "train.json", FGVC5)], label_map=p)
     assert store.splits() == [] and not store.label_map_path.exists()
+
+
+def test_docs_list_the_clothing_table():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "inputs.md").read_text(encoding="utf-8")
+    rows = [line.strip("| ").split(" | ") for line in doc.splitlines() if line.startswith("| ") and "`" in line
+            and "=" in line]
+    documented = [(int(lid), int(task), name.strip("`"), attr) for attr, _, lid, name, task in rows]
+    assert documented == clothing.LABEL_MAP_ROWS
+    assert {(attr, int(value)): int(lid) for attr, value, lid, _, _ in rows} == clothing.LABEL_IDS
