@@ -33,6 +33,8 @@ def test_cooccurrence_matches_a_plain_loop():
             for b in pos:
                 want[a, b] += 1
     assert np.array_equal(cooccurrence(x), want)
+    assert np.array_equal(cooccurrence(x, rows_per_step=7), want)  # in steps
+    assert np.array_equal(cooccurrence(x), (x.T @ x).toarray())
     with pytest.raises(UserError, match="label id 4 is not in the label space"):
         multi_hot_csr(pa.array([[2, 4]], pa.list_(pa.int32())), space)
 

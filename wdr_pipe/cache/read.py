@@ -34,7 +34,7 @@ STATS_FILES = ("label_counts", "cooccurrence", "label_embeddings", "label_weight
 __all__ = [
     "open_store", "label_space", "load_labels", "load_features", "load_split", "feature_config",
     "label_counts", "cooccurrence_matrix", "label_embeddings", "label_weights", "sample_weights",
-    "multi_hot_positions",
+    "label_columns", "multi_hot_positions",
 ]
 
 
@@ -77,25 +77,40 @@ def _image_splits(store: Store) -> List[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
 
-def multi_hot_positions(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray,
-                        where: str = "labels") -> Tuple[np.ndarray, np.ndarray]:
-    """(row, column) of every label in a list<int32> column, columns being positions in ``space``.
-
-    Null lists count as empty. An id outside ``space`` is a ``UserError`` naming ``where``.
-    """
+def label_columns(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray,
+                  where: str = "labels") -> Tuple[np.ndarray, np.ndarray]:
+    """``(offsets (N+1,), columns)`` of a list<int32> column: row i's labels sit at positions
+    ``columns[offsets[i]:offsets[i+1]]`` of ``space``. Null lists count as empty.
+    An id outside ``space`` is a ``UserError`` naming ``where``."""
     if isinstance(labels, pa.ChunkedArray):
         labels = labels.combine_chunks()
-    labels = labels.fill_null(pa.scalar([], labels.type))
-    offsets = labels.offsets.to_numpy()
+    if labels.null_count:
+        labels = labels.fill_null(pa.scalar([], labels.type))
+    offsets = labels.offsets.to_numpy().astype(np.int64)
     values = labels.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(labels), dtype=np.int64), np.diff(offsets))
-    cols = np.searchsorted(space, values)
-    bad = (cols >= len(space)) | (space[np.minimum(cols, len(space) - 1)] != values) if len(space) else \
-        np.ones(len(values), bool)
+    offsets -= offsets[0]
+    if len(space) == 0:
+        cols, bad = np.zeros(len(values), np.int32), np.ones(len(values), bool)
+    elif space[0] >= 0 and space[-1] < 50_000_000:  # small ids: a lookup table, no search
+        top = int(space[-1])
+        lut = np.full(top + 2, -1, np.int32)       # lut[-1] and lut[top + 1] stay -1
+        lut[space] = np.arange(len(space), dtype=np.int32)
+        cols = lut[np.clip(values, -1, top + 1)]
+        bad = cols < 0
+    else:
+        cols = np.searchsorted(space, values).astype(np.int32)
+        bad = (cols >= len(space)) | (space[np.minimum(cols, len(space) - 1)] != values)
     if bad.any():
         raise UserError(f"{where}: label id {int(values[bad][0])} is not in the label space "
                         f"({len(space)} ids); fix label_map.parquet or remove it to use 1..max id")
-    return rows, cols
+    return offsets, cols
+
+
+def multi_hot_positions(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray,
+                        where: str = "labels") -> Tuple[np.ndarray, np.ndarray]:
+    """(row, column) of every label in a list<int32> column, columns being positions in ``space``."""
+    offsets, cols = label_columns(labels, space, where)
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), cols
 
 
 def _labels_table(store: Store, split: str) -> pa.Table:

@@ -6,6 +6,10 @@ Minimises, over the off-diagonal pairs with C_ij > 0 (both triangles),
 
 with full-batch Adagrad on dense (L, L) arrays (L is a few hundred labels, so
 an epoch is a handful of small matrix products), and returns (U + V) / 2.
+The products use ``np.einsum``, not BLAS: for matrices this small a
+multi-threaded BLAS spends more time waking threads than computing (10 to
+100 times slower on a busy machine), and einsum's single loop gives the same
+bits on every run.
 The diagonal (a label "co-occurring" with itself, i.e. its count) is left
 out: a label's frequency goes into its biases. A label that never shares an
 image with another keeps its small random start vector. Seeded and
@@ -51,10 +55,11 @@ def fit_glove(C: np.ndarray, dim: int = 20, epochs: int = 1000, lr: float = 0.05
     gU, gV, gb, gc = np.ones_like(U), np.ones_like(V), np.ones(n), np.ones(n)
     losses: List[float] = []
     for _ in range(epochs):
-        diff = U @ V.T + b[:, None] + c[None, :] - target
+        diff = np.einsum("ik,jk->ij", U, V) + b[:, None] + c[None, :] - target
         E = f * diff                      # zero outside the fitted pairs
         losses.append(float((E * diff).sum() / wsum))
-        dU, dV = E @ V, E.T @ U           # half the gradient; the 2 folds into lr
+        dU = np.einsum("ij,jk->ik", E, V)  # half the gradient; the 2 folds into lr
+        dV = np.einsum("ji,jk->ik", E, U)
         db, dc = E.sum(axis=1), E.sum(axis=0)
         gU += dU * dU
         gV += dV * dV
@@ -64,6 +69,6 @@ def fit_glove(C: np.ndarray, dim: int = 20, epochs: int = 1000, lr: float = 0.05
         V -= lr * dV / np.sqrt(gV)
         b -= lr * db / np.sqrt(gb)
         c -= lr * dc / np.sqrt(gc)
-    diff = U @ V.T + b[:, None] + c[None, :] - target
+    diff = np.einsum("ik,jk->ij", U, V) + b[:, None] + c[None, :] - target
     losses.append(float((f * diff * diff).sum() / wsum))
     return ((U + V) / 2).astype(np.float32), losses

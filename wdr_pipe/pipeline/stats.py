@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from ..cache import Store, config_key, open_store, stats_path, write_config
 from ..cache.atomic import write_parquet_atomic
 from ..cache.keys import canonical_json, read_json
-from ..cache.read import STATS_FILES, label_space, multi_hot_positions, read_shards
+from ..cache.read import STATS_FILES, label_columns, label_space, read_shards
 from ..errors import UserError
 from ..progress import Hook, Progress, report
 from .embed import fit_glove
@@ -62,17 +62,38 @@ class StatsConfig:
 
 # -- the numbers -------------------------------------------------------------------
 def multi_hot_csr(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray, where: str = "labels") -> sp.csr_matrix:
-    """Sparse (N, L) 0/1 matrix of a list<int32> column (repeated ids count once)."""
-    rows, cols = multi_hot_positions(labels, space, where)
-    x = sp.csr_matrix((np.ones(len(rows), np.int64), (rows, cols)), shape=(len(labels), len(space)))
-    x.sum_duplicates()
+    """Sparse (N, L) 0/1 matrix of a list<int32> column (repeated ids count once), built
+    straight from the column's offsets."""
+    offsets, cols = label_columns(labels, space, where)
+    x = sp.csr_matrix((np.ones(len(cols), np.int32), cols, offsets), shape=(len(offsets) - 1, len(space)))
+    x.sum_duplicates()  # sorts each row's ids and merges repeats
     x.data[:] = 1
     return x
 
 
-def cooccurrence(x: sp.csr_matrix) -> np.ndarray:
-    """Dense symmetric (L, L) int64 counts: [i, j] = rows with both labels; [i, i] = rows with label i."""
-    return np.asarray((x.T @ x).toarray(), dtype=np.int64)
+def cooccurrence(x: sp.csr_matrix, rows_per_step: int = 250_000) -> np.ndarray:
+    """Dense symmetric (L, L) int64 counts: [i, j] = rows with both labels; [i, i] = rows with label i.
+
+    Every pair i < j inside a row is coded ``i * L + j`` and counted with ``np.bincount``,
+    ``rows_per_step`` rows at a time (bounded memory); about 2.5 times faster than
+    ``x.T @ x`` in scipy (benchmarks/bench_stats.py). ``x`` must have sorted, unique
+    column indices per row, as ``multi_hot_csr`` makes it.
+    """
+    n_labels = x.shape[1]
+    c = np.zeros((n_labels, n_labels), np.int64)
+    for start in range(0, x.shape[0], rows_per_step):
+        part = x[start:start + rows_per_step]
+        k = np.diff(part.indptr)                      # labels per row
+        idx = part.indices
+        place = np.arange(len(idx)) - np.repeat(part.indptr[:-1], k)   # position of an entry in its row
+        later = np.repeat(k, k) - place - 1          # entries after it in the same row
+        a = np.repeat(idx, later).astype(np.int64)
+        first = np.repeat(np.arange(1, len(idx) + 1), later)           # the entry just after it
+        b = idx[first + np.arange(len(a)) - np.repeat(np.cumsum(later) - later, later)]
+        c += np.bincount(a * n_labels + b, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+    c = c + c.T
+    c[np.diag_indices(n_labels)] = np.bincount(x.indices, minlength=n_labels)
+    return c
 
 
 def per_label_weights(counts: np.ndarray, alpha: float = 0.75) -> np.ndarray:
