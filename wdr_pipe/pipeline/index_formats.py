@@ -119,7 +119,7 @@ def _json_id(path: Path, where: str, value) -> str:
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: building millions of dicts triggers it over and over
-    (json.load of a 1M-entry train.json takes about 5x longer with it on). The objects made
+    (json.load of a 1M-entry train.json takes 3 to 5 times longer with it on). The objects made
     here hold no cycles, so reference counting still frees them."""
     enabled = gc.isenabled()
     gc.disable()
