@@ -31,19 +31,25 @@ COLOR_SPACES = ("HSV", "RGB")
 
 
 @functools.lru_cache(maxsize=16)
-def _tables(color_space: str, bins: int):
-    """Per-channel look-up tables uint8 value -> that channel's part of the flat bin index."""
+def _bin_lut(color_space: str, bins: int) -> np.ndarray:
+    """cv2.LUT table: channel value -> bin number, per channel ((256, 1, 3) uint8)."""
     v = np.arange(256)
     fine = (v * bins) // 256
-    first = ((np.minimum(v, 179) * bins) // 180) if color_space == "HSV" else fine
-    return first * bins * bins, fine * bins, fine
+    first = (np.minimum(v, 179) * bins) // 180 if color_space == "HSV" else fine
+    return np.stack([first, fine, fine], axis=1).astype(np.uint8).reshape(256, 1, 3)
+
+
+@functools.lru_cache(maxsize=16)
+def _flag_lut(max_s: float, min_v: float) -> np.ndarray:
+    """cv2.LUT table on 8-bit HSV: S -> 2 if S/255 < max_s, V -> 1 if V/255 > min_v (3 = background)."""
+    v = np.arange(256) / 255.0
+    return np.stack([0 * v, 2 * (v < max_s), v > min_v], axis=1).astype(np.uint8).reshape(256, 1, 3)
 
 
 def background_mask(hsv: np.ndarray, max_s: float, min_v: float) -> np.ndarray:
     """True where an 8-bit HSV pixel is near-white background (S/255 < max_s and V/255 > min_v)."""
     v = np.arange(256) / 255.0
-    low_s, high_v = v < max_s, v > min_v
-    return low_s[hsv[..., 1]] & high_v[hsv[..., 2]]
+    return (v < max_s)[hsv[..., 1]] & (v > min_v)[hsv[..., 2]]
 
 
 def color_hist_batch(rgb: np.ndarray, cfg: Optional["FeatureConfig"] = None) -> np.ndarray:
@@ -59,20 +65,20 @@ def color_hist_batch(rgb: np.ndarray, cfg: Optional["FeatureConfig"] = None) -> 
         raise ValueError(f"expected a (B, H, W, 3) uint8 RGB stack, got {rgb.dtype} {rgb.shape}")
     if cfg.color_space not in COLOR_SPACES:
         raise ValueError(f"unknown colour space {cfg.color_space!r}; use one of {', '.join(COLOR_SPACES)}")
-    bsz, h, w, _ = rgb.shape
-    n_bins = cfg.bins ** 3
-    hsv = None
-    if cfg.color_space == "HSV" or cfg.ignore_background:
-        # one cvtColor call for the whole batch: images stacked as one tall picture
-        hsv = cv2.cvtColor(np.ascontiguousarray(rgb).reshape(bsz * h, w, 3), cv2.COLOR_RGB2HSV).reshape(rgb.shape)
-    chans = hsv if cfg.color_space == "HSV" else rgb
-    t0, t1, t2 = _tables(cfg.color_space, cfg.bins)
-    idx = t0[chans[..., 0]]
-    idx += t1[chans[..., 1]]
-    idx += t2[chans[..., 2]]
-    if cfg.ignore_background:
-        idx[background_mask(hsv, cfg.background_max_s, cfg.background_min_v)] = n_bins  # a bin we drop
-    idx += (np.arange(bsz) * (n_bins + 1))[:, None, None]
-    counts = np.bincount(idx.ravel(), minlength=bsz * (n_bins + 1)).reshape(bsz, n_bins + 1)[:, :n_bins]
+    bsz, b = len(rgb), cfg.bins
+    n_bins = b ** 3
+    flat = np.ascontiguousarray(rgb).reshape(-1, rgb.shape[2], 3)  # the batch as one tall picture for OpenCV
+    hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)
+    codes = cv2.LUT(hsv if cfg.color_space == "HSV" else flat, _bin_lut(cfg.color_space, b))
+    flags = cv2.LUT(hsv, _flag_lut(cfg.background_max_s, cfg.background_min_v))
+    # flat index (image, flag, c0, c1, c2) of every pixel; flag 3 = near-white background
+    key = codes[..., 0] * np.int32(b * b)
+    key += codes[..., 1] * np.int32(b)
+    key += codes[..., 2]
+    key += (flags[..., 1] + flags[..., 2]) * np.int32(n_bins)
+    key = key.reshape(bsz, -1)
+    key += (np.arange(bsz, dtype=np.int32) * (4 * n_bins))[:, None]
+    counts = np.bincount(key.ravel(), minlength=bsz * 4 * n_bins).reshape(bsz, 4, n_bins)
+    counts = counts[:, :3].sum(1) if cfg.ignore_background else counts.sum(1)
     totals = counts.sum(axis=1, keepdims=True)
     return (counts / np.maximum(totals, 1)).astype(np.float32)
