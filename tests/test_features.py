@@ -168,7 +168,13 @@ def test_local_cluster_of_two_workers_equals_inline(image_store, tmp_path):
         b = sorted((other / "features" / summary.key / split).glob("part-*.parquet"))
         assert [p.name for p in a] == [p.name for p in b] and a
         for pa_, pb in zip(a, b):
-            assert pq.read_table(pa_).equals(pq.read_table(pb))
+            ta, tb = pq.read_table(pa_), pq.read_table(pb)
+            assert ta.schema.equals(tb.schema)
+            for name in ("image_id", "error"):
+                assert ta.column(name).equals(tb.column(name))
+            for name in ("hog", "color_hist"):  # float sums may differ in the last bit with memory alignment
+                np.testing.assert_allclose(np.array(ta.column(name).to_pylist()),
+                                           np.array(tb.column(name).to_pylist()), rtol=0, atol=1e-6)
 
 
 def test_cli_features(image_store):

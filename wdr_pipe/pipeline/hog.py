@@ -124,7 +124,6 @@ def cell_histograms(images: np.ndarray, orientations: int, cell: int) -> np.ndar
 
 def normalize_blocks(hist: np.ndarray, block: int, method: str = "L2-Hys") -> np.ndarray:
     """(B, n_blocks_down, n_blocks_across, block * block * orientations) normalised block vectors."""
-    hist = hist.astype(np.float32)  # plenty for a 1e-4 match, and half the memory traffic
     bsz, nr, nc, n = hist.shape
     nbr, nbc = nr - block + 1, nc - block + 1
     if nbr <= 0 or nbc <= 0:
