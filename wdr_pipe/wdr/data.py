@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..cache import Store, open_store
-from ..cache.read import _fixed_matrix, label_space, multi_hot_positions
+from ..cache.read import _fixed_matrix, label_space, multi_hot
 from ..errors import UserError
 from . import sampling
 from .transforms import DataConfig, Normalize, data_config, decode_jpeg, make_transform
@@ -101,9 +101,7 @@ class _UnitReader:
         path = plan.images_dir / unit.shard
         t = self._file(path).read_row_groups(list(unit.image_groups), columns=["image_id", "jpeg", "labels"])
         ids = t.column("image_id").combine_chunks().cast(pa.string())
-        rows, cols = multi_hot_positions(t.column("labels"), self.space, where=str(path))
-        labels = np.zeros((t.num_rows, len(self.space)), np.uint8)
-        labels[rows, cols] = 1
+        labels = multi_hot(t.column("labels"), self.space, where=str(path))
         wide = ok = None
         if plan.features_dir is not None:
             fpath = plan.features_dir / unit.shard
@@ -217,10 +215,12 @@ class StoreDataset(IterableDataset):
     def _collate(self, images: List[np.ndarray], keep, worker: int, consumed: int, failed: int) -> dict:
         n = len(images)
         size = images[0].shape[:2] if n else (0, 0)
-        x = np.empty((n, 3) + tuple(size), np.uint8)
+        image = torch.empty((n, 3) + tuple(size), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            image.share_memory_()  # filled in place: no copy when it crosses to the main process
+        x = image.numpy()
         for j, img in enumerate(images):
             x[j] = img.transpose(2, 0, 1)
-        image = torch.from_numpy(x)
         if self.normalize is not None:
             image = self.normalize(image)
         rows = np.array([r for _, _, r in keep], np.int64)
@@ -263,19 +263,19 @@ class Loader:
             self.normalize = self.normalize.to(self.device)
         self.epoch = 0
         self.consumed = [0] * dataset._workers()
-        self.failed = 0  # rows dropped at run time this epoch
+        self.failed = 0  # rows dropped at run time, all epochs so far
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     @property
     def skipped(self) -> Dict[str, int]:
-        """Rows left out: failed downloads and failed features (whole split), decode failures (this epoch)."""
+        """Rows left out: failed downloads and failed features (of the split), decode failures (seen so far)."""
         return {**self.dataset.plan.skipped, "decode": self.failed}
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next ``iter``."""
-        self.epoch, self.consumed, self.failed = int(epoch), [0] * len(self.consumed), 0
+        self.epoch, self.consumed = int(epoch), [0] * len(self.consumed)
 
     def __iter__(self) -> Iterator[dict]:
         control = self.dataset._control

@@ -13,20 +13,22 @@ for an epoch, as canonical numbers in emission order:
 
 1. the units are shuffled from ``(seed, epoch)``, giving a sequence ``seq`` of
    the N rows (no shuffle: store order);
-2. every rank takes ``T = ceil(N / world_size)`` consecutive positions of that
+2. weighted sampling (optional): with weights normalised to mean 1, the row
+   at each place of ``seq`` is repeated ``floor(w)`` or ``floor(w) + 1``
+   times, the latter with probability ``frac(w)`` (systematic sampling: one
+   uniform ``u`` per epoch, counts ``floor(C_i + u) - floor(C_{i-1} + u)``
+   over the cumulative weights ``C``). A row's expected count is exactly its
+   weight, and the weighted sequence has exactly N places like the unweighted
+   one, so the split below, the equal batch counts and ``len`` stay the same;
+3. every rank takes ``T = ceil(N / world_size)`` consecutive positions of that
    sequence, position ``p`` being row ``seq[p % N]``: the last rank wraps
    around to the start, so ranks that come up short repeat at most
    ``world_size - 1`` rows in all (as ``DistributedSampler`` does) and every
    rank gets exactly ``T`` samples. Without weighting every row is seen
    exactly once per epoch, plus those few pads;
-3. a rank's ``T`` positions are cut into one consecutive block per worker,
+4. a rank's ``T`` positions are cut into one consecutive block per worker,
    ``T // K`` or ``T // K + 1`` long, the same sizes on every rank, so every
    rank yields the same number of batches;
-4. weighted sampling (optional) emits the row at each position
-   ``floor(w) + Bernoulli(frac(w))`` times, with weights normalised to mean 1,
-   reading on past the block's end (into the next block, wrapping at N) until
-   the block's quota is met, and cuts it there: the sample count stays exact and
-   a row's expected count is proportional to its weight;
 5. a local shuffle: each emission gets the key ``index + U(0, buffer)`` and
    they are sorted by it, so a row moves at most ``buffer`` places and the
    worker never needs more than about ``buffer`` rows (a few units) in memory.
@@ -201,33 +203,35 @@ def worker_size(n: int, world_size: int, worker: int, num_workers: int) -> int:
     return t // num_workers + (1 if worker < t % num_workers else 0)
 
 
+def weighted_sequence(plan: Plan, seq: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """``seq`` with each row repeated ``floor(w)`` or ``floor(w) + 1`` times, ``len(seq)`` places in all."""
+    n = len(seq)
+    w = plan.weight[seq].astype(np.float64)
+    total = w.sum()
+    if not total > 0:
+        raise UserError(f"{plan.images_dir}: sample weights are all zero; rerun 'wdr-pipe stats'")
+    cum = np.cumsum(w) * (n / total)
+    cum[-1] = n  # exact, whatever the rounding
+    u = np.random.default_rng([seed, epoch, 7]).random()
+    marks = np.floor(cum + u).astype(np.int64)
+    counts = np.diff(np.concatenate([[int(np.floor(u))], marks]))
+    return np.repeat(seq, counts)
+
+
 def worker_rows(plan: Plan, *, seed: int, epoch: int, rank: int, world_size: int, worker: int,
                 num_workers: int, shuffle: bool = True, weighted: bool = False,
                 buffer_size: int = 1024) -> np.ndarray:
     """Canonical row numbers that ``worker`` of ``rank`` emits this epoch, in order (see the module doc)."""
     n = plan.num_rows
     seq = epoch_sequence(plan, seed, epoch, shuffle)
+    if weighted:
+        seq = weighted_sequence(plan, seq, seed, epoch)
     t = rank_size(n, world_size)
     size = worker_size(n, world_size, worker, num_workers)
     first = rank * t + sum(worker_size(n, world_size, w, num_workers) for w in range(worker))
-    rng = np.random.default_rng([seed, epoch, rank, worker, world_size, num_workers])
-    if not weighted:
-        rows = seq[np.arange(first, first + size) % n]
-    else:
-        mean = float(plan.weight.mean())
-        if not mean > 0:
-            raise UserError(f"{plan.images_dir}: sample weights are all zero; rerun 'wdr-pipe stats'")
-        w = plan.weight / mean
-        parts, have, pos = [], 0, first
-        while have < size:  # read on, a chunk of positions at a time, until the quota is met
-            p = np.arange(pos, pos + max(64, 2 * (size - have))) % n
-            r = seq[p]
-            k = np.floor(w[r]).astype(np.int64) + (rng.random(len(r)) < (w[r] % 1.0))
-            parts.append(np.repeat(r, k))
-            have += int(k.sum())
-            pos += len(p)
-        rows = np.concatenate(parts)[:size] if parts else np.zeros(0, np.int64)
+    rows = seq[np.arange(first, first + size) % n]
     if shuffle and buffer_size > 1 and len(rows) > 1:
+        rng = np.random.default_rng([seed, epoch, rank, worker, world_size, num_workers])
         keys = np.arange(len(rows)) + rng.uniform(0, buffer_size, len(rows))
         rows = rows[np.argsort(keys, kind="stable")]
     return rows.astype(np.int64)
@@ -239,5 +243,6 @@ def units_in_memory(plan: Plan, buffer_size: int) -> int:
     return int(math.ceil(buffer_size / mean_rows)) + 3
 
 
-__all__ = ["Plan", "Unit", "build_plan", "epoch_sequence", "rank_size", "worker_rows", "worker_size",
+__all__ = ["Plan", "Unit", "build_plan", "epoch_sequence", "rank_size", "weighted_sequence", "worker_rows",
+           "worker_size",
            "units_in_memory"]

@@ -1,0 +1,275 @@
+"""Loader benchmark: the store loader against ImageFolder and webdataset, side by side, same images.
+
+N generated garment photos (shorter side 299-320 px, JPEG quality 95, as
+``wdr-pipe fetch`` stores them) are laid out three ways under --out (kept
+between runs): a store (1,000-row shards, 256-row row groups, as fetch
+writes them), an ImageFolder tree of JPEG files, and webdataset tar shards.
+Every loader delivers batches of 64 training crops at 224 px (random resized
+crop, scale 0.08-1, and horizontal flip) from 2 worker processes, normalised
+with the ImageNet mean and std:
+
+- ours: ``make_loader`` yields uint8 batches; the main process normalises them
+  with ``Normalize`` (on a GPU machine that runs on the device instead);
+- ImageFolder + DataLoader: PIL decode, torchvision RandomResizedCrop,
+  RandomHorizontalFlip, ToTensor, Normalize (the standard pipeline);
+- webdataset: the same torchvision transform over tar shards, shuffle buffer 1000.
+
+Also measured: bare JPEG decode on the same 2 cores (the ceiling), the
+decoders one core at a time (simplejpeg, PIL, PIL with draft, OpenCV), our
+loader with uint8 output only, normalising in the workers, and zipping in the
+wide features, and the per-image CPU cost of the training transform from
+JPEG against from raw uint8 (what a cached decoded view could save).
+
+Images/s are counted after the first 3 batches, over 2 epochs; each loader
+runs --rounds times, interleaved, and the best round is kept.
+
+    python benchmarks/bench_loader.py --images 3000
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH, SIZE, WORKERS = 64, 224, 2
+
+
+# -- data ------------------------------------------------------------------------------
+def _draw(seed: int):
+    from wdr_pipe.pipeline import synth
+
+    rng = np.random.default_rng([seed, 11])
+    g = synth.sample_garment(rng)
+    short = int(rng.integers(299, 321))
+    long = int(short * rng.uniform(1.0, 1.4))
+    w, h = (short, long) if rng.random() < 0.7 else (long, short)
+    return str(seed), synth.encode_jpeg(synth.draw_image(g, w, h, seed), 95), w, h, g.labels()
+
+
+def build(out: Path, n: int) -> dict:
+    """Store, ImageFolder tree and tar shards of the same n images under ``out`` (reused if complete)."""
+    from wdr_pipe.cache import Store, shard_name, stats_path
+    from wdr_pipe.cache.atomic import write_parquet_atomic
+    from wdr_pipe.cache.schema import IMAGES
+    from wdr_pipe.pipeline.fetch_shard import ROW_GROUP
+
+    done = out / f"built-{n}.json"
+    paths = {"store": out / "store", "folder": out / "imagefolder", "tars": out / "wds"}
+    if done.exists():
+        return paths
+    print(f"drawing {n} images under {out} ...", flush=True)
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        rows = pool.map(_draw, range(1, n + 1), chunksize=32)
+    store = Store(paths["store"], create=True)
+    for k, start in enumerate(range(0, n, 1000)):
+        part = [{"image_id": i, "jpeg": j, "width": w, "height": h, "src_width": w, "src_height": h,
+                 "url": f"http://bench/{i}.jpg", "sha256": "", "labels": labels}
+                for i, j, w, h, labels in rows[start:start + 1000]]
+        path = store.images_dir("train") / f"{shard_name(k)}.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(part, schema=IMAGES), path, row_group_size=ROW_GROUP)
+        stats_path(path).write_text(json.dumps({"ok": len(part), "failed": 0}))
+    for i, j, _, _, labels in rows:
+        d = paths["folder"] / f"c{labels[0]:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.jpg").write_bytes(j)
+    paths["tars"].mkdir(parents=True, exist_ok=True)
+    per_tar = max(1, n // 12)  # 12 tars: 6 per worker, as the store's 12 row groups
+    for k, start in enumerate(range(0, n, per_tar)):
+        with tarfile.open(paths["tars"] / f"shard-{k:06d}.tar", "w") as tar:
+            for i, j, _, _, labels in rows[start:start + per_tar]:
+                for name, data in ((f"{i}.jpg", j), (f"{i}.cls", str(labels[0]).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    done.write_text(json.dumps({"images": n}))
+    return paths
+
+
+def jpegs_of(store_root: Path) -> list:
+    import pyarrow.parquet as pq
+
+    from wdr_pipe.cache import Store
+
+    return [j for p in Store(store_root).image_shards("train") for j in pq.read_table(p, columns=["jpeg"]).column(0).to_pylist()]
+
+
+# -- decode ------------------------------------------------------------------------------
+def _decoders():
+    import cv2
+    import simplejpeg
+    from PIL import Image
+
+    def pil(j):
+        return np.asarray(Image.open(io.BytesIO(j)).convert("RGB"))
+
+    def pil_draft(j):
+        im = Image.open(io.BytesIO(j))
+        im.draft("RGB", (SIZE, SIZE))
+        return np.asarray(im.convert("RGB"))
+
+    return {"simplejpeg": lambda j: simplejpeg.decode_jpeg(j, colorspace="RGB"), "PIL": pil, "PIL + draft": pil_draft,
+            "cv2.imdecode": lambda j: cv2.cvtColor(cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR),
+                                                  cv2.COLOR_BGR2RGB)}
+
+
+def _decode_all(jpegs) -> int:
+    import simplejpeg
+
+    for j in jpegs:
+        simplejpeg.decode_jpeg(j, colorspace="RGB")
+    return len(jpegs)
+
+
+def decode_rates(jpegs: list) -> dict:
+    import cv2
+
+    cv2.setNumThreads(1)
+    out = {}
+    sample = jpegs[:500]
+    for name, fn in _decoders().items():
+        t = time.perf_counter()
+        for j in sample:
+            fn(j)
+        out[name] = len(sample) / (time.perf_counter() - t)
+    halves = [jpegs[0::2], jpegs[1::2]]
+    with multiprocessing.Pool(WORKERS) as pool:
+        pool.map(_decode_all, [h[:50] for h in halves])  # start-up
+        t = time.perf_counter()
+        n = sum(pool.map(_decode_all, halves))
+        out["ceiling"] = n / (time.perf_counter() - t)
+    return out
+
+
+def transform_costs(jpegs: list) -> dict:
+    """CPU ms per image, one core: train crop from JPEG bytes vs from raw uint8 at the stored size."""
+    import cv2
+
+    from wdr_pipe.wdr import TrainTransform, decode_jpeg
+
+    cv2.setNumThreads(1)
+    t_f = TrainTransform(SIZE, scale=(0.08, 1.0))
+    rng = np.random.default_rng(0)
+    sample = jpegs[:400]
+    raws = [(decode_jpeg(j).tobytes(), decode_jpeg(j).shape) for j in sample]
+    t = time.perf_counter()
+    for j in sample:
+        t_f(decode_jpeg(j), rng)
+    from_jpeg = (time.perf_counter() - t) / len(sample) * 1e3
+    t = time.perf_counter()
+    for b, shape in raws:
+        t_f(np.frombuffer(b, np.uint8).reshape(shape), rng)
+    from_raw = (time.perf_counter() - t) / len(sample) * 1e3
+    jpeg_bytes = np.mean([len(j) for j in sample])
+    raw_bytes = np.mean([len(b) for b, _ in raws])
+    return {"from_jpeg_ms": from_jpeg, "from_raw_ms": from_raw, "jpeg_kb": jpeg_bytes / 1024,
+            "raw_kb": raw_bytes / 1024}
+
+
+# -- loaders -----------------------------------------------------------------------------
+def tv_transform():
+    from torchvision import transforms as T
+
+    return T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+
+def run_epochs(loader, epochs: int = 2, warm: int = 3, prepare=None) -> float:
+    """Images/s over ``epochs`` passes, the first ``warm`` batches excluded."""
+    seen, start, k = 0, None, 0
+    for _ in range(epochs):
+        for batch in loader:
+            images = batch["image"] if isinstance(batch, dict) else batch[0]
+            if prepare is not None:
+                images = prepare(images)
+            k += 1
+            if k == warm:
+                start = time.perf_counter()
+            elif k > warm:
+                seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def ours(paths, normalize="main", feature_key=None):
+    from wdr_pipe.wdr import DataConfig, make_loader
+
+    loader = make_loader(paths["store"], "train", BATCH, WORKERS, config=DataConfig(size=SIZE), scale=(0.08, 1.0),
+                         normalize_in_workers=normalize == "workers", feature_key=feature_key)
+    prepare = loader.normalize if normalize == "main" else None
+    return run_epochs(loader, prepare=prepare)
+
+
+def imagefolder(paths):
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(paths["folder"]), transform=tv_transform())
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
+                                         persistent_workers=True, prefetch_factor=4)
+    return run_epochs(loader)
+
+
+def webdataset(paths):
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in paths["tars"].glob("*.tar"))
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False).shuffle(1000).decode("pil")
+          .to_tuple("jpg", "cls").map_tuple(tv_transform(), int).batched(BATCH))
+    loader = wds.WebLoader(ds, batch_size=None, num_workers=WORKERS, persistent_workers=True, prefetch_factor=4)
+    return run_epochs(loader)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "loader")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(WORKERS)
+    paths = build(args.out, args.images)
+    from wdr_pipe.pipeline.features import compute_features
+
+    key = compute_features(paths["store"], ["train"], scheduler="inline").key  # cached after the first run
+    jpegs = jpegs_of(paths["store"])
+    print(f"{len(jpegs)} images, {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB mean JPEG; {os.cpu_count()} cores",
+          flush=True)
+    runs = {"ours (uint8 + Normalize in main)": lambda: ours(paths),
+            "ImageFolder + DataLoader": lambda: imagefolder(paths),
+            "webdataset": lambda: webdataset(paths),
+            "ours (uint8 only)": lambda: ours(paths, normalize=None),
+            "ours (normalised in workers)": lambda: ours(paths, normalize="workers"),
+            "ours + wide features": lambda: ours(paths, feature_key=key)}
+    best = {name: 0.0 for name in runs}
+    for r in range(args.rounds):
+        for name, fn in runs.items():
+            rate = fn()
+            best[name] = max(best[name], rate)
+            print(f"round {r + 1}: {name}: {rate:.0f} images/s", flush=True)
+    dec = decode_rates(jpegs)
+    costs = transform_costs(jpegs)
+    base = best["ImageFolder + DataLoader"]
+    print("\n| loader (batches of 64 at 224 px, 2 workers) | images/s | vs ImageFolder |\n|---|---:|---:|")
+    for name, rate in best.items():
+        print(f"| {name} | {rate:.0f} | {rate / base:.2f}x |")
+    print(f"| bare simplejpeg decode, 2 processes (ceiling) | {dec['ceiling']:.0f} | {dec['ceiling'] / base:.2f}x |")
+    print("\n| decoder, one core | images/s |\n|---|---:|")
+    for name in ("simplejpeg", "PIL", "PIL + draft", "cv2.imdecode"):
+        print(f"| {name} | {dec[name]:.0f} |")
+    print(f"\ntrain crop per image, one core: {costs['from_jpeg_ms']:.3f} ms from JPEG, {costs['from_raw_ms']:.3f} ms "
+          f"from raw uint8; {costs['jpeg_kb']:.0f} KiB JPEG vs {costs['raw_kb']:.0f} KiB raw")
+    (args.out / "results.json").write_text(json.dumps({"loaders": best, "decode": dec, "transform": costs,
+                                                       "images": len(jpegs)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
