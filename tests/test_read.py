@@ -60,6 +60,9 @@ def _records(synth_data, split):
 def test_label_space_from_max_id_then_from_label_map(image_store, synth_data):
     top = max(max(r.labels) for r in synth_data[1] if r.split != "test")
     assert label_space(image_store).tolist() == list(range(1, top + 1))
+    for p in (image_store / "index").iterdir():  # without an index: from the image shards
+        p.unlink()
+    assert label_space(image_store).tolist() == list(range(1, top + 1))
     lm = pa.table({"labelId": [30, 10, 20], "taskId": [1, 1, 2], "labelName": ["a", "b", "c"],
                    "taskName": ["x", "x", "y"]}, schema=LABEL_MAP)
     pq.write_table(lm, Store(image_store).label_map_path)
@@ -172,7 +175,7 @@ def test_store_info_counts_everything(feature_store):
     assert info["splits"]["test"]["ok"] == 8
     (f,) = info["features"]
     assert f["key"] == key and f["shards"] == {"test": 1, "train": 3, "validation": 1}
-    assert f["summary"] == "FakeFeatures(dtype=float32, hist_dim=8, hog_dim=36)" and f["bytes"] > 0
+    assert f["summary"] == "FakeFeatures (dtype=float32, hist_dim=8, hog_dim=36)" and f["bytes"] > 0
     assert info["stats"] == {} and info["bytes"] > tr["bytes"] > 0
 
 

@@ -174,3 +174,5 @@ def test_stats_command(image_store):
     assert "train: complete" in res.output
     res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--split", "valid"])
     assert res.exit_code == 1 and "--split valid: no such split" in res.output
+    res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--alpha", "2"])
+    assert res.exit_code == 1 and "--alpha 2.0: use a value in [0, 1]" in res.output

@@ -186,8 +186,14 @@ def features(store_dir, splits, hog_size, orientations, bins, keep_background, d
 # -- store ---------------------------------------------------------------------
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 @cli.group("store")
@@ -215,23 +221,23 @@ def store_info_cmd(store, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"store {info['path']}: schema version {info['schema_version']}, {_mib(info['bytes'])}, "
+    click.echo(f"store {info['path']}: schema version {info['schema_version']}, {_size(info['bytes'])}, "
                f"{info['labels']} labels ({'label_map.parquet' if info['label_map'] else 'no label map'})")
     click.echo(f"{'split':<12}{'index':>9}{'ok':>9}{'failed':>8}{'shards':>10}{'size':>12}")
     for name, s in info["splits"].items():
         index = "-" if s["index_rows"] is None else s["index_rows"]
         click.echo(f"{name:<12}{index:>9}{s['ok']:>9}{s['failed']:>8}"
-                   f"{s['committed_shards']:>5}/{s['shards']:<4}{_mib(s['bytes']):>12}")
+                   f"{s['committed_shards']:>5}/{s['shards']:<4}{_size(s['bytes']):>12}")
         if s["failed_by_status"]:
             click.echo("    failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_by_status"].items()))
     click.echo("features:" + ("" if info["features"] else " none (run 'wdr-pipe features')"))
     for f in info["features"]:
         shards = ", ".join(f"{k} {v}" for k, v in f["shards"].items()) or "no shards"
-        click.echo(f"  {f['key']}  {f['summary']}\n      shards: {shards}; {_mib(f['bytes'])}")
+        click.echo(f"  {f['key']}  {f['summary']}\n      shards: {shards}; {_size(f['bytes'])}")
     click.echo("label stats:" + ("" if info["stats"] else " none (run 'wdr-pipe stats')"))
     for name, s in info["stats"].items():
         state = "complete" if s["complete"] else "INCOMPLETE (rerun 'wdr-pipe stats')"
-        click.echo(f"  {name}: {state}, key {s['key']}, {_mib(s['bytes'])}  {s['summary']}")
+        click.echo(f"  {name}: {state}, key {s['key']}, {_size(s['bytes'])}  {s['summary']}")
 
 
 @cli.command("stats")
@@ -254,8 +260,8 @@ def stats_cmd(store, splits, dim, alpha, epochs, seed, pos_weight_clip):
     """
     from .pipeline.stats import StatsConfig, compute_stats
 
-    cfg = StatsConfig(dim=dim, alpha=alpha, epochs=epochs, seed=seed, pos_weight_clip=pos_weight_clip)
     with user_errors(), progress_bar("stats") as bar:
+        cfg = StatsConfig(dim=dim, alpha=alpha, epochs=epochs, seed=seed, pos_weight_clip=pos_weight_clip)
         summary = compute_stats(store, splits or None, cfg, progress=bar)
     for name, s in summary.items():
         if s["status"] == "computed":

@@ -34,7 +34,7 @@ STATS_FILES = ("label_counts", "cooccurrence", "label_embeddings", "label_weight
 __all__ = [
     "open_store", "label_space", "load_labels", "load_features", "load_split", "feature_config",
     "label_counts", "cooccurrence_matrix", "label_embeddings", "label_weights", "sample_weights",
-    "label_columns", "multi_hot_positions",
+    "label_columns", "multi_hot", "multi_hot_positions", "read_shards", "store_info",
 ]
 
 
@@ -63,9 +63,10 @@ def label_space(store: StoreLike) -> np.ndarray:
     if store.label_map_path.exists():
         ids = pq.read_table(store.label_map_path, columns=["labelId"]).column("labelId").to_numpy()
         return np.unique(ids).astype(np.int32)
-    top = 0
-    files = [store.index_path(s) for s in store.splits()]
-    files += [p for s in _image_splits(store) for p in store.image_shards(s)]
+    top, files = 0, []
+    for split in sorted(set(store.splits()) | set(_image_splits(store))):
+        index = store.index_path(split)  # image shards copy the index's labels: read them only without one
+        files += [index] if index.exists() else store.image_shards(split)
     for f in files:
         m = pc.max(pc.list_flatten(pq.read_table(f, columns=["labels"]).column("labels"))).as_py()
         top = max(top, m or 0)
@@ -113,6 +114,14 @@ def multi_hot_positions(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndar
     return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), cols
 
 
+def multi_hot(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray, where: str = "labels") -> np.ndarray:
+    """Dense multi-hot uint8 (N, len(space)) of a list<int32> column; column j = id ``space[j]``."""
+    rows, cols = multi_hot_positions(labels, space, where)
+    y = np.zeros((len(labels), len(space)), np.uint8)
+    y[rows, cols] = 1
+    return y
+
+
 def _labels_table(store: Store, split: str) -> pa.Table:
     _check_split(store, split)
     return read_shards(store.image_shards(split), ["image_id", "labels"])
@@ -125,10 +134,7 @@ def load_labels(store: StoreLike, split: str) -> Tuple[np.ndarray, np.ndarray]:
     if t.num_rows and t.column("labels").null_count == t.num_rows:
         raise UserError(f"{store.images_dir(split)}: split {split!r} has no labels (an unlabelled split); "
                         "load its features with load_features instead")
-    space = label_space(store)
-    rows, cols = multi_hot_positions(t.column("labels"), space, where=str(store.images_dir(split)))
-    y = np.zeros((t.num_rows, len(space)), np.uint8)
-    y[rows, cols] = 1
+    y = multi_hot(t.column("labels"), label_space(store), where=str(store.images_dir(split)))
     return t.column("image_id").to_numpy(zero_copy_only=False), y
 
 
@@ -153,9 +159,14 @@ def feature_config(store: StoreLike, key: Optional[str] = None) -> dict:
 
 
 def _feature_shards(store: Store, key: str, split: str) -> List[Path]:
+    """Feature shards of ``split`` committed on both sides (image shard and feature shard)."""
+    _check_split(store, split)
     d = store.features_dir(key, split)
-    have = {p.name for p in store.image_shards(split)}
-    return [d / n for n in sorted(have) if stats_path(d / n).exists()]
+    shards = [d / p.name for p in store.image_shards(split) if stats_path(d / p.name).exists()]
+    if not shards:
+        raise UserError(f"{d}: no committed feature shards for split {split!r}; "
+                        f"run 'wdr-pipe features --store {store.root}'")
+    return shards
 
 
 def _fixed_matrix(col: pa.ChunkedArray, out: np.ndarray, start: int) -> None:
@@ -171,13 +182,13 @@ def _fixed_matrix(col: pa.ChunkedArray, out: np.ndarray, start: int) -> None:
         start += n
 
 
-def _read_features(store: Store, key: str, split: str, shards: List[Path]):
-    """image_ids, hog, color_hist and ok mask of the given feature shards (preallocated, no double copy)."""
-    schema = pq.read_schema(shards[0]) if shards else None
+def _read_features(shards: List[Path]):
+    """image_ids, hog, color_hist and ok mask of feature shards, copied once into preallocated arrays."""
+    schema = pq.read_schema(shards[0])
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     mats = {}
     for name in ("hog", "color_hist"):
-        typ = schema.field(name).type if schema else pa.list_(pa.float32(), 0)
+        typ = schema.field(name).type
         mats[name] = np.empty((n, typ.list_size), typ.value_type.to_pandas_dtype())
     ids, ok, start = [], np.ones(n, bool), 0
     for p in shards:
@@ -187,8 +198,12 @@ def _read_features(store: Store, key: str, split: str, shards: List[Path]):
         ok[start:start + t.num_rows] = t.column("hog").is_valid().to_numpy(zero_copy_only=False)
         ids.append(t.column("image_id").to_numpy(zero_copy_only=False))
         start += t.num_rows
-    image_ids = np.concatenate(ids) if ids else np.array([], object)
-    return image_ids, mats["hog"], mats["color_hist"], ok
+    return np.concatenate(ids), mats["hog"], mats["color_hist"], ok
+
+
+def _keep(ok: np.ndarray, *arrays):
+    """``arrays`` restricted to rows where ``ok``; no copy when every row is ok."""
+    return arrays if ok.all() else tuple(None if a is None else a[ok] for a in arrays)
 
 
 def load_features(store: StoreLike, split: str, key: Optional[str] = None,
@@ -201,15 +216,10 @@ def load_features(store: StoreLike, split: str, key: Optional[str] = None,
     """
     store = _store(store)
     key = _resolve_key(store, key)
-    _check_split(store, split)
-    shards = _feature_shards(store, key, split)
-    if not shards:
-        raise UserError(f"{store.features_dir(key, split)}: no committed feature shards for split {split!r}; "
-                        f"run 'wdr-pipe features --store {store.root}'")
-    ids, hog, hist, ok = _read_features(store, key, split, shards)
+    ids, hog, hist, ok = _read_features(_feature_shards(store, key, split))
     if drop_failed and not ok.all():
         log.info("%s/%s: dropped %d rows whose image failed to decode", key, split, int((~ok).sum()))
-        ids, hog, hist = ids[ok], hog[ok], hist[ok]
+        ids, hog, hist = _keep(ok, ids, hog, hist)
     return ids, hog, hist
 
 
@@ -226,24 +236,16 @@ def load_split(store: StoreLike, split: str, key: Optional[str] = None, as_: str
         raise UserError(f"as_={as_!r}: use 'numpy', 'pandas' or 'torch'")
     store = _store(store)
     key = _resolve_key(store, key)
-    _check_split(store, split)
     shards = _feature_shards(store, key, split)
-    if not shards:
-        raise UserError(f"{store.features_dir(key, split)}: no committed feature shards for split {split!r}; "
-                        f"run 'wdr-pipe features --store {store.root}'")
-    ids, hog, hist, ok = _read_features(store, key, split, shards)
+    ids, hog, hist, ok = _read_features(shards)
     lab = read_shards([store.images_dir(split) / p.name for p in shards], ["image_id", "labels"])
     if not np.array_equal(lab.column("image_id").to_numpy(zero_copy_only=False), ids):
         raise UserError(f"{store.features_dir(key, split)}: feature shards are not row-aligned with "
                         f"{store.images_dir(split)}; delete {store.features_root(key)} and rerun 'wdr-pipe features'")
-    labels = None
-    if lab.num_rows and lab.column("labels").null_count < lab.num_rows:
-        space = label_space(store)
-        rows, cols = multi_hot_positions(lab.column("labels"), space, where=str(store.images_dir(split)))
-        labels = np.zeros((lab.num_rows, len(space)), np.uint8)
-        labels[rows, cols] = 1
-        labels = labels[ok]
-    out = {"image_id": ids[ok], "hog": hog[ok], "color_hist": hist[ok], "labels": labels}
+    labelled = lab.num_rows > 0 and lab.column("labels").null_count < lab.num_rows
+    space = label_space(store) if labelled else None
+    labels = multi_hot(lab.column("labels"), space, where=str(store.images_dir(split))) if labelled else None
+    out = dict(zip(["image_id", "hog", "color_hist", "labels"], _keep(ok, ids, hog, hist, labels)))
     if as_ == "torch":
         import torch
 
@@ -253,9 +255,8 @@ def load_split(store: StoreLike, split: str, key: Optional[str] = None, as_: str
         import pandas as pd
 
         cols = {"image_id": out["image_id"], "hog": list(out["hog"]), "color_hist": list(out["color_hist"])}
-        if labels is not None:
-            space = label_space(store)
-            cols["labels"] = [space[np.flatnonzero(r)] for r in labels]
+        if labelled:  # the label ids of each image, as in the store
+            cols["labels"] = lab.column("labels").filter(pa.array(ok)).to_numpy(zero_copy_only=False)
         return pd.DataFrame(cols)
     return out
 
@@ -316,10 +317,12 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def config_summary(doc: dict, width: int = 70) -> str:
-    """One short line for a ``config.json``: ``Type(field=value, ...)``."""
+def config_summary(doc: dict, width: int = 100) -> str:
+    """One short line for a ``config.json``: ``Type [sizes] (field=value, ...)``, the
+    numbers written beside the config (e.g. ``hog_dim``) first."""
     cfg = dict(doc.get("config", {}))
-    text = f"{cfg.pop('type', '?')}(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")"
+    extra = [f"{k}={v}" for k, v in doc.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    text = " ".join([cfg.pop("type", "?"), *extra]) + " (" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")"
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -59,6 +59,16 @@ class StatsConfig:
     pos_weight_clip: float = 100.0  # pos_weight is clipped to [1 / clip, clip]
     version: int = 1               # bump when the computation changes
 
+    def __post_init__(self):
+        checks = [(self.dim >= 1, f"--dim {self.dim}: use 1 or more"),
+                  (self.epochs >= 0, f"--epochs {self.epochs}: use 0 or more"),
+                  (0 <= self.alpha <= 1, f"--alpha {self.alpha}: use a value in [0, 1] (0.75 as in GloVe)"),
+                  (self.lr > 0 and self.x_max > 0, f"lr {self.lr}, x_max {self.x_max}: both must be > 0"),
+                  (self.pos_weight_clip >= 1, f"--pos-weight-clip {self.pos_weight_clip}: use 1 or more")]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"stats config: {msg}")
+
 
 # -- the numbers -------------------------------------------------------------------
 def multi_hot_csr(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray, where: str = "labels") -> sp.csr_matrix:
@@ -75,7 +85,7 @@ def cooccurrence(x: sp.csr_matrix, rows_per_step: int = 250_000) -> np.ndarray:
     """Dense symmetric (L, L) int64 counts: [i, j] = rows with both labels; [i, i] = rows with label i.
 
     Every pair i < j inside a row is coded ``i * L + j`` and counted with ``np.bincount``,
-    ``rows_per_step`` rows at a time (bounded memory); about 2.5 times faster than
+    ``rows_per_step`` rows at a time (bounded memory); about twice as fast as
     ``x.T @ x`` in scipy (benchmarks/bench_stats.py). ``x`` must have sorted, unique
     column indices per row, as ``multi_hot_csr`` makes it.
     """
