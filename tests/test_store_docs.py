@@ -5,13 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from test_read import _add_failures, write_features
-from wdr_pipe.cache import (Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights)
+from test_read import _add_failures
+from wdr_pipe.cache import Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES, IMAGES, INDEX, LABEL_MAP, features_schema
 from wdr_pipe.pipeline import stats, synth
+from wdr_pipe.pipeline.features import FeatureConfig, compute_features
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store.md"
 STORE_LINE = 'STORE = Path("store")'
@@ -27,16 +29,28 @@ def snippets():
     return out
 
 
+def _break_image(store: Store, split: str, image_id: str) -> None:
+    """Replace one stored JPEG by bytes that do not decode (its shard stays committed)."""
+    for shard in store.image_shards(split):
+        t = pq.read_table(shard)
+        ids = t.column("image_id").to_pylist()
+        if image_id in ids:
+            jpegs = t.column("jpeg").to_pylist()
+            jpegs[ids.index(image_id)] = b"not a jpeg"
+            write_parquet_atomic(t.set_column(1, "jpeg", pa.array(jpegs, pa.binary())).cast(IMAGES), shard)
+
+
 @pytest.fixture(scope="module")
 def doc_store(_image_store_template, tmp_path_factory):
-    """A copy of the test store plus a label map, feature shards, a failures file and label stats
-    (shared by the snippets, which only read)."""
+    """A copy of the test store plus a label map, real feature shards (one image that does
+    not decode), a failures file and label stats (shared by the snippets, which only read)."""
     image_store = tmp_path_factory.mktemp("docs") / "store"
     shutil.copytree(_image_store_template, image_store)
     store = Store(image_store)
     lm = pa.Table.from_pylist([dict(zip(LABEL_MAP.names, row)) for row in synth.label_map()], schema=LABEL_MAP)
     write_parquet_atomic(lm, store.label_map_path)
-    write_features(image_store)
+    _break_image(store, "train", "3")
+    compute_features(store, cfg=FeatureConfig(hog_size=32, bins=4), scheduler="inline")
     _add_failures(image_store)
     stats.compute_stats(store, ["train"], cfg=stats.StatsConfig(epochs=100))
     return store
