@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import requests
+
+from wdr_pipe.cache.store import SHARD_RE
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = "bench"
@@ -139,7 +142,8 @@ def run_wdr(args, csv_path: Path, out: Path) -> dict:
            "--size", "299", "--resize-mode", "shorter", "--quality", "95", "--workers", str(args.processes),
            "--threads", str(args.wdr_threads), "--shard-size", str(args.shard_size)]
     res = run_measured(cmd, out / "wdr.log")
-    res.update(check_output(sorted((store / "images" / SPLIT).glob("part-*.parquet"))))
+    res.update(check_output(sorted(f for f in (store / "images" / SPLIT).glob("part-*.parquet")
+                                   if SHARD_RE.match(f.name))))
     res["cmd"] = cmd
     return res
 
@@ -177,6 +181,7 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, help="rows per shard for both tools (default: n / 8)")
     p.add_argument("--i2d-venv", default=str(REPO / "bench-out" / "i2d-venv"))
     p.add_argument("--only", choices=["img2dataset", "wdr-pipe"], help="run one tool only")
+    p.add_argument("--repeats", type=int, default=1, help="rounds, alternating the order; medians reported")
     args = p.parse_args()
     args.shard_size = args.shard_size or max(1, args.n // 8)
     out = Path(args.out)
@@ -192,31 +197,37 @@ def main() -> None:
             w.writerow(["image_id", "url"])
             w.writerows((str(i), f"{base}/{r}") for i, r in enumerate(rels, start=1))
         sproc = psutil.Process(server.pid)
-        results = {}
-        for name, fn in (("img2dataset", run_i2d), ("wdr-pipe", run_wdr)):
-            if args.only and name != args.only:
-                continue
-            s0 = cpu_of(sproc)
-            print(f"running {name} ...", flush=True)
-            results[name] = fn(args, csv_path, out)
-            results[name]["server_cpu"] = cpu_of(sproc) - s0
+        tools = [t for t in (("img2dataset", run_i2d), ("wdr-pipe", run_wdr)) if args.only in (None, t[0])]
+        runs = []
+        for k in range(args.repeats):
+            for name, fn in (tools if k % 2 == 0 else tools[::-1]):  # alternate the order
+                s0, load = cpu_of(sproc), os.getloadavg()[0]
+                print(f"round {k + 1}: running {name} ...", flush=True)
+                r = fn(args, csv_path, out)
+                r.update(tool=name, round=k + 1, load=load, server_cpu=cpu_of(sproc) - s0,
+                         ips=r["ok"] / r["wall"], cpu_ms=1000 * r["cpu"] / max(r["ok"], 1))
+                runs.append(r)
     finally:
         server.terminate()
         server.wait(timeout=10)
 
     print(f"\n{args.n} images of 800x1000 on loopback, {args.processes} processes, 299 px shorter side, "
           f"quality 95, {args.shard_size} rows per shard; {os.cpu_count()} cores")
-    print(f"{'tool':<12} {'ok':>6} {'wall s':>8} {'images/s':>9} {'CPU s':>7} {'CPU ms/img':>10} "
-          f"{'server ms/img':>13}  shorter sides")
-    for name, r in results.items():
-        r["ips"] = r["ok"] / r["wall"]
-        r["cpu_ms"] = 1000 * r["cpu"] / max(r["ok"], 1)
-        print(f"{name:<12} {r['ok']:>6} {r['wall']:>8.1f} {r['ips']:>9.1f} {r['cpu']:>7.1f} {r['cpu_ms']:>10.2f} "
-              f"{1000 * r['server_cpu'] / max(r['ok'], 1):>13.2f}  {r['short_sides']}")
-    if len(results) == 2:
-        w, i = results["wdr-pipe"], results["img2dataset"]
-        print(f"\nwdr-pipe / img2dataset: {w['ips'] / i['ips']:.2f}x images/s, "
+    print(f"{'round':>5} {'tool':<12} {'ok':>6} {'wall s':>7} {'images/s':>9} {'CPU s':>7} {'CPU ms/img':>10} "
+          f"{'server ms/img':>13} {'load':>5}  shorter sides")
+    for r in runs:
+        print(f"{r['round']:>5} {r['tool']:<12} {r['ok']:>6} {r['wall']:>7.1f} {r['ips']:>9.1f} {r['cpu']:>7.1f} "
+              f"{r['cpu_ms']:>10.2f} {1000 * r['server_cpu'] / max(r['ok'], 1):>13.2f} {r['load']:>5.1f}  "
+              f"{r['short_sides']}")
+    med = {name: {k: statistics.median(r[k] for r in runs if r["tool"] == name) for k in ("ips", "cpu_ms")}
+           for name, _ in tools}
+    for name, m in med.items():
+        print(f"median {name:<12} {m['ips']:.1f} images/s, {m['cpu_ms']:.2f} CPU ms/image")
+    if len(med) == 2:
+        w, i = med["wdr-pipe"], med["img2dataset"]
+        print(f"wdr-pipe / img2dataset (medians): {w['ips'] / i['ips']:.2f}x images/s, "
               f"{i['cpu_ms'] / w['cpu_ms']:.2f}x less CPU per image")
+    results = {"runs": runs, "medians": med, "args": vars(args)}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
