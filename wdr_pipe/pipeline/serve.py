@@ -315,8 +315,9 @@ class ImageServer:
 
     @property
     def hits(self) -> collections.Counter:
-        """Requests seen per path (without the query string), e.g. ``hits["/fault/429/a.jpg"]``."""
-        return self._server.hits
+        """A snapshot of the requests seen per path (no query string), e.g. ``hits["/fault/429/a.jpg"]``."""
+        with self._server.lock:
+            return collections.Counter(self._server.hits)
 
     @property
     def connections(self) -> int:
