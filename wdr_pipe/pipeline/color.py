@@ -31,19 +31,19 @@ COLOR_SPACES = ("HSV", "RGB")
 
 
 @functools.lru_cache(maxsize=16)
-def _bin_lut(color_space: str, bins: int) -> np.ndarray:
-    """cv2.LUT table: channel value -> bin number, per channel ((256, 1, 3) uint8)."""
+def _lut(kind: str, bins: int, max_s: float, min_v: float) -> np.ndarray:
+    """cv2.LUT table ((256, 1, 3) uint8) giving per channel a code (bin + bins * flag).
+
+    "HSV" on 8-bit HSV: (H bin, S bin + bins * [S/255 < max_s], V bin + bins * [V/255 > min_v]);
+    "RGB" on RGB: the three bins; "flags" on 8-bit HSV: (0, bins * [S low], bins * [V high]).
+    """
     v = np.arange(256)
     fine = (v * bins) // 256
-    first = (np.minimum(v, 179) * bins) // 180 if color_space == "HSV" else fine
-    return np.stack([first, fine, fine], axis=1).astype(np.uint8).reshape(256, 1, 3)
-
-
-@functools.lru_cache(maxsize=16)
-def _flag_lut(max_s: float, min_v: float) -> np.ndarray:
-    """cv2.LUT table on 8-bit HSV: S -> 2 if S/255 < max_s, V -> 1 if V/255 > min_v (3 = background)."""
-    v = np.arange(256) / 255.0
-    return np.stack([0 * v, 2 * (v < max_s), v > min_v], axis=1).astype(np.uint8).reshape(256, 1, 3)
+    low_s, high_v = bins * (v / 255.0 < max_s), bins * (v / 255.0 > min_v)
+    cols = {"HSV": [(np.minimum(v, 179) * bins) // 180, fine + low_s, fine + high_v],
+            "RGB": [fine, fine, fine],
+            "flags": [0 * v, low_s, high_v]}[kind]
+    return np.stack(cols, axis=1).astype(np.uint8).reshape(256, 1, 3)
 
 
 def background_mask(hsv: np.ndarray, max_s: float, min_v: float) -> np.ndarray:
@@ -66,19 +66,20 @@ def color_hist_batch(rgb: np.ndarray, cfg: Optional["FeatureConfig"] = None) -> 
     if cfg.color_space not in COLOR_SPACES:
         raise ValueError(f"unknown colour space {cfg.color_space!r}; use one of {', '.join(COLOR_SPACES)}")
     bsz, b = len(rgb), cfg.bins
-    n_bins = b ** 3
+    args = (b, cfg.background_max_s, cfg.background_min_v)
     flat = np.ascontiguousarray(rgb).reshape(-1, rgb.shape[2], 3)  # the batch as one tall picture for OpenCV
     hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)
-    codes = cv2.LUT(hsv if cfg.color_space == "HSV" else flat, _bin_lut(cfg.color_space, b))
-    flags = cv2.LUT(hsv, _flag_lut(cfg.background_max_s, cfg.background_min_v))
-    # flat index (image, flag, c0, c1, c2) of every pixel; flag 3 = near-white background
-    key = codes[..., 0] * np.int32(b * b)
-    key += codes[..., 1] * np.int32(b)
-    key += codes[..., 2]
-    key += (flags[..., 1] + flags[..., 2]) * np.int32(n_bins)
-    key = key.reshape(bsz, -1)
-    key += (np.arange(bsz, dtype=np.int32) * (4 * n_bins))[:, None]
-    counts = np.bincount(key.ravel(), minlength=bsz * 4 * n_bins).reshape(bsz, 4, n_bins)
-    counts = counts[:, :3].sum(1) if cfg.ignore_background else counts.sum(1)
-    totals = counts.sum(axis=1, keepdims=True)
-    return (counts / np.maximum(totals, 1)).astype(np.float32)
+    if cfg.color_space == "HSV":
+        codes = cv2.LUT(hsv, _lut("HSV", *args))
+    else:
+        codes = cv2.add(cv2.LUT(flat, _lut("RGB", *args)), cv2.LUT(hsv, _lut("flags", *args)))
+    # per pixel: index of (c0, S flag, c1, V flag, c2) in a (b, 2, b, 2, b) histogram, plus the image's offset
+    key = cv2.transform(codes.astype(np.float32), np.array([[4 * b * b, 2 * b, 1]], np.float32))
+    key = key.reshape(bsz, -1).astype(np.intp)
+    key += (np.arange(bsz) * 4 * b ** 3)[:, None]
+    counts = np.bincount(key.ravel(), minlength=bsz * 4 * b ** 3).reshape(bsz, b, 2, b, 2, b)
+    hist = counts.sum(axis=(2, 4))
+    if cfg.ignore_background:
+        hist -= counts[:, :, 1, :, 1, :]  # both flags set: near-white background
+    hist = hist.reshape(bsz, b ** 3)
+    return (hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)).astype(np.float32)

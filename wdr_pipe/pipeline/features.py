@@ -48,6 +48,10 @@ log = logging.getLogger("wdr_pipe")
 FEATURE_CODE_VERSION = 1  # bump when a change of this code changes the numbers
 BATCH = 128               # images decoded and computed together (one Parquet row group)
 DTYPES = ("float32", "float16")
+# HOG values hardly compress: snappy over byte-stream-split floats keeps 82% of the bytes for 1/3 the
+# write time of zstd (which keeps 77%); no dictionaries or statistics for the float lists.
+WRITE_OPTIONS = dict(compression="snappy", use_dictionary=["image_id"], write_statistics=["image_id"],
+                     use_byte_stream_split=["hog.list.element", "color_hist.list.element"])
 
 # What this process computed, for tests and benchmarks (tasks run in-process with scheduler="inline").
 COUNTERS = {"images_decoded": 0, "shards_computed": 0}
@@ -171,8 +175,7 @@ def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
     try:
         source = pq.ParquetFile(task.image_shard)
         with atomic_path(Path(task.out)) as tmp:
-            with pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=1,
-                                  use_dictionary=["image_id"], write_statistics=["image_id"]) as writer:
+            with pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
                 for batch in source.iter_batches(batch_size=BATCH, columns=["image_id", "jpeg"]):
                     jpegs = batch.column(1).to_pylist()
                     hogs, hists, errors = compute_batch(jpegs, cfg)
