@@ -46,7 +46,7 @@ from .runner import run_tasks
 log = logging.getLogger("wdr_pipe")
 
 FEATURE_CODE_VERSION = 1  # bump when a change of this code changes the numbers
-BATCH = 128               # images decoded and computed together (one Parquet row group)
+BATCH = 64                # images decoded and computed together (one Parquet row group)
 DTYPES = ("float32", "float16")
 # HOG values hardly compress: snappy over byte-stream-split floats keeps 82% of the bytes for 1/3 the
 # write time of zstd (which keeps 77%); no dictionaries or statistics for the float lists.

@@ -1,0 +1,231 @@
+"""Features benchmark: ``compute_features`` against a plain skimage + numpy loop, side by side.
+
+Both read the same image shards (N generated garment JPEGs, 299 px shorter
+side, quality 95, like ``wdr-pipe fetch`` stores them), decode and resize
+them the same way (``features.decode_resize``), and write the same feature
+Parquet shards; they differ only in the feature maths:
+
+- ours: ``hog_batch`` and ``color_hist_batch`` over batches of 128 images;
+- plain: ``skimage.feature.hog`` per image and ``np.histogramdd`` per image
+  over its non-background 8-bit HSV pixels.
+
+Both run one task per shard through ``runner.run_tasks`` on the same warm
+LocalCluster of --workers processes (start-up not counted); the outputs are
+checked equal (1e-4). Then, as a user runs it: ``compute_features`` with its
+own fresh LocalCluster, first run on an empty feature folder, then a second
+run (nothing to do). Also: per-image costs of each step in one process.
+
+Run (the store is drawn once and cached under --out)::
+
+    python benchmarks/bench_features.py --n 2400
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wdr_pipe.cache import Store, shard_name, stats_path
+from wdr_pipe.cache.atomic import write_parquet_atomic
+from wdr_pipe.cache.schema import IMAGES, INDEX
+from wdr_pipe.pipeline import features as F
+from wdr_pipe.pipeline.color import background_mask, color_hist_batch
+from wdr_pipe.pipeline.hog import hog_batch
+from wdr_pipe.pipeline.runner import run_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = "bench"
+
+
+# -- the store -------------------------------------------------------------------
+
+
+def _draw(i: int) -> dict:
+    from PIL import Image
+
+    from wdr_pipe.pipeline import synth
+
+    rng = np.random.default_rng([i, 11])
+    g = synth.sample_garment(rng)
+    w, h = 299, int(rng.integers(299, 450))
+    if rng.random() < 0.3:
+        w, h = h, w
+    buf = io.BytesIO()
+    synth.draw_image(g, w, h, i).save(buf, "JPEG", quality=95)
+    raw = buf.getvalue()
+    return {"image_id": str(i), "jpeg": raw, "width": w, "height": h, "src_width": w, "src_height": h,
+            "url": f"synth://{i}", "sha256": hashlib.sha256(raw).hexdigest(), "labels": g.labels()}
+
+
+def make_store(root: Path, n: int, shard_size: int) -> Store:
+    """A store with n images in shards of shard_size under images/bench/ (kept between runs)."""
+    store = Store(root, create=True)
+    shards = [(k, range(s, min(s + shard_size, n))) for k, s in enumerate(range(0, n, shard_size))]
+    todo = [(k, ids) for k, ids in shards if not stats_path(store.images_dir(SPLIT) / f"{shard_name(k)}.parquet").exists()]
+    if todo:
+        print(f"drawing {sum(len(ids) for _, ids in todo)} images into {root} ...", flush=True)
+        with Pool(2) as pool:
+            for k, ids in todo:
+                rows = pool.map(_draw, [i + 1 for i in ids])
+                path = store.images_dir(SPLIT) / f"{shard_name(k)}.parquet"
+                write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES), path, row_group_size=100)
+                stats_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0, "shard": k}))
+        index = pa.table({"image_id": [str(i) for i in range(1, n + 1)],
+                          "urls": [[f"synth://{i}"] for i in range(1, n + 1)], "labels": [None] * n}, schema=INDEX)
+        write_parquet_atomic(index, store.index_path(SPLIT))
+    return store
+
+
+# -- the plain competitor ----------------------------------------------------------
+
+
+def plain_features(rgb: np.ndarray, cfg: F.FeatureConfig):
+    """skimage.feature.hog and np.histogramdd, one image at a time."""
+    from skimage.feature import hog
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h = hog(gray, cfg.orientations, (cfg.cell, cfg.cell), (cfg.block, cfg.block), cfg.block_norm)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    vals = hsv[~background_mask(hsv, cfg.background_max_s, cfg.background_min_v)]
+    edges = [np.linspace(0, 180, cfg.bins + 1), np.linspace(0, 256, cfg.bins + 1), np.linspace(0, 256, cfg.bins + 1)]
+    hist, _ = np.histogramdd(vals.astype(np.float64), bins=edges)
+    return h, hist.ravel() / max(len(vals), 1)
+
+
+def plain_task(task: F.ShardTask, on_progress) -> dict:
+    """The same shard in, the same Parquet out, with the plain per-image loop."""
+    cfg, schema = task.cfg, task.cfg.schema()
+    cv2.setNumThreads(1)
+    src = pq.ParquetFile(task.image_shard)
+    rows = 0
+    with pq.ParquetWriter(task.out, schema, **F.WRITE_OPTIONS) as writer:
+        for batch in src.iter_batches(batch_size=F.BATCH, columns=["image_id", "jpeg"]):
+            hogs, hists = [], []
+            for data in batch.column(1).to_pylist():
+                h, c = plain_features(F.decode_resize(data, cfg.hog_size), cfg)
+                hogs.append(h)
+                hists.append(c)
+            null = np.zeros(len(hogs), bool)
+            writer.write_table(pa.Table.from_arrays([
+                batch.column(0).cast(pa.string()),
+                F._list_column(np.array(hogs, np.float32), schema.field("hog").type, null),
+                F._list_column(np.array(hists, np.float32), schema.field("color_hist").type, null),
+                pa.nulls(len(hogs), pa.string())], schema=schema))
+            rows += len(hogs)
+            on_progress({"done": rows, "ok": rows})
+    return {"rows": rows}
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+def per_image_costs(store: Store, cfg: F.FeatureConfig, n: int = 256) -> dict:
+    """Milliseconds per image of each step, one process, on the first n images (best of 3)."""
+    from skimage.feature import hog
+
+    cv2.setNumThreads(1)
+    jpegs = pq.read_table(store.image_shards(SPLIT)[0], columns=["jpeg"]).column(0).to_pylist()[:n]
+    n, size = len(jpegs), cfg.hog_size
+    rgb = np.stack([F.decode_resize(j, size) for j in jpegs])
+    gray = cv2.cvtColor(rgb.reshape(-1, size, 3), cv2.COLOR_RGB2GRAY).reshape(n, size, size)
+    steps = {
+        "decode_resize": lambda: [F.decode_resize(j, size) for j in jpegs],
+        "hog_batch": lambda: [hog_batch(gray[i:i + F.BATCH], cfg) for i in range(0, n, F.BATCH)],
+        "color_hist_batch": lambda: [color_hist_batch(rgb[i:i + F.BATCH], cfg) for i in range(0, n, F.BATCH)],
+        "skimage_hog": lambda: [hog(g, cfg.orientations, (cfg.cell,) * 2, (cfg.block,) * 2, cfg.block_norm)
+                                for g in gray],
+        "histogramdd": lambda: [plain_features(im, cfg) for im in rgb],  # includes one skimage hog: subtracted
+    }
+    out = {name: min(_timed(fn) for _ in range(3)) / n * 1e3 for name, fn in steps.items()}
+    out["histogramdd"] -= out["skimage_hog"]
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats: int) -> dict:
+    """Ours and plain over all shards, alternately ``repeats`` times; best wall-clock seconds of each."""
+    plain_dir = out / "plain"
+    tasks = [F.ShardTask(SPLIT, str(p), str(plain_dir / p.name), {}, cfg) for p in store.image_shards(SPLIT)]
+    times = {"ours": [], "plain": []}
+    for _ in range(repeats):
+        shutil.rmtree(store.root / "features", ignore_errors=True)
+        times["ours"].append(_timed(lambda: F.compute_features(store, [SPLIT], cfg, scheduler=scheduler)))
+        shutil.rmtree(plain_dir, ignore_errors=True)
+        plain_dir.mkdir(parents=True)
+        times["plain"].append(_timed(lambda: run_tasks(plain_task, tasks, stage="plain", scheduler=scheduler)))
+    # the same numbers?
+    diff = {}
+    for col in ("hog", "color_hist"):
+        a = np.array(pq.read_table(store.features_dir(cfg.key, SPLIT) / Path(tasks[0].out).name).column(col).to_pylist())
+        b = np.array(pq.read_table(tasks[0].out).column(col).to_pylist())
+        diff[col] = float(np.abs(a - b).max())
+    return {"ours_s": min(times["ours"]), "plain_s": min(times["plain"]), "all_s": times,
+            "max_abs_diff": diff}
+
+
+def warm_cluster_race(store: Store, cfg: F.FeatureConfig, out: Path, workers: int, repeats: int) -> dict:
+    """``race`` on one LocalCluster of ``workers`` processes started beforehand (start-up not counted)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("wdr_pipe.pipeline.features") and __import__("skimage.feature"))
+        return race(store, cfg, out, cluster.scheduler_address, repeats)
+
+
+def cold_runs(store: Store, cfg: F.FeatureConfig, workers: int) -> dict:
+    shutil.rmtree(store.root / "features", ignore_errors=True)
+    first = _timed(lambda: F.compute_features(store, [SPLIT], cfg, workers=workers))
+    second = _timed(lambda: F.compute_features(store, [SPLIT], cfg, workers=workers))
+    return {"first_s": first, "second_s": second}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2400, help="images in the store")
+    p.add_argument("--shard-size", type=int, default=300)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="alternate ours/plain this many times, keep the best")
+    p.add_argument("--out", default=str(REPO / "bench-out" / "features"))
+    args = p.parse_args()
+    out = Path(args.out)
+    store = make_store(out / f"store-{args.n}-{args.shard_size}", args.n, args.shard_size)
+    cfg = F.FeatureConfig()
+    n = sum(pq.read_metadata(s).num_rows for s in store.image_shards(SPLIT))
+    print(f"{n} images in {len(store.image_shards(SPLIT))} shards, {args.workers} workers", flush=True)
+    costs = per_image_costs(store, cfg)
+    print("ms per image, one process:", json.dumps(costs), flush=True)
+    one = race(store, cfg, out, "inline", 1)
+    print(f"1 process: ours {n / one['ours_s']:.0f} img/s, plain {n / one['plain_s']:.0f} img/s", flush=True)
+    warm = warm_cluster_race(store, cfg, out, args.workers, args.repeats)
+    cold = cold_runs(store, cfg, args.workers)
+    res = {"images": n, "shards": len(store.image_shards(SPLIT)), "workers": args.workers,
+           "per_image_ms": costs, "one_process": one, "warm_cluster": warm, "cold": cold,
+           "ours_img_s": n / warm["ours_s"], "plain_img_s": n / warm["plain_s"],
+           "speedup": warm["plain_s"] / warm["ours_s"], "speedup_one_process": one["plain_s"] / one["ours_s"],
+           "cold_img_s": n / cold["first_s"], "rerun_fraction": cold["second_s"] / cold["first_s"]}
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    print(f"warm {args.workers}-worker cluster: ours {res['ours_img_s']:.0f} img/s, plain {res['plain_img_s']:.0f} img/s, "
+          f"speedup {res['speedup']:.1f}x (1 process: {res['speedup_one_process']:.1f}x); "
+          f"max diff {warm['max_abs_diff']}")
+    print(f"compute_features with its own cluster: first run {cold['first_s']:.2f}s ({res['cold_img_s']:.0f} img/s), "
+          f"second run {cold['second_s']:.3f}s = {100 * res['rerun_fraction']:.2f}% of the first")
+
+
+if __name__ == "__main__":
+    main()
