@@ -24,6 +24,8 @@ Images/s are counted after the first 3 batches, over 2 epochs; each loader
 runs --rounds times, interleaved, and the best round is kept.
 
     python benchmarks/bench_loader.py --images 3000
+    # on a GPU machine: more workers, and a backbone's training steps fed by the loader
+    python benchmarks/bench_loader.py --workers 8 --loaders ours --model legacy_xception
 """
 from __future__ import annotations
 
@@ -140,11 +142,11 @@ def decode_rates(jpegs: list) -> dict:
         for j in sample:
             fn(j)
         out[name] = len(sample) / (time.perf_counter() - t)
-    halves = [jpegs[0::2], jpegs[1::2]]
+    parts = [jpegs[k::WORKERS] for k in range(WORKERS)]
     with multiprocessing.Pool(WORKERS) as pool:
-        pool.map(_decode_all, [h[:50] for h in halves])  # start-up
+        pool.map(_decode_all, [p[:50] for p in parts])  # start-up
         t = time.perf_counter()
-        n = sum(pool.map(_decode_all, halves))
+        n = sum(pool.map(_decode_all, parts))
         out["ceiling"] = n / (time.perf_counter() - t)
     return out
 
@@ -227,12 +229,63 @@ def webdataset(paths):
     return run_epochs(loader)
 
 
+def gpu_training(paths, name: str) -> dict:
+    """A timm backbone's training steps (bf16 autocast, channels_last) on the GPU: fed a fixed batch
+    (what the GPU can take) and fed by our loader (device="cuda", normalised there)."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    from wdr_pipe.wdr import data_config, make_loader
+
+    model = timm.create_model(name, pretrained=False, num_classes=24).cuda().to(memory_format=torch.channels_last)
+    cfg = data_config(model)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+
+    def step(x, y):
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = F.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    x = torch.randn(BATCH, 3, cfg.size, cfg.size, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(BATCH, 24, device="cuda")
+    for k in range(40):
+        if k == 10:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        step(x, y)
+    torch.cuda.synchronize()
+    alone = 30 * BATCH / (time.perf_counter() - start)
+    loader = make_loader(paths["store"], "train", BATCH, WORKERS, config=cfg, scale=(0.08, 1.0), device="cuda",
+                         drop_last=True)  # one batch shape: a new shape costs cuDNN a plan search
+    loader.normalize.channels_last = True
+    seen, k = 0, 0
+    for _ in range(2):
+        for batch in loader:
+            step(batch["image"], batch["labels"][:, :24])
+            k += 1
+            if k == 3:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+            elif k > 3:
+                seen += len(batch["image_id"])
+    torch.cuda.synchronize()
+    return {"model": name, "size": cfg.size, "model_alone": alone, "fed_by_loader": seen / (time.perf_counter() - start)}
+
+
 def main() -> None:
+    global WORKERS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "loader")
+    ap.add_argument("--workers", type=int, default=WORKERS, help="DataLoader workers of every loader")
+    ap.add_argument("--loaders", default="", help="comma-separated names (prefixes) of the loaders to run")
+    ap.add_argument("--model", default="", help="timm backbone to train on the GPU, fed by our loader")
     args = ap.parse_args()
+    WORKERS = args.workers
     import torch
 
     torch.set_num_threads(WORKERS)
@@ -249,26 +302,34 @@ def main() -> None:
             "ours (uint8 only)": lambda: ours(paths, normalize=None),
             "ours (normalised in workers)": lambda: ours(paths, normalize="workers"),
             "ours + wide features": lambda: ours(paths, feature_key=key)}
+    if args.loaders:
+        want = [w.strip() for w in args.loaders.split(",")]
+        runs = {k: v for k, v in runs.items() if any(k.startswith(w) for w in want)}
     best = {name: 0.0 for name in runs}
     for r in range(args.rounds):
         for name, fn in runs.items():
             rate = fn()
             best[name] = max(best[name], rate)
             print(f"round {r + 1}: {name}: {rate:.0f} images/s", flush=True)
+    gpu = gpu_training(paths, args.model) if args.model else None
+    if gpu:
+        print(f"\n{gpu['model']} at {gpu['size']} px, training steps on the GPU: {gpu['model_alone']:.0f} images/s "
+              f"on a fixed batch, {gpu['fed_by_loader']:.0f} images/s fed by our loader ({WORKERS} workers)")
     dec = decode_rates(jpegs)
     costs = transform_costs(jpegs)
-    base = best["ImageFolder + DataLoader"]
-    print("\n| loader (batches of 64 at 224 px, 2 workers) | images/s | vs ImageFolder |\n|---|---:|---:|")
+    base = best.get("ImageFolder + DataLoader") or float("nan")
+    print(f"\n| loader (batches of 64 at 224 px, {WORKERS} workers) | images/s | vs ImageFolder |\n|---|---:|---:|")
     for name, rate in best.items():
         print(f"| {name} | {rate:.0f} | {rate / base:.2f}x |")
-    print(f"| bare simplejpeg decode, 2 processes (ceiling) | {dec['ceiling']:.0f} | {dec['ceiling'] / base:.2f}x |")
+    print(f"| bare simplejpeg decode, {WORKERS} processes (ceiling) | {dec['ceiling']:.0f} | "
+          f"{dec['ceiling'] / base:.2f}x |")
     print("\n| decoder, one core | images/s |\n|---|---:|")
     for name in ("simplejpeg", "PIL", "PIL + draft", "cv2.imdecode"):
         print(f"| {name} | {dec[name]:.0f} |")
     print(f"\ntrain crop per image, one core: {costs['from_jpeg_ms']:.3f} ms from JPEG, {costs['from_raw_ms']:.3f} ms "
           f"from raw uint8; {costs['jpeg_kb']:.0f} KiB JPEG vs {costs['raw_kb']:.0f} KiB raw")
-    (args.out / "results.json").write_text(json.dumps({"loaders": best, "decode": dec, "transform": costs,
-                                                       "images": len(jpegs)}, indent=2))
+    (args.out / "results.json").write_text(json.dumps({"loaders": best, "decode": dec, "transform": costs, "gpu": gpu,
+                                                       "images": len(jpegs), "workers": WORKERS}, indent=2))
 
 
 if __name__ == "__main__":

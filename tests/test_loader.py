@@ -69,10 +69,14 @@ def test_units_are_cut_where_both_files_have_a_row_group_boundary():
 @pytest.mark.parametrize("workers", [0, 1, 2])
 def test_every_row_exactly_once_per_epoch(store7, workers):
     loader = make_loader(store7, "train", batch_size=5, num_workers=workers, config=SMALL)
-    seen = epoch_ids(loader)
+    batches = list(loader)
+    seen = [i for b in batches for i in b["image_id"]]
     assert sorted(seen, key=int) == sorted(train_ids(store7), key=int)  # each of the 48 once
-    assert len(loader) == sum(-(-n // 5) for n in [48 // max(1, workers)] * max(1, workers))
+    assert [len(b["image_id"]) for b in batches] == [5] * 9 + [3] == [len(b["image"]) for b in batches]
+    assert len(loader) == 10  # only the epoch's last batch is short, however many workers
     assert loader.epoch == 1 and loader.skipped == {"download": 0, "features": 0, "decode": 0}
+    dropped = make_loader(store7, "train", batch_size=5, num_workers=workers, config=SMALL, drop_last=True)
+    assert [len(b["image_id"]) for b in dropped] == [5] * 9 and len(dropped) == 9
 
 
 def test_two_ranks_two_workers_cover_the_split_with_equal_batches(store7):
@@ -100,7 +104,7 @@ def test_uneven_ranks_pad_by_wrapping_and_get_equal_batch_counts(store7):
         counts.append(len(batches))
         seen += [i for b in batches for i in b["image_id"]]
         assert len(batches) == len(loader)
-    assert counts[0] == counts[1] == counts[2] == 6  # per worker 8 samples -> 3 batches of 3, 3, 2
+    assert counts[0] == counts[1] == counts[2] == 6  # 16 samples per rank: 5 batches of 3 and one of 1
     c = Counter(seen)
     assert len(seen) == 48 and len(c) == 47 and sorted(c.values())[-1] == 2
 
@@ -144,7 +148,7 @@ def test_failed_rows_are_skipped_and_counted(image_store):
     seen = epoch_ids(loader)
     assert sorted(seen, key=int) == sorted(set(train_ids(image_store)) - {"5", "30"}, key=int)
     assert loader.skipped == {"download": 2, "features": 2, "decode": 0}
-    assert len(loader) == 2 * -(-23 // 4)  # 46 usable rows, 23 per worker, full batches of 4 but the last
+    assert len(loader) == -(-46 // 4)  # 46 usable rows
 
 
 def test_missing_or_misaligned_features_are_user_errors(store7):

@@ -164,7 +164,7 @@ class StoreDataset(IterableDataset):
         return max(1, self.num_workers)
 
     def worker_samples(self, worker: int) -> int:
-        return sampling.worker_size(self.plan.num_rows, self.world_size, worker, self._workers())
+        return sampling.worker_size(self.plan.num_rows, self.world_size, worker, self._workers(), self.batch_size)
 
     def _worker_batches(self, worker: int) -> int:
         n = self.worker_samples(worker)
@@ -179,7 +179,8 @@ class StoreDataset(IterableDataset):
         """Canonical row numbers ``worker`` of this rank emits in ``epoch``, in order."""
         return sampling.worker_rows(self.plan, seed=self.seed, epoch=epoch, rank=self.rank,
                                     world_size=self.world_size, worker=worker, num_workers=self._workers(),
-                                    shuffle=self.shuffle, weighted=self.weighted, buffer_size=self.buffer_size)
+                                    batch_size=self.batch_size, shuffle=self.shuffle, weighted=self.weighted,
+                                    buffer_size=self.buffer_size)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

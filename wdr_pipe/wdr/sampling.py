@@ -27,8 +27,10 @@ for an epoch, as canonical numbers in emission order:
    rank gets exactly ``T`` samples. Without weighting every row is seen
    exactly once per epoch, plus those few pads;
 4. a rank's ``T`` positions are cut into one consecutive block per worker,
-   ``T // K`` or ``T // K + 1`` long, the same sizes on every rank, so every
-   rank yields the same number of batches;
+   each a whole number of batches (the rank's batches dealt round-robin, as
+   the DataLoader collects them), so only the rank's last batch can be short;
+   the sizes are the same on every rank, so every rank yields the same number
+   of batches;
 5. a local shuffle: each emission gets the key ``index + U(0, buffer)`` and
    they are sorted by it, so a row moves at most ``buffer`` places and the
    worker never needs more than about ``buffer`` rows (a few units) in memory.
@@ -198,9 +200,15 @@ def rank_size(n: int, world_size: int) -> int:
     return -(-n // world_size)
 
 
-def worker_size(n: int, world_size: int, worker: int, num_workers: int) -> int:
+def worker_size(n: int, world_size: int, worker: int, num_workers: int, batch_size: int = 1) -> int:
+    """Samples of ``worker`` per epoch: whole batches, dealt round-robin as the DataLoader collects them,
+    so only the rank's very last batch (held by worker ``(batches - 1) % num_workers``) can be short."""
     t = rank_size(n, world_size)
-    return t // num_workers + (1 if worker < t % num_workers else 0)
+    batches = -(-t // batch_size)
+    size = (batches // num_workers + (1 if worker < batches % num_workers else 0)) * batch_size
+    if batches and worker == (batches - 1) % num_workers:
+        size -= batches * batch_size - t
+    return size
 
 
 def weighted_sequence(plan: Plan, seq: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -219,7 +227,7 @@ def weighted_sequence(plan: Plan, seq: np.ndarray, seed: int, epoch: int) -> np.
 
 
 def worker_rows(plan: Plan, *, seed: int, epoch: int, rank: int, world_size: int, worker: int,
-                num_workers: int, shuffle: bool = True, weighted: bool = False,
+                num_workers: int, batch_size: int = 1, shuffle: bool = True, weighted: bool = False,
                 buffer_size: int = 1024) -> np.ndarray:
     """Canonical row numbers that ``worker`` of ``rank`` emits this epoch, in order (see the module doc)."""
     n = plan.num_rows
@@ -227,8 +235,8 @@ def worker_rows(plan: Plan, *, seed: int, epoch: int, rank: int, world_size: int
     if weighted:
         seq = weighted_sequence(plan, seq, seed, epoch)
     t = rank_size(n, world_size)
-    size = worker_size(n, world_size, worker, num_workers)
-    first = rank * t + sum(worker_size(n, world_size, w, num_workers) for w in range(worker))
+    size = worker_size(n, world_size, worker, num_workers, batch_size)
+    first = rank * t + sum(worker_size(n, world_size, w, num_workers, batch_size) for w in range(worker))
     rows = seq[np.arange(first, first + size) % n]
     if shuffle and buffer_size > 1 and len(rows) > 1:
         rng = np.random.default_rng([seed, epoch, rank, worker, world_size, num_workers])
