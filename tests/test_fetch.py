@@ -176,3 +176,26 @@ def test_kill_and_resume_stores_every_image_exactly_once(synth_data, tmp_path):
     assert sorted(r["image_id"] for r in failed) == sorted(r.image_id for r in train if int(r.image_id) % 4 == 0)
     assert not list(folder.glob(".tmp-*"))
     assert all(stats_path(p).exists() for p in folder.glob("part-?????.parquet"))
+
+
+def test_per_host_cap_is_respected_and_every_item_runs_once():
+    import threading
+
+    from wdr_pipe.pipeline.fetch_shard import run_per_host
+
+    hosts = ["a"] * 6 + ["b"] * 3 + ["c"]
+    running, peak, done = {}, {}, []
+    lock = threading.Lock()
+
+    def fn(i):
+        with lock:
+            running[hosts[i]] = running.get(hosts[i], 0) + 1
+            peak[hosts[i]] = max(peak.get(hosts[i], 0), running[hosts[i]])
+        time.sleep(0.01)
+        with lock:
+            running[hosts[i]] -= 1
+            done.append(i)
+
+    run_per_host(len(hosts), hosts, fn, threads=8, per_host=2)  # more threads than slots: must not hang
+    assert sorted(done) == list(range(len(hosts)))
+    assert peak["a"] == 2 and peak["b"] == 2 and peak["c"] == 1

@@ -31,12 +31,13 @@ def decode(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
 
 
-@pytest.mark.parametrize("size", [299, 160, 96])
-def test_dct_downscale_matches_full_decode_lanczos(size):
-    data = to_jpeg(photo())
+@pytest.mark.parametrize("source", [(800, 1000), (1000, 640), (600, 900), (1200, 1600)])
+@pytest.mark.parametrize("size", [320, 299, 224, 160, 96])
+def test_dct_downscale_matches_full_decode_lanczos(size, source):
+    data = to_jpeg(photo(*source))
     pixels, src = decode_resized(data, ResizeSpec(size=size))
     h, w = pixels.shape[:2]
-    assert src == (800, 1000) and min(w, h) == size
+    assert src == source and min(w, h) == size
     ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.LANCZOS))
     assert psnr(pixels, ref) >= 40
 

