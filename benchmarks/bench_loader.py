@@ -101,7 +101,8 @@ def jpegs_of(store_root: Path) -> list:
 
     from wdr_pipe.cache import Store
 
-    return [j for p in Store(store_root).image_shards("train") for j in pq.read_table(p, columns=["jpeg"]).column(0).to_pylist()]
+    return [j for p in Store(store_root).image_shards("train")
+            for j in pq.read_table(p, columns=["jpeg"]).column(0).to_pylist()]
 
 
 # -- decode ------------------------------------------------------------------------------
@@ -123,9 +124,14 @@ def _decoders():
                                                   cv2.COLOR_BGR2RGB)}
 
 
-def _decode_all(jpegs) -> int:
+_JPEGS: list = []  # set before the decode pool forks, so its processes have the bytes without a transfer
+
+
+def _decode_part(part) -> int:
     import simplejpeg
 
+    k, step, limit = part
+    jpegs = _JPEGS[k::step][:limit]
     for j in jpegs:
         simplejpeg.decode_jpeg(j, colorspace="RGB")
     return len(jpegs)
@@ -142,11 +148,12 @@ def decode_rates(jpegs: list) -> dict:
         for j in sample:
             fn(j)
         out[name] = len(sample) / (time.perf_counter() - t)
-    parts = [jpegs[k::WORKERS] for k in range(WORKERS)]
-    with multiprocessing.Pool(WORKERS) as pool:
-        pool.map(_decode_all, [p[:50] for p in parts])  # start-up
+    global _JPEGS
+    _JPEGS = jpegs
+    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+        pool.map(_decode_part, [(k, WORKERS, 20) for k in range(WORKERS)])  # start-up
         t = time.perf_counter()
-        n = sum(pool.map(_decode_all, parts))
+        n = sum(pool.map(_decode_part, [(k, WORKERS, len(jpegs)) for k in range(WORKERS)]))
         out["ceiling"] = n / (time.perf_counter() - t)
     return out
 
@@ -272,7 +279,8 @@ def gpu_training(paths, name: str) -> dict:
             elif k > 3:
                 seen += len(batch["image_id"])
     torch.cuda.synchronize()
-    return {"model": name, "size": cfg.size, "model_alone": alone, "fed_by_loader": seen / (time.perf_counter() - start)}
+    fed = seen / (time.perf_counter() - start)
+    return {"model": name, "size": cfg.size, "model_alone": alone, "fed_by_loader": fed}
 
 
 def main() -> None:

@@ -313,7 +313,8 @@ def test_normalize_on_device_equals_in_workers(store7):
     on_device = next(iter(make_loader(store7, "train", device="cpu", **kw)))
     in_workers = next(iter(make_loader(store7, "train", normalize_in_workers=True, **kw)))
     assert raw["image"].dtype == torch.uint8
-    expect = (raw["image"].float() / 255 - torch.tensor(SMALL.mean).view(3, 1, 1)) / torch.tensor(SMALL.std).view(3, 1, 1)
+    mean, std = torch.tensor(SMALL.mean).view(3, 1, 1), torch.tensor(SMALL.std).view(3, 1, 1)
+    expect = (raw["image"].float() / 255 - mean) / std
     torch.testing.assert_close(on_device["image"], expect)
     torch.testing.assert_close(in_workers["image"], expect)
     assert Normalize(dtype=torch.bfloat16)(raw["image"]).dtype == torch.bfloat16
