@@ -3,22 +3,29 @@
 ``hog_batch(images, cfg)`` takes a (B, H, W) stack of grayscale images and
 returns (B, D) float32 descriptors that match, image by image,
 ``skimage.feature.hog(image, cfg.orientations, (cfg.cell, cfg.cell),
-(cfg.block, cfg.block), cfg.block_norm)`` (to about 1e-6; tested to 1e-4),
-about 20x faster than calling it in a loop. It follows skimage step by step:
+(cfg.block, cfg.block), cfg.block_norm)`` (to about 2e-7; tested to 1e-4),
+about 14x faster than calling it in a loop (0.2 against 3 ms per 128 x 128
+image). It follows skimage (``feature/_hog.py``, ``_hoghistogram.pyx``):
 
 1. gradients by central differences, ``g[i] = x[i+1] - x[i-1]``, set to 0
-   on the first and last row (column), in float32 (float64 for float64
-   input), as skimage does for a single-channel image;
+   on the first and last row (column), as skimage does for one channel;
 2. orientation ``rad2deg(arctan2(g_row, g_col)) % 180`` in float64 and bin
-   ``i`` holding ``180/n * i <= angle < 180/n * (i+1)`` (the same float
-   comparisons as skimage's ``_hoghistogram.pyx``, so no pixel changes bin);
-   magnitude ``hypot(g_row, g_col)``;
+   ``i`` holding ``180/n * i <= angle < 180/n * (i+1)``: the same float
+   comparisons as skimage, so no pixel changes bin; magnitude
+   ``hypot(g_row, g_col)``;
 3. cell histograms: the magnitudes summed per (cell, bin) with one
    ``np.bincount`` over the batch, divided by the pixels per cell; rows and
    columns past the last whole cell are ignored;
 4. every ``block x block`` window of cells normalised (L1, L1-sqrt, L2 or
    L2-Hys with eps = 1e-5) and flattened in skimage's order
    (block row, block col, cell row, cell col, orientation).
+
+For uint8 images (the pipeline's case) steps 1-2 take a faster, equally
+exact path: the gradients are integers in [-255, 255], so OpenCV computes
+them (``cv2.Sobel`` with ``ksize=1`` is the same [-1, 0, 1] difference) and
+the bin of each pixel is read from a 511 x 511 table filled once by the
+float code of step 2. Other dtypes go through numpy in float32 (float64
+for float64 input), as skimage computes them.
 """
 from __future__ import annotations
 
