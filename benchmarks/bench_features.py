@@ -54,8 +54,6 @@ SPLIT = "bench"
 
 
 def _draw(i: int) -> dict:
-    from PIL import Image
-
     from wdr_pipe.pipeline import synth
 
     rng = np.random.default_rng([i, 11])
