@@ -256,14 +256,18 @@ def _rebuild_hint(store: Store, split: str) -> str:
     return f"run 'wdr-pipe features --store {store.root} --split {split} --rebuild' to recompute it"
 
 
+def _image_ids(path: Path) -> pa.ChunkedArray:
+    # ParquetFile rather than pq.read_table, which imports pyarrow.dataset and pandas (0.25 s)
+    return pq.ParquetFile(path).read(columns=["image_id"]).column(0)
+
+
 def check_feature_shard(store: Store, split: str, out: Path, image_shard: Path, stats: dict,
                         cfg: FeatureConfig) -> None:
     """Raise UserError naming ``out`` if it is unreadable or does not match its image shard row by row."""
     try:
-        meta = pq.read_metadata(out)
-        rows = meta.num_rows
-        schema = meta.schema.to_arrow_schema()
-        ids = pq.read_table(out, columns=["image_id"]).column(0)
+        f = pq.ParquetFile(out)
+        rows, schema = f.metadata.num_rows, f.schema_arrow
+        ids = f.read(columns=["image_id"]).column(0)
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"{out}: unreadable feature shard ({str(e).splitlines()[0]}); "
                         f"{_rebuild_hint(store, split)}") from e
@@ -272,7 +276,7 @@ def check_feature_shard(store: Store, split: str, out: Path, image_shard: Path, 
         problem = "its schema is not the one of this config"
     elif rows != stats.get("rows"):
         problem = f"{rows} rows, its stats.json says {stats.get('rows')}"
-    elif not ids.equals(pq.read_table(image_shard, columns=["image_id"]).column(0).cast(pa.string())):
+    elif not ids.equals(_image_ids(image_shard).cast(pa.string())):
         problem = f"its image_ids are not those of {image_shard} in the same order"
     if problem:
         raise UserError(f"{out}: damaged feature shard ({problem}); {_rebuild_hint(store, split)}")
