@@ -324,9 +324,13 @@ def test_normalize_on_device_equals_in_workers(store7):
 def test_batches_arrive_on_the_gpu_normalised(store7):
     loader = make_loader(store7, "train", batch_size=6, num_workers=2, config=SMALL, device="cuda")
     assert loader.dataloader.pin_memory
+    cpu = make_loader(store7, "train", batch_size=6, num_workers=2, config=SMALL)
     n = 0
-    for b in loader:
+    for b, c in zip(loader, cpu):
         assert b["image"].is_cuda and b["image"].dtype == torch.float32 and b["labels"].is_cuda
+        assert b["image_id"] == c["image_id"]
+        torch.testing.assert_close(b["image"].cpu(), cpu.normalize(c["image"]))
+        torch.testing.assert_close(b["labels"].cpu(), c["labels"])
         n += len(b["image_id"])
     assert n == 48
 

@@ -2,8 +2,9 @@
 
 Each batch is a dict:
 
-- ``image``: uint8 (B, 3, S, S), or float normalised on ``device`` when the
-  loader was given one (then it was moved with ``non_blocking=True``);
+- ``image``: uint8 (B, 3, S, S) in channels_last memory order (as the
+  workers write it, no transposing copy), or float normalised on ``device``
+  when the loader was given one (moved with ``non_blocking=True``);
 - ``wide``: float32 (B, D1 + D2), HOG and colour histogram side by side
   (only with a ``feature_key``);
 - ``labels``: float32 (B, L) multi-hot over ``wdr_pipe.cache.read.label_space``
@@ -216,12 +217,13 @@ class StoreDataset(IterableDataset):
     def _collate(self, images: List[np.ndarray], keep, worker: int, consumed: int, failed: int) -> dict:
         n = len(images)
         size = images[0].shape[:2] if n else (0, 0)
-        image = torch.empty((n, 3) + tuple(size), dtype=torch.uint8)
+        image = torch.empty((n,) + tuple(size) + (3,), dtype=torch.uint8)  # NHWC: no transposing copy
         if get_worker_info() is not None:
             image.share_memory_()  # filled in place: no copy when it crosses to the main process
         x = image.numpy()
         for j, img in enumerate(images):
-            x[j] = img.transpose(2, 0, 1)
+            x[j] = img
+        image = image.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory: what convnets on GPUs want
         if self.normalize is not None:
             image = self.normalize(image)
         rows = np.array([r for _, _, r in keep], np.int64)

