@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import cv2
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -32,6 +31,7 @@ from ..cache.schema import FAILURES, IMAGES
 from ..progress import log
 from .download import DownloadConfig, DownloadFailed, Downloader
 from .imageops import ImageRejected, ResizeSpec, process
+from .runner import image_task
 
 ROW_GROUP = 256  # rows per Parquet row group: bounded memory for streaming readers
 
@@ -131,7 +131,6 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
 def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
     """Download and resize one shard; write images, failures and stats (last). Returns the stats."""
     t0 = time.monotonic()
-    cv2.setNumThreads(1)  # parallelism comes from our threads; OpenCV's own pool would oversubscribe
     spec = task.cfg.spec()
     wanted = set(task.retry_ids) if task.retry_ids is not None else None
     todo = [i for i, r in enumerate(task.rows) if wanted is None or r[0] in wanted]
@@ -171,18 +170,24 @@ def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
             on_progress(dict(counters))
 
     try:
-        run_per_host(len(todo), [_host(task.rows[i][1]) for i in todo], work, task.opts.threads,
-                     task.opts.per_host)
+        with image_task():
+            run_per_host(len(todo), [_host(task.rows[i][1]) for i in todo], work, task.opts.threads,
+                         task.opts.per_host)
     finally:
         dl.close()
     return _commit(task, ok_rows, fail_rows, counters, time.monotonic() - t0)
 
 
+def _table(rows: List[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) -> Table, column by column (10x faster than Table.from_pylist)."""
+    return pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in schema}, schema=schema)
+
+
 def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict], counters: dict,
             seconds: float) -> dict:
     path = Path(task.path)
-    images = pa.Table.from_pylist([ok_rows[i] for i in sorted(ok_rows)], schema=IMAGES)
-    failures = pa.Table.from_pylist([fail_rows[i] for i in sorted(fail_rows)], schema=FAILURES)
+    images = _table([ok_rows[i] for i in sorted(ok_rows)], IMAGES)
+    failures = _table([fail_rows[i] for i in sorted(fail_rows)], FAILURES)
     if task.retry_ids is not None:  # merge with what the shard already had, in index order
         order = {r[0]: i for i, r in enumerate(task.rows)}
         old = pq.read_table(path, schema=IMAGES)

