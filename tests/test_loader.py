@@ -346,7 +346,7 @@ def test_train_crops_stay_inside_the_image():
     assert out.shape == (48, 48, 3) and out.dtype == np.uint8
 
 
-def test_plan_reads_no_jpeg_and_counts_rows(store7):
+def test_plan_has_one_unit_per_row_group(store7):
     plan = build_plan(Store(store7), "train")
     assert plan.num_rows == 48 and sum(u.rows for u in plan.units) == 48
     assert all(len(u.image_groups) == 1 for u in plan.units)  # 7-row row groups, one unit each

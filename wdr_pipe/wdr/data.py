@@ -20,7 +20,9 @@ samples and the same number of batches (ranks that come up short repeat a
 row from the start of the epoch), and the order is a function of
 ``(seed, epoch, rank, worker)``. Workers read whole row groups (image shard
 and the row-aligned feature shard together, image_ids checked to match) and
-keep only a few units in memory. A row whose features failed is left out
+keep only the units the shuffle window spans in memory (``buffer_size / rows
+per unit + 3`` of them: about 110 MB per worker with 256-row groups, 8,100
+HOG floats per row and the default buffer of 1,024). A row whose features failed is left out
 when the plan is made; a row that fails to decode at run time is dropped
 from its batch (which comes out one smaller) and counted in ``skipped``.
 
