@@ -52,7 +52,6 @@ from . import sampling
 from .transforms import DataConfig, Normalize, data_config, decode_jpeg, make_transform
 
 log = logging.getLogger("wdr_pipe")
-META = ("_worker", "_consumed", "_failed")
 
 
 def _rank_world(rank: Optional[int], world_size: Optional[int]):
@@ -328,7 +327,9 @@ def make_loader(store: Union[Store, str, Path], split: str, batch_size: int = 64
     The image size, crop, filter, mean and std come from ``config``, else from
     the timm ``model``, else timm's defaults. Without ``device`` batches hold
     uint8 images and ``loader.normalize`` is for the caller to apply; with it
-    they arrive on the device, normalised.
+    they arrive on the device, normalised. ``scale``: area range of the train
+    crop (0.25, not timm's 0.08, so that a crop still shows what the labels
+    describe). Train with ``drop_last=True``: one batch shape throughout.
     """
     train = (split == "train") if train is None else train
     cfg = config if config is not None else data_config(model)
