@@ -7,7 +7,9 @@ Parquet shards; they differ only in the feature maths:
 
 - ours: ``hog_batch`` and ``color_hist_batch`` over batches of 64 images;
 - plain: ``skimage.feature.hog`` per image and ``np.histogramdd`` per image
-  over its non-background 8-bit HSV pixels.
+  over its non-background 8-bit HSV pixels;
+- plain with Pillow decode: the same loop decoding as a plain script does
+  (Pillow at full size, then ``resize``), i.e. what a user would write.
 
 Both run one task per shard through ``runner.run_tasks``: in this process
 (1 process each), then on the same warm LocalCluster of --workers processes
@@ -25,6 +27,7 @@ Run (the store is drawn once and cached under --out)::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -103,7 +106,14 @@ def plain_features(rgb: np.ndarray, cfg: F.FeatureConfig):
     return h, hist.ravel() / max(len(vals), 1)
 
 
-def plain_task(task: F.ShardTask, on_progress) -> dict:
+def pil_decode_resize(data: bytes, size: int) -> np.ndarray:
+    """How a plain script decodes: Pillow, full size, then resize (Pillow's default filter)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size)))
+
+
+def plain_task(task: F.ShardTask, on_progress, decode=F.decode_resize) -> dict:
     """The same shard in, the same Parquet out, with the plain per-image loop."""
     cfg, schema = task.cfg, task.cfg.schema()
     cv2.setNumThreads(1)
@@ -113,7 +123,7 @@ def plain_task(task: F.ShardTask, on_progress) -> dict:
         for batch in src.iter_batches(batch_size=F.BATCH, columns=["image_id", "jpeg"]):
             hogs, hists = [], []
             for data in batch.column(1).to_pylist():
-                h, c = plain_features(F.decode_resize(data, cfg.hog_size), cfg)
+                h, c = plain_features(decode(data, cfg.hog_size), cfg)
                 hogs.append(h)
                 hists.append(c)
             null = np.zeros(len(hogs), bool)
@@ -177,9 +187,17 @@ def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats:
         plain_dir.mkdir(parents=True)
         run_tasks(plain_task, tasks, stage="plain", scheduler=scheduler)
 
-    runs = {"ours": [], "plain": []}
+    def plain_pil():  # last, so that `plain` output stays for the equality check
+        pil_dir = out / "plain-pil"
+        shutil.rmtree(pil_dir, ignore_errors=True)
+        pil_dir.mkdir(parents=True)
+        pil_tasks = [F.ShardTask(SPLIT, t.image_shard, str(pil_dir / Path(t.out).name), {}, cfg) for t in tasks]
+        run_tasks(functools.partial(plain_task, decode=pil_decode_resize), pil_tasks, stage="plain-pil",
+                  scheduler=scheduler)
+
+    runs = {"ours": [], "plain": [], "plain_pil": []}
     for _ in range(repeats):
-        for name, fn in (("ours", ours), ("plain", plain)):
+        for name, fn in (("ours", ours), ("plain", plain), ("plain_pil", plain_pil)):
             c = cpu()
             wall = _timed(fn)
             runs[name].append((wall, cpu() - c))
@@ -191,7 +209,8 @@ def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats:
         b = np.array(pq.read_table(tasks[0].out).column(col).to_pylist())
         diff[col] = float(np.abs(a - b).max())
     return {"ours_s": best["ours"][0], "plain_s": best["plain"][0], "ours_cpu_s": best["ours"][1],
-            "plain_cpu_s": best["plain"][1], "runs": runs, "max_abs_diff": diff}
+            "plain_cpu_s": best["plain"][1], "plain_pil_s": best["plain_pil"][0],
+            "plain_pil_cpu_s": best["plain_pil"][1], "runs": runs, "max_abs_diff": diff}
 
 
 def warm_cluster_race(store: Store, cfg: F.FeatureConfig, out: Path, workers: int, repeats: int) -> dict:
@@ -229,20 +248,25 @@ def main() -> None:
     print("ms per image, one process:", json.dumps(costs), flush=True)
     one = race(store, cfg, out, "inline", 1, cpu=time.process_time)
     print(f"1 process: ours {n / one['ours_s']:.0f} img/s ({1e3 * one['ours_cpu_s'] / n:.2f} CPU ms/img), "
-          f"plain {n / one['plain_s']:.0f} img/s ({1e3 * one['plain_cpu_s'] / n:.2f} CPU ms/img)", flush=True)
+          f"plain {n / one['plain_s']:.0f} img/s ({1e3 * one['plain_cpu_s'] / n:.2f} CPU ms/img), "
+          f"plain with Pillow decode {n / one['plain_pil_s']:.0f} img/s ({1e3 * one['plain_pil_cpu_s'] / n:.2f} CPU ms/img)",
+          flush=True)
     warm = warm_cluster_race(store, cfg, out, args.workers, args.repeats)
     cold = cold_runs(store, cfg, args.workers)
     res = {"images": n, "shards": len(store.image_shards(SPLIT)), "workers": args.workers,
            "per_image_ms": costs, "one_process": one, "warm_cluster": warm, "cold": cold,
            "ours_img_s": n / warm["ours_s"], "plain_img_s": n / warm["plain_s"],
            "speedup": warm["plain_s"] / warm["ours_s"], "speedup_one_process": one["plain_s"] / one["ours_s"],
+           "speedup_vs_pil": warm["plain_pil_s"] / warm["ours_s"],
+           "speedup_vs_pil_one_process": one["plain_pil_s"] / one["ours_s"],
            "cpu_ratio": warm["plain_cpu_s"] / warm["ours_cpu_s"],
            "cold_img_s": n / cold["first_s"], "rerun_fraction": cold["second_s"] / cold["first_s"]}
     (out / "results.json").write_text(json.dumps(res, indent=2))
     print(f"warm {args.workers}-worker cluster: ours {res['ours_img_s']:.0f} img/s, plain {res['plain_img_s']:.0f} img/s, "
           f"speedup {res['speedup']:.1f}x (1 process: {res['speedup_one_process']:.1f}x), "
           f"CPU per image {1e3 * warm['ours_cpu_s'] / n:.2f} vs {1e3 * warm['plain_cpu_s'] / n:.2f} ms "
-          f"({res['cpu_ratio']:.1f}x); "
+          f"({res['cpu_ratio']:.1f}x); against the plain loop with Pillow decode: {res['speedup_vs_pil']:.1f}x "
+          f"(1 process: {res['speedup_vs_pil_one_process']:.1f}x); "
           f"max diff {warm['max_abs_diff']}")
     print(f"compute_features with its own cluster: first run {cold['first_s']:.2f}s ({res['cold_img_s']:.0f} img/s), "
           f"second run {cold['second_s']:.3f}s = {100 * res['rerun_fraction']:.2f}% of the first")
