@@ -56,6 +56,17 @@ def store7(image_store):
     return image_store
 
 
+def test_workers_start_after_opencv_ran_threads_in_this_process(store7):
+    """Regression: forked workers used to hang in cv2.setNumThreads once the parent's pool ran."""
+    import cv2
+
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((1200, 1200, 3), np.uint8), (600, 600))  # starts OpenCV's thread pool here
+    loader = make_loader(store7, "train", batch_size=16, num_workers=2, config=SMALL, timeout=60)
+    assert sorted(epoch_ids(loader), key=int) == sorted(train_ids(store7), key=int)
+    assert cv2.getNumThreads() == 2  # the caller's setting is restored
+
+
 # -- plan ------------------------------------------------------------------------------
 def test_units_are_cut_where_both_files_have_a_row_group_boundary():
     img = np.array([0, 7, 14, 20])

@@ -35,6 +35,7 @@ The state is the same on every rank, so saving rank 0's is enough.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
@@ -240,10 +241,24 @@ class StoreDataset(IterableDataset):
         return batch
 
 
-def _worker_init(_: int) -> None:
+@contextlib.contextmanager
+def _single_threaded_opencv() -> Iterator[None]:
+    """Fork DataLoader workers with OpenCV at one thread.
+
+    Workers should not run OpenCV's own thread pool (one worker per core), but
+    calling ``cv2.setNumThreads`` inside a forked worker hangs when the parent
+    had already started that pool (seen when fetch or features ran earlier in
+    the same process). So the parent drops to one thread around the fork and
+    then restores its own setting.
+    """
     import cv2
 
-    cv2.setNumThreads(1)  # one worker per core; OpenCV's own threads would only contend
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 class Loader:
@@ -261,7 +276,7 @@ class Loader:
         self.dataloader = DataLoader(
             dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if workers else None, persistent_workers=persistent_workers and workers > 0,
-            timeout=timeout if workers else 0, worker_init_fn=_worker_init if workers else None,
+            timeout=timeout if workers else 0,
             multiprocessing_context=multiprocessing_context if workers else None)
         if self.device is not None:
             self.normalize = self.normalize.to(self.device)
@@ -285,7 +300,9 @@ class Loader:
         control = self.dataset._control
         control[0] = self.epoch
         control[1:] = torch.tensor(self.consumed, dtype=torch.int64)
-        for batch in self.dataloader:
+        with _single_threaded_opencv():  # workers fork here (the first time, when persistent)
+            batches = iter(self.dataloader)
+        for batch in batches:
             worker = batch.pop("_worker")
             self.consumed[worker] = batch.pop("_consumed")
             self.failed += batch.pop("_failed")
