@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from typing import Iterator
 
@@ -40,6 +41,7 @@ class ProgressBar:
         self.bar = None
         self.tty = sys.stderr.isatty()
         self.last_log = 0.0
+        self.finished = False
 
     def __call__(self, p: Progress) -> None:
         import time
@@ -54,8 +56,9 @@ class ProgressBar:
             self.bar.n = p.done
             self.bar.set_postfix(ok=p.ok, failed=p.failed, refresh=False)
             self.bar.refresh()
-        elif time.monotonic() - self.last_log > 5 or (p.total and p.done >= p.total):
+        elif time.monotonic() - self.last_log > 5 or (p.total and p.done >= p.total and not self.finished):
             self.last_log = time.monotonic()
+            self.finished = bool(p.total and p.done >= p.total)
             log.info("%s: %d/%s done, %d ok, %d failed", self.desc, p.done, p.total or "?", p.ok, p.failed)
 
     def close(self) -> None:
@@ -87,7 +90,10 @@ def cli(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("wdr_pipe").setLevel(min(logging.INFO, max(level, logging.DEBUG)))
-    # dask logs every worker start and stop at INFO: keep it quiet unless asked (-vv)
+    # dask logs every worker start and stop at INFO: keep it quiet unless asked (-vv). distributed
+    # sets its loggers' levels from its config when first imported, so say it there (workers inherit it).
+    if verbose < 2:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
