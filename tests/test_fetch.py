@@ -198,3 +198,14 @@ def test_per_host_cap_is_respected_and_every_item_runs_once():
     run_per_host(len(hosts), hosts, fn, threads=8, per_host=2)  # more threads than slots: must not hang
     assert sorted(done) == list(range(len(hosts)))
     assert peak["a"] == 2 and peak["b"] == 2 and peak["c"] == 1
+
+
+def test_refused_connection_is_a_connection_error_not_a_timeout(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    index = write_csv(tmp_path / "train.csv", [("1", f"http://127.0.0.1:{port}/x.jpg", [1])])
+    summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
+    assert summary.splits[0].by_status == {"connection_error": 1}

@@ -165,9 +165,11 @@ class Downloader:
 
     @staticmethod
     def _transport_failure(e: BaseException, read_timeout) -> "_Retryable":
+        if isinstance(e, NewConnectionError):  # (a subclass of ConnectTimeoutError in urllib3 2)
+            return _Retryable(DownloadFailed("connection_error", _short(e)))
         if isinstance(e, (Urllib3Timeout, TimeoutError)):
             return _Retryable(DownloadFailed("timeout", f"no answer within {read_timeout:.0f}s"))
-        if isinstance(e, (NewConnectionError, ProtocolError, OSError, HTTPError)):
+        if isinstance(e, (ProtocolError, OSError, HTTPError)):
             return _Retryable(DownloadFailed("connection_error", _short(e)))
         return _Retryable(DownloadFailed("connection_error", f"{type(e).__name__}: {_short(e)}"))
 
