@@ -67,10 +67,14 @@ class ProgressBar:
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str) -> Iterator[ProgressBar]:
-    bar = ProgressBar(desc)
+def progress_bar(desc: str, unit: str = "img") -> Iterator[ProgressBar]:
+    """A progress hook for one stage; log lines go above the bar instead of through it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar = ProgressBar(desc, unit)
     try:
-        yield bar
+        with logging_redirect_tqdm():
+            yield bar
     finally:
         bar.close()
 
@@ -266,7 +270,7 @@ def stats_cmd(store, splits, dim, alpha, epochs, seed, pos_weight_clip):
     """
     from .pipeline.stats import StatsConfig, compute_stats
 
-    with user_errors(), progress_bar("stats") as bar:
+    with user_errors(), progress_bar("stats", unit="split") as bar:
         cfg = StatsConfig(dim=dim, alpha=alpha, epochs=epochs, seed=seed, pos_weight_clip=pos_weight_clip)
         summary = compute_stats(store, splits or None, cfg, progress=bar)
     for name, s in summary.items():
@@ -363,15 +367,18 @@ def demo(out, n_train, n_validation, n_test, size, workers):
     """
     from .demo import run_demo
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     bars = []
 
     def progress_for(stage):
-        bar = ProgressBar(stage)
-        bars.append(bar)
-        return bar
+        if bars:
+            bars[-1].close()  # the previous stage is over
+        bars.append(ProgressBar(stage, unit="split" if stage == "stats" else "img"))
+        return bars[-1]
 
     try:
-        with user_errors():
+        with user_errors(), logging_redirect_tqdm():
             res = run_demo(out, n_train, n_validation, n_test, size=size, workers=workers, progress_for=progress_for)
     finally:
         for bar in bars:

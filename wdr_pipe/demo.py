@@ -49,7 +49,8 @@ def run_demo(out, n_train: int = 240, n_validation: int = 60, n_test: int = 60, 
     out = Path(out)
     data, store = out / "data", out / "store"
     log.info("drawing %d garment photos under %s", n_train + n_validation + n_test, data)
-    records = synth.make_dataset(data, {"train": n_train, "validation": n_validation, "test": n_test}, seed=seed)
+    records = synth.make_dataset(data, {"train": n_train, "validation": n_validation, "test": n_test}, seed=seed,
+                                 progress=progress_for("draw"))
     port_file = data / "port.txt"  # the same port on a rerun keeps the indexes' URLs, so work is reused
     port = int(port_file.read_text()) if port_file.exists() else 0
     try:

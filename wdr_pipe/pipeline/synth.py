@@ -16,12 +16,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing as mp
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from ..progress import Hook, Progress, report
 
 # (labelId, taskId, labelName, taskName): the synthetic label map.
 CATEGORIES = ["T-shirt", "Dress", "Trousers", "Skirt", "Jacket", "Tank top"]
@@ -183,28 +187,50 @@ class Record:
     path: str  # relative to the dataset folder: images/<split>/<id>.jpg
 
 
+def _draw_one(job: Tuple[str, int, int, int, Tuple[int, int], int, str]) -> Record:
+    """Draw (or find) one image file; returns its record. Module-level for process pools."""
+    split, s_idx, i, seed, size_range, quality, folder = job
+    rng = np.random.default_rng([seed, s_idx, i])
+    g = sample_garment(rng)
+    w = int(rng.integers(size_range[0], size_range[1] + 1))
+    h = int(rng.integers(size_range[0], size_range[1] + 1))
+    path = Path(folder) / f"{i}.jpg"
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(encode_jpeg(draw_image(g, w, h, int(rng.integers(2**31))), quality))
+        tmp.replace(path)
+    return Record(split, str(i), tuple(g.labels()), f"images/{split}/{i}.jpg")
+
+
 def make_dataset(out: Path, splits: Dict[str, int], seed: int = 0,
-                 size_range: Tuple[int, int] = (600, 1000), quality: int = 90) -> List[Record]:
+                 size_range: Tuple[int, int] = (600, 1000), quality: int = 90,
+                 progress: Hook = None, processes: Optional[int] = None) -> List[Record]:
     """Draw ``splits[name]`` images per split under ``out``; returns the records.
 
     Existing image files are kept (drawing is deterministic), so a second call is cheap.
+    Large sets are drawn on a process pool (``processes``, default: every core).
     """
     out = Path(out)
-    records = []
+    jobs = []
     for s_idx, (split, n) in enumerate(splits.items()):
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(1, n + 1):
-            rng = np.random.default_rng([seed, s_idx, i])
-            g = sample_garment(rng)
-            w = int(rng.integers(size_range[0], size_range[1] + 1))
-            h = int(rng.integers(size_range[0], size_range[1] + 1))
-            path = folder / f"{i}.jpg"
-            if not path.exists():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(encode_jpeg(draw_image(g, w, h, int(rng.integers(2**31))), quality))
-                tmp.replace(path)
-            records.append(Record(split, str(i), tuple(g.labels()), f"images/{split}/{i}.jpg"))
+        jobs += [(split, s_idx, i, seed, size_range, quality, str(folder)) for i in range(1, n + 1)]
+    processes = processes or os.cpu_count() or 1
+    records: List[Record] = []
+    if processes > 1 and len(jobs) >= 100:
+        # forkserver/spawn, not fork: the caller may hold threads (servers, thread pools)
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(processes) as pool:
+            for rec in pool.imap(_draw_one, jobs, chunksize=8):
+                records.append(rec)
+                if len(records) % 10 == 0 or len(records) == len(jobs):
+                    report(progress, Progress("draw", done=len(records), total=len(jobs), ok=len(records)))
+    else:
+        for job in jobs:
+            records.append(_draw_one(job))
+            if len(records) % 10 == 0 or len(records) == len(jobs):
+                report(progress, Progress("draw", done=len(records), total=len(jobs), ok=len(records)))
     with open(out / "label_map.csv", "w", newline="", encoding="utf-8") as f:
         wr = csv.writer(f)
         wr.writerow(["labelId", "taskId", "labelName", "taskName"])
