@@ -209,3 +209,27 @@ def test_refused_connection_is_a_connection_error_not_a_timeout(tmp_path):
     index = write_csv(tmp_path / "train.csv", [("1", f"http://127.0.0.1:{port}/x.jpg", [1])])
     summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
     assert summary.splits[0].by_status == {"connection_error": 1}
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 400 KiB tmpfs (needs root; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(server, tmp_path, tiny_disk):
+    index = write_csv(tmp_path / "train.csv", [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(1, 31)])
+    res = CliRunner().invoke(cli, ["fetch", str(index), "--store", str(tiny_disk / "s"), "--size", "320",
+                                   "--shard-size", "10", "--scheduler", "inline"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "no space left on device; free some space and run the same command again" in res.output
+    folder = tiny_disk / "s" / "images" / "train"
+    assert not list(folder.glob(".tmp-*"))
+    for p in folder.glob("part-?????.parquet"):  # whatever looks committed is whole
+        if stats_path(p).exists():
+            assert pq.read_table(p).num_rows == json.loads(stats_path(p).read_text())["ok"]
