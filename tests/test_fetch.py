@@ -233,3 +233,15 @@ def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(server, tmp_pat
     for p in folder.glob("part-?????.parquet"):  # whatever looks committed is whole
         if stats_path(p).exists():
             assert pq.read_table(p).num_rows == json.loads(stats_path(p).read_text())["ok"]
+
+
+def test_fetch_on_an_existing_cluster_by_address(server, tmp_path):
+    from distributed import LocalCluster
+
+    index = write_csv(tmp_path / "train.csv", [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(1, 9)])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(shard_size=3, download=FAST),
+                        scheduler=cluster.scheduler_address)
+    assert summary.ok == 8 and summary.splits[0].shards_run == 3
+    ok, _ = read_split(tmp_path / "s", "train")
+    assert [r["image_id"] for r in ok] == [str(i) for i in range(1, 9)]
