@@ -169,7 +169,7 @@ def _feature_shards(store: Store, key: str, split: str) -> List[Path]:
     return shards
 
 
-def _fixed_matrix(col: pa.ChunkedArray, out: np.ndarray, start: int) -> None:
+def fixed_matrix(col: pa.ChunkedArray, out: np.ndarray, start: int) -> None:
     """Copy a fixed_size_list column into ``out[start:]``; null rows become NaN."""
     dim = out.shape[1]
     for chunk in col.chunks:
@@ -194,7 +194,7 @@ def _read_features(shards: List[Path]):
     for p in shards:
         t = pq.read_table(p, columns=["image_id", "hog", "color_hist"])
         for name, m in mats.items():
-            _fixed_matrix(t.column(name), m, start)
+            fixed_matrix(t.column(name), m, start)
         ok[start:start + t.num_rows] = t.column("hog").is_valid().to_numpy(zero_copy_only=False)
         ids.append(t.column("image_id").to_numpy(zero_copy_only=False))
         start += t.num_rows

@@ -68,6 +68,19 @@ def _tune_malloc() -> None:
 
 
 @contextlib.contextmanager
+def opencv_threads(n: int = 1) -> Iterator[None]:
+    """OpenCV's thread count set to ``n`` inside the block, the caller's restored after."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+@contextlib.contextmanager
 def image_task() -> Iterator[None]:
     """Settings for the body of a shard task that works on images with threads.
 
@@ -75,15 +88,9 @@ def image_task() -> Iterator[None]:
     the cores our processes and threads already use), and glibc's allocator is
     tuned once per process (``_tune_malloc``).
     """
-    import cv2
-
     _tune_malloc()
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with opencv_threads(1):
         yield
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def _throttled(send: Callable[[Counters], None], every: float = 0.5) -> Callable[[Counters], None]:

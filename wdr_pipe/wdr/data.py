@@ -35,7 +35,6 @@ The state is the same on every rank, so saving rank 0's is enough.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
@@ -47,8 +46,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..cache import Store, open_store
-from ..cache.read import _fixed_matrix, label_space, multi_hot
+from ..cache.read import fixed_matrix, label_space, multi_hot
 from ..errors import UserError
+from ..pipeline.runner import opencv_threads
 from . import sampling
 from .transforms import DataConfig, Normalize, data_config, decode_jpeg, make_transform
 
@@ -115,8 +115,8 @@ class _UnitReader:
             hog, hist = f.column("hog"), f.column("color_hist")
             d1 = hog.type.list_size
             wide = np.empty((f.num_rows, d1 + hist.type.list_size), np.float32)
-            _fixed_matrix(hog, wide[:, :d1], 0)
-            _fixed_matrix(hist, wide[:, d1:], 0)
+            fixed_matrix(hog, wide[:, :d1], 0)
+            fixed_matrix(hist, wide[:, d1:], 0)
             ok = ~np.isnan(wide).any(axis=1)
         return _Chunk(ids.to_pylist(), t.column("jpeg").to_pylist(), labels, wide, ok)
 
@@ -241,26 +241,6 @@ class StoreDataset(IterableDataset):
         return batch
 
 
-@contextlib.contextmanager
-def _single_threaded_opencv() -> Iterator[None]:
-    """Fork DataLoader workers with OpenCV at one thread.
-
-    Workers should not run OpenCV's own thread pool (one worker per core), but
-    calling ``cv2.setNumThreads`` inside a forked worker hangs when the parent
-    had already started that pool (seen when fetch or features ran earlier in
-    the same process). So the parent drops to one thread around the fork and
-    then restores its own setting.
-    """
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
-
-
 class Loader:
     """A DataLoader over a ``StoreDataset`` with epochs, resumable state and device transfer."""
 
@@ -300,7 +280,10 @@ class Loader:
         control = self.dataset._control
         control[0] = self.epoch
         control[1:] = torch.tensor(self.consumed, dtype=torch.int64)
-        with _single_threaded_opencv():  # workers fork here (the first time, when persistent)
+        # Workers fork here (the first time, when persistent). They should not run OpenCV's own
+        # thread pool, but cv2.setNumThreads inside a forked worker hangs once the parent has
+        # started that pool (as fetch or features do); so the parent forks them at one thread.
+        with opencv_threads(1):
             batches = iter(self.dataloader)
         for batch in batches:
             worker = batch.pop("_worker")
