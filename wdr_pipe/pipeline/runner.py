@@ -157,7 +157,10 @@ def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) ->
             # forkserver: workers fork from a clean server process instead of re-importing
             # everything (spawn), about 2 CPU-seconds less per run; not available on Windows.
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            # The worker's statistical profiler samples every thread each 10 ms for a dashboard
+            # that this cluster does not run: off.
+            with dask.config.set({"distributed.worker.multiprocessing-method": method,
+                                  "distributed.worker.profile.enabled": False}):
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=40)
             client = Client(cluster)
