@@ -117,7 +117,7 @@ def cli(verbose: int) -> None:
 @click.option("--shard-size", default=1000, show_default=True, help="Rows per shard (one dask task each).")
 @click.option("--workers", type=int, help="Local worker processes [default: every core].")
 @click.option("--threads", default=16, show_default=True, help="Download threads per worker.")
-@click.option("--per-host", default=8, show_default=True, help="At most this many downloads at once per host.")
+@click.option("--per-host", default=8, show_default=True, help="At most this many downloads at once per host in each worker (raise it to --threads for a one-host index).")
 @click.option("--scheduler", help="Address of a running dask.distributed scheduler (tcp://HOST:PORT).")
 @click.option("--timeout", default=10.0, show_default=True, help="Connect/read timeout per request, seconds.")
 @click.option("--deadline", default=60.0, show_default=True, help="Overall time limit per image, retries included.")

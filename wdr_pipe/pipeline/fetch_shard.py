@@ -45,7 +45,7 @@ class FetchConfig:
     quality: int = 95
     min_size: int = 32
     max_pixels: int = 80_000_000
-    version: int = 2  # 2: DCT-scaled decode planned by imageops._plan_jpeg
+    version: int = 2  # 2: DCT-scaled decode at full or half scale (imageops._dct_min_size)
 
     def spec(self) -> ResizeSpec:
         return ResizeSpec(self.size, self.resize_mode, self.quality, self.min_size, self.max_pixels)
@@ -192,7 +192,8 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
         order = {r[0]: i for i, r in enumerate(task.rows)}
         old = pq.read_table(path, schema=IMAGES)
         images = pa.concat_tables([old, images])
-        images = images.take(sorted(range(images.num_rows), key=lambda j: order[images["image_id"][j].as_py()]))
+        ids = images["image_id"].to_pylist()
+        images = images.take(sorted(range(len(ids)), key=lambda j: order[ids[j]]))
         old_f = pq.read_table(failures_path(path), schema=FAILURES)
         still = old_f.filter(pc.invert(pc.is_in(old_f["image_id"], value_set=pa.array(task.retry_ids))))
         failures = pa.concat_tables([still, failures])
