@@ -41,6 +41,7 @@ from ..errors import UserError
 from ..progress import Hook
 from .color import COLOR_SPACES, color_hist_batch
 from .hog import BLOCK_NORMS, hog_batch, hog_dim
+from .imageops import decode_rgb
 from .runner import image_task, run_tasks
 
 log = logging.getLogger("wdr_pipe")
@@ -110,19 +111,8 @@ class FeatureConfig:
 
 
 def decode_resize(data: Optional[bytes], size: int) -> np.ndarray:
-    """JPEG (or any OpenCV-readable) bytes -> (size, size, 3) uint8 RGB; ValueError if unreadable."""
-    import simplejpeg
-
-    if not data:
-        raise ValueError("no image bytes")
-    try:
-        img = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
-    except ValueError as e:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"undecodable image ({e})") from None
-        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    """Stored JPEG bytes -> (size, size, 3) uint8 RGB (whole image, no crop); ValueError if unreadable."""
+    return cv2.resize(decode_rgb(data, size), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def compute_batch(jpegs: Sequence[Optional[bytes]], cfg: FeatureConfig):

@@ -15,7 +15,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -202,6 +202,25 @@ def decode_resized(data: bytes, spec: ResizeSpec) -> Tuple[np.ndarray, Tuple[int
         arr = _ORIENT[orient](arr)
     arr = _finish(_resize(np.ascontiguousarray(arr), tw, th), spec)
     return np.ascontiguousarray(arr), (src_w, src_h)
+
+
+def decode_rgb(data: Optional[bytes], min_size: int = 0) -> np.ndarray:
+    """Stored JPEG bytes -> (H, W, 3) uint8 RGB, for the stages that read the store.
+
+    libjpeg-turbo decodes at the smallest DCT scale whose sides are still
+    >= ``min_size`` (0: full size); Pillow takes what it refuses (e.g. CMYK).
+    ``ValueError`` if the bytes are not a decodable image.
+    """
+    if not data:
+        raise ValueError("no image bytes")
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size)
+    except ValueError as e:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except Exception:
+            raise ValueError(f"undecodable image ({e})") from None
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -19,17 +19,16 @@ from ``timm.data.resolve_model_data_config``.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import simplejpeg
 import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..pipeline.imageops import decode_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,17 +73,8 @@ def data_config(model=None, **overrides) -> DataConfig:
 
 # -- decode --------------------------------------------------------------------------
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8 RGB; Pillow for what libjpeg-turbo refuses; ValueError if undecodable."""
-    if not data:
-        raise ValueError("no image bytes")
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
-    except ValueError as e:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception:
-            raise ValueError(f"undecodable image ({e})") from None
+    """JPEG bytes -> (H, W, 3) uint8 RGB at full size (``imageops.decode_rgb``); ValueError if undecodable."""
+    return decode_rgb(data)
 
 
 # -- train -----------------------------------------------------------------------------
