@@ -82,3 +82,36 @@ def image_store(_image_store_template, tmp_path):
     dst = tmp_path / "store"
     shutil.copytree(_image_store_template, dst)
     return dst
+
+
+def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_size: int = 40,
+                features: bool = True, stats: bool = True) -> Path:
+    """A store written by the real stages (inline, no cluster): fetch over ``file://``
+    URLs, then features and label statistics. Used by tests and benchmarks."""
+    from wdr_pipe.pipeline.features import FeatureConfig, compute_features
+    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
+    from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
+
+    paths = synth.write_fgvc5_json(data_root, records, data_root.as_uri())
+    fetch(root, [paths[s] for s in sorted(paths)], FetchConfig(size=size), FetchOptions(shard_size=shard_size, threads=4),
+          label_map=data_root / "label_map.csv", scheduler="inline")
+    if features:
+        compute_features(root, cfg=FeatureConfig(hog_size=64), scheduler="inline")
+    if stats:
+        compute_stats(root, cfg=StatsConfig(epochs=200))
+    return root
+
+
+@pytest.fixture(scope="session")
+def wdr_store(synth_data, tmp_path_factory):
+    """A store with images, features and label statistics, built once by the real stages.
+    Tests that write into a store copy it first (``copy_store``)."""
+    data_root, records = synth_data
+    return build_store(tmp_path_factory.mktemp("wdr") / "store", data_root, records)
+
+
+@pytest.fixture
+def copy_store(wdr_store, tmp_path):
+    dst = tmp_path / "store"
+    shutil.copytree(wdr_store, dst)
+    return dst
