@@ -227,3 +227,19 @@ def test_missing_inputs_are_user_errors():
         model(torch.zeros(B, 3, 64, 64))
     with pytest.raises(UserError, match="wide features have 4 values"):
         model(torch.zeros(B, 3, 64, 64), torch.zeros(B, 4))
+
+
+def test_weights_file_through_config(tmp_path):
+    import hashlib
+
+    import timm
+
+    state = timm.create_model("tf_efficientnet_lite0", num_classes=0).state_dict()
+    path = tmp_path / "lite0.pth"
+    torch.save(state, path)
+    cfg = ModelConfig(weights=path, deep="fixed")
+    assert cfg.weights == str(path)
+    model = make(**cfg.to_dict())
+    assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
+    assert model.weights_digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert make().weights_digest is None

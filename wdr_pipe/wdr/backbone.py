@@ -159,7 +159,7 @@ def offline_weights_file() -> Path:
     converted = convert_efficientnet_lite0(state)
     try:
         write_bytes_atomic(dst, save_safetensors(converted, metadata={"source": src.name, "source_sha256": digest}))
-    except PermissionError as e:
+    except OSError as e:  # read-only or not ours (a full disk is already a UserError)
         raise UserError(f"{dst.parent}: cannot write the converted weights there; "
                         "set WDR_PIPE_CACHE to a writable folder") from e
     log.info("converted %s into timm's %s names: %s", src.name, OFFLINE_MODEL, dst)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -99,9 +100,9 @@ class ModelConfig:
         if not isinstance(self.pretrained, bool):
             raise _bad("pretrained", self.pretrained, "use true or false")
         if self.weights is not None:
-            if not isinstance(self.weights, (str, bytes)) and not hasattr(self.weights, "__fspath__"):
+            if not isinstance(self.weights, str) and not hasattr(self.weights, "__fspath__"):
                 raise _bad("weights", self.weights, "pass the path of a .pth or .safetensors file")
-            object.__setattr__(self, "weights", str(self.weights))
+            object.__setattr__(self, "weights", str(os.fspath(self.weights)))
             if self.pretrained:
                 raise _bad("weights", self.weights, "pass either --pretrained or --weights PATH, not both")
         for field, choices in (("deep", DEEP_MODES), ("head", HEADS), ("label_embeddings", EMBEDDINGS)):
