@@ -243,3 +243,29 @@ def test_weights_file_through_config(tmp_path):
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
     assert model.weights_digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert make().weights_digest is None
+
+
+def test_vgg16_first_12_layers_fixed_on_meta():
+    """The VGG-16 paper's setting, shapes only (meta device: no weights are made or run)."""
+    import timm
+
+    from wdr_pipe.wdr.model import WDRModel
+
+    with torch.device("meta"):
+        backbone = timm.create_model("vgg16", num_classes=0)
+        model = WDRModel(ModelConfig(backbone="vgg16", freeze_first=12, head="mlp"), backbone, L)
+        out = model(torch.zeros(B, 3, 64, 64))
+    assert out.shape == (B, L) and model.num_features == 4096  # fc7 width, not num_features (512)
+    trainable = [n for n in weight_layers(backbone) if backbone.get_submodule(n).weight.requires_grad]
+    assert trainable == ["features.28", "pre_logits.fc1", "pre_logits.fc2"] and len(model.frozen_layers) == 12
+
+
+def test_half_group_names_resnet_on_meta():
+    import timm
+
+    from wdr_pipe.wdr.model import WDRModel
+
+    with torch.device("meta"):
+        model = WDRModel(ModelConfig(backbone="resnet18", deep="half"), timm.create_model("resnet18", num_classes=0), L)
+    assert model.frozen_groups == ["conv1,bn1", "layer1"]
+    assert not model.backbone.layer1[0].conv1.weight.requires_grad and model.backbone.layer2[0].conv1.weight.requires_grad

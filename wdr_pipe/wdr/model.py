@@ -133,14 +133,16 @@ class ModelConfig:
 
 
 def _group_name(names: List[str]) -> str:
-    """'blocks.0' for blocks.0.0.conv_dw...; 'conv_stem,bn1' for a stem group."""
-    out: List[str] = []
-    for n in names:
+    """A readable name for a group of parameter names: 'blocks.0', 'layer1', 'conv_stem,bn1'."""
+    heads: List[str] = []
+    for n in names:  # up to the first numbered part: blocks.0.0.conv_dw.weight -> blocks.0
         bits = n.split(".")
         head = ".".join(bits[:2]) if len(bits) > 2 and bits[1].isdigit() else bits[0]
-        if head not in out:
-            out.append(head)
-    return ",".join(out)
+        if head not in heads:
+            heads.append(head)
+    split = [h.split(".") for h in heads]
+    common = [c[0] for c in zip(*split) if len(set(c)) == 1]
+    return ".".join(common) if len(heads) > 1 and common else ",".join(heads)
 
 
 def backbone_groups(backbone: nn.Module) -> List[Tuple[str, List[str]]]:
@@ -243,7 +245,9 @@ class WDRModel(nn.Module):
         self.cfg = cfg
         self.num_labels = num_labels
         self.backbone = backbone
-        self.num_features = int(backbone.num_features)
+        # width of backbone(image): timm's head_hidden_size where the pooled output is wider than the
+        # last feature map (VGG's fc6/fc7 "pre_logits": 4096 against num_features 512), else num_features
+        self.num_features = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.data_config = timm.data.resolve_model_data_config(backbone)
         self.drop = nn.Dropout(cfg.drop_rate)
         in_features = self.num_features
