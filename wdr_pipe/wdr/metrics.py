@@ -31,24 +31,30 @@ from ..errors import UserError
 Thresholds = Union[float, np.ndarray]
 
 
+def check_labels(y_true, name: str = "y_true") -> np.ndarray:
+    """A non-empty (N, L) 0/1 matrix as bool, or a ``UserError`` naming ``name``."""
+    y = np.asarray(y_true)
+    if y.ndim != 2:
+        raise UserError(f"{name}: expected an (images, labels) matrix, got shape {y.shape}; "
+                        "pass one row of 0/1 per image")
+    if y.shape[0] == 0 or y.shape[1] == 0:
+        raise UserError(f"{name}: shape {y.shape} has no images or no labels; pass a non-empty split")
+    if y.dtype != bool:
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+            raise UserError(f"{name}: dtype {y.dtype} is not numeric; pass 0/1 (or bool) labels")
+        if np.any((y != 0) & (y != 1)):
+            raise UserError(f"{name}: holds values other than 0 and 1; pass a multi-hot 0/1 matrix")
+        y = y != 0
+    return y
+
+
 def check_inputs(y_true, scores) -> Tuple[np.ndarray, np.ndarray]:
     """``(y_true as bool (N, L), scores as float32/float64 (N, L))``, or a ``UserError``."""
-    y = np.asarray(y_true)
+    y = check_labels(y_true)
     s = np.asarray(scores)
-    if y.ndim != 2:
-        raise UserError(f"y_true: expected an (images, labels) matrix, got shape {y.shape}; "
-                        "pass one row of 0/1 per image")
     if s.shape != y.shape:
         raise UserError(f"scores: shape {s.shape} differs from y_true's {y.shape}; "
                         "pass one score per image and label, in the same order")
-    if y.shape[0] == 0 or y.shape[1] == 0:
-        raise UserError(f"y_true: shape {y.shape} has no images or no labels; pass a non-empty split")
-    if y.dtype != bool:
-        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-            raise UserError(f"y_true: dtype {y.dtype} is not numeric; pass 0/1 (or bool) labels")
-        if np.any((y != 0) & (y != 1)):
-            raise UserError("y_true: holds values other than 0 and 1; pass a multi-hot 0/1 matrix")
-        y = y != 0
     if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
         raise UserError(f"scores: dtype {s.dtype} is not numeric; pass float probabilities")
     if s.dtype not in (np.float32, np.float64):
@@ -104,8 +110,11 @@ def f1_from_counts(tp, fp, fn):
 
 def micro_f1(y_true, y_pred) -> float:
     """Micro-averaged F1 of (N, L) 0/1 truth and predictions (the FGVC5 metric)."""
-    y, p = check_inputs(y_true, y_pred)
-    tp, fp, fn = label_counts(y, p != 0)
+    y, p = check_labels(y_true), check_labels(y_pred, "y_pred")
+    if p.shape != y.shape:
+        raise UserError(f"y_pred: shape {p.shape} differs from y_true's {y.shape}; pass one decision "
+                        "per image and label")
+    tp, fp, fn = label_counts(y, p)
     return float(f1_from_counts(tp.sum(), fp.sum(), fn.sum()))
 
 
@@ -119,7 +128,7 @@ def average_precision(y_true, scores) -> np.ndarray:
     """
     y, s = check_inputs(y_true, scores)
     n = y.shape[0]
-    order = np.argsort(s.T, axis=1, kind="stable")[:, ::-1]          # (L, N), descending scores
+    order = np.argsort(s.T, axis=1)[:, ::-1]   # (L, N), descending; order within ties is irrelevant
     s_sorted = np.take_along_axis(s.T, order, axis=1)
     y_sorted = np.take_along_axis(y.T, order, axis=1)
     tp = np.cumsum(y_sorted, axis=1, dtype=np.int64)                  # tp among the top i+1
