@@ -77,7 +77,6 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     resuming = run.last.exists()
     device, main = dist.device, dist.rank == 0
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    channels_last = amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
     # -- the store: splits, label space, features, statistics
@@ -88,9 +87,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     model = setup.build(cfg, data)
     init = setup.load_init(model, cfg.init, data.label_ids) if cfg.init and not resuming else None
     dcfg = setup.data_config_of(model, cfg.image_size)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)  # as the loader's images: 2x faster on CPU too
     criterion = setup.criterion(cfg, data.pos_weight, device)
 
     # -- the loaders: every rank its own equal share of each epoch, in an order drawn from the seed
@@ -139,7 +136,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
             ema.module.load_state_dict(ckpt["ema"])
         train_loader.load_state_dict(ckpt["loader"])
         step, epoch, samples, best, best_step = (ckpt[k] for k in ("step", "epoch", "samples", "best", "best_step"))
-        meter = ckpt["meter"]
+        meter = {**ckpt["meter"], "images": 0}  # images/s counts this process's images only
         set_rng_state(ckpt["rng"][dist.rank])
         log.info("%s: resumed at step %d of %d (epoch %d)", run.root, step, steps, epoch)
     else:
@@ -151,6 +148,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
 
     def checkpoint(path, full=True):
         """The checkpoint dict of this moment (every rank takes part: the RNG states are gathered)."""
+        dist.sync_buffers(*[m for m in (model, ema) if m is not None])
         rngs = dist.gather(rng_state())
         if not setup.finite(model):
             raise setup.diverged(step, cfg, run, last_saved, "the weights hold NaN or inf")
@@ -166,6 +164,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
 
     def evaluate():
         nonlocal best, best_step
+        dist.sync_buffers(*[m for m in (model, ema) if m is not None])
         scored = setup.predict(ema.module if ema is not None else model, val_loader, data.columns, amp, dist,
                                criterion)
         row = {"step": step, "epoch": round(step / updates_per_epoch, 4), "samples": samples,
@@ -197,10 +196,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
                 sync = contextlib.nullcontext() if stepping or dist.world == 1 else fwd.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = fwd(batch["image"], batch.get("wide"))
-                    per_image = criterion(logits, labels)
-                    if cfg.weighting == "loss":
-                        per_image = per_image * batch["weight"]
-                    loss = per_image.mean() / group
+                    loss = criterion(logits, labels, batch["weight"] if cfg.weighting == "loss" else None) / group
                     loss.backward()
                 loss_sum += loss.detach()
                 n_images = len(batch["image_id"]) * dist.world
@@ -238,16 +234,15 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
             evaluate()
             checkpoint(run.last)
             last_saved = step
+
+        # -- the end: the best model predicts the validation split once, for per-label thresholds
+        dist.sync_buffers(model)
+        digest = state_digest(model.state_dict())
+        model.load_state_dict(dist.broadcast(eval_weights(load_checkpoint(run.best)) if main else None))
+        scored = setup.predict(model, val_loader, data.columns, amp, dist, criterion)
     except torch.OutOfMemoryError as e:
         raise UserError(f"out of memory on {device} at --batch-size {cfg.batch_size}: lower --batch-size "
                         "(--grad-accum keeps the effective batch size)") from e
-
-    # -- the end: the best model predicts the validation split once; per-label thresholds
-    digest = state_digest(model.state_dict())
-    final = load_checkpoint(run.best) if main else None
-    weights = dist.broadcast(eval_weights(final) if main else None)
-    model.load_state_dict(weights)
-    scored = setup.predict(model, val_loader, data.columns, amp, dist, criterion)
     tuned = setup.thresholds(cfg, data, scored, run) if main else {}
     if writer is not None:
         writer.close()

@@ -135,7 +135,14 @@ class TrainConfig:
 
         check(self.optimizer in timm.optim.list_optimizers(), "optimizer",
               "use an optimizer timm knows (timm.optim.list_optimizers()), e.g. nadam, adamw, sgd")
-        self.model_config()  # ModelConfig checks the model's fields
+        from .backbone import check_name
+
+        try:
+            check_name(self.backbone)
+            put("parts", tuple(self.model_config().parts))  # ModelConfig checks the model's fields
+        except UserError as e:  # "model config deep='x': fix" / "backbone 'x' is ...": name the flag
+            text = re.sub(r"^model config (\w+)=", lambda m: flag(m.group(1)) + " ", str(e))
+            raise UserError(re.sub(r"^backbone ", "--backbone ", text)) from None
 
     # -- views ---------------------------------------------------------------------------
     @property

@@ -21,7 +21,7 @@ from ..cache import Store
 from ..cache.read import fixed_matrix, label_embeddings, label_space, label_weights, load_labels, sample_weights
 from ..cache.store import stats_path
 from ..errors import UserError
-from .checkpoint import RunDir, eval_weights, load_checkpoint, write_json
+from .checkpoint import RunDir, eval_weights, load_checkpoint
 from .trainconfig import TrainConfig, flag
 
 log = logging.getLogger("wdr_pipe")
@@ -86,6 +86,13 @@ class Dist:
         t = t.detach().clone()
         td.all_reduce(t)
         return t / self.world
+
+    def sync_buffers(self, *models) -> None:
+        """Rank 0's buffers (BatchNorm statistics) everywhere: each rank's last batches moved its own."""
+        if self.world > 1:
+            for model in models:
+                for b in model.buffers():
+                    td.broadcast(b, src=0)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -167,7 +174,7 @@ def prepare_data(store: Store, cfg: TrainConfig, need_wide_stats: bool = True) -
         except UserError:
             raise UserError(f"--pos-weight stats: per-label weights come from the store's label statistics, "
                             f"which are missing; {stats}, or pass a number such as --pos-weight 2") from None
-        pw = table.set_index("label")["pos_weight"].reindex(ids).fillna(1.0).to_numpy(np.float32)
+        pw = np.array(table.set_index("label")["pos_weight"].reindex(ids).fillna(1.0), np.float32)
         data.pos_weight = torch.from_numpy(pw)
     elif cfg.pos_weight is not None:
         data.pos_weight = torch.full((len(ids),), float(cfg.pos_weight))
@@ -203,9 +210,8 @@ def wide_stats(store: Store, split: str, key: str, compute: bool = True):
 def build(cfg: TrainConfig, data: Data):
     from .model import build_model
 
-    extra = {"embed_dim": int(data.label_vectors.shape[1])} if data.label_vectors is not None else {}
-    return build_model(cfg.model_config(**extra), len(data.label_ids), wide_dim=data.wide_dim,
-                       wide_mean=data.wide_mean, wide_std=data.wide_std, label_vectors=data.label_vectors)
+    return build_model(cfg.model_config(), len(data.label_ids), wide_dim=data.wide_dim, wide_mean=data.wide_mean,
+                       wide_std=data.wide_std, label_vectors=data.label_vectors)
 
 
 def load_init(model, init: str, label_ids: np.ndarray) -> Dict[str, Any]:
@@ -226,7 +232,7 @@ def load_init(model, init: str, label_ids: np.ndarray) -> Dict[str, Any]:
     model.load_state_dict(take, strict=False)
     log.info("initialised %d of %d tensors from %s (step %d)", len(take), len(own), path, ckpt["step"])
     return {"path": str(run.root), "checkpoint": path.name, "step": ckpt["step"], "tensors": len(take),
-            "of": len(own), "head": same_labels}
+            "of": len(own), "not_loaded": sorted(set(own) - set(take))}
 
 
 def data_config_of(model, image_size: Optional[int]):
@@ -248,8 +254,9 @@ def diverged(step: int, cfg: TrainConfig, run: RunDir, last_saved: int, what: st
 
 # -- loss, optimizer, EMA --------------------------------------------------------------------
 class Criterion(torch.nn.Module):
-    """Per-image loss (B,): the mean over labels of BCE (with ``pos_weight``) or of timm's
-    asymmetric loss, so a batch mean equals ASL's sum divided by its element count."""
+    """The loss: per image, the mean over labels of BCE (with ``pos_weight``) or of timm's asymmetric
+    loss (so a batch's mean is ASL's sum divided by its element count: learning rates carry over);
+    per batch, the mean over images, each weighted by ``weight`` when given (``--weighting loss``)."""
 
     def __init__(self, loss: str = "bce", pos_weight: Optional[torch.Tensor] = None):
         super().__init__()
@@ -260,11 +267,15 @@ class Criterion(torch.nn.Module):
             self.asl = AsymmetricLossMultiLabel(reduction="none", pos_weight=pos_weight)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def per_image(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.loss == "asl":
             return self.asl(logits.float(), labels).mean(1)
         return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=self.pos_weight,
                                                   reduction="none").mean(1)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None):
+        per_image = self.per_image(logits, labels)
+        return (per_image if weight is None else per_image * weight).mean()
 
 
 def criterion(cfg: TrainConfig, pos_weight: Optional[torch.Tensor], device) -> Criterion:
@@ -292,7 +303,7 @@ def ema(cfg: TrainConfig, model):
         return None
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=cfg.ema_decay)
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)  # decay ramps up: useful on short runs too
 
 
 def tensorboard(run: RunDir):
@@ -315,7 +326,7 @@ def predict(model, loader, columns, amp: bool, dist: Dist, criterion) -> Dict[st
         with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(batch["image"], batch.get("wide")).float()
         ids += batch["image_id"]
-        losses.append(criterion(logits, y).cpu())
+        losses.append(criterion.per_image(logits, y).cpu())
         probs.append(torch.sigmoid(logits).cpu())
         labels.append(y.to(torch.uint8).cpu())
     local = (ids, torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(losses).numpy())
@@ -336,23 +347,26 @@ def scores(scored: Dict[str, np.ndarray], thresholds=0.5) -> Dict[str, float]:
 
 
 def thresholds(cfg: TrainConfig, data: Data, scored: Dict[str, np.ndarray], run: RunDir) -> Dict[str, Any]:
-    """Per-label thresholds tuned on the validation predictions, written to ``RUN/thresholds.json``."""
-    at_half = scores(scored)
-    t = np.full(len(data.label_ids), 0.5)
-    method = "none"
-    if cfg.thresholds != "none":
-        t, method = tune_thresholds_hook(cfg, scored)
-    tuned = scores(scored, t)
-    write_json(run.thresholds, {"method": method, "label_ids": data.label_ids.tolist(), "thresholds": t.tolist(),
-                                "val_f1_at_0.5": at_half["f1"], "val_f1": tuned["f1"],
-                                "min_positives": cfg.min_positives})
-    return {"val_f1_at_0.5": at_half["f1"], "val_f1_tuned": tuned["f1"], "thresholds": method}
+    """Per-label thresholds tuned on the validation predictions (Fan-Lin, ``thresholds.py``), written to
+    ``RUN/thresholds.json``; ``cv`` also measures their gain out of fold (5 folds)."""
+    from .thresholds import ThresholdResult, cross_validated_gain, save_thresholds, tune_thresholds
 
-
-def tune_thresholds_hook(cfg: TrainConfig, scored: Dict[str, np.ndarray]):
-    """HOOK: per-label thresholds from ``wdr_pipe.wdr.thresholds`` (not merged yet): 0.5 for now."""
-    log.warning("per-label threshold tuning is not available yet; thresholds.json holds 0.5 for every label")
-    return np.full(scored["probs"].shape[1], 0.5), "unavailable (0.5)"
+    y, s = scored["labels"], scored["probs"]
+    if cfg.thresholds == "none":
+        f1 = scores(scored)["f1"]
+        fit = ThresholdResult(thresholds=np.full(y.shape[1], 0.5), global_threshold=0.5, f1_before=f1,
+                              f1_global=f1, f1_after=f1, passes=0, fallback=np.zeros(y.shape[1], bool),
+                              min_positives=cfg.min_positives)
+    else:
+        fit = tune_thresholds(y, s, min_positives=cfg.min_positives)
+        log.info("%s", fit.describe())
+    save_thresholds(run.thresholds, data.label_ids, fit)
+    out = {"thresholds": cfg.thresholds, "val_f1_at_0.5": fit.f1_before, "val_f1_global": fit.f1_global,
+           "global_threshold": fit.global_threshold, "val_f1_tuned": fit.f1_after}
+    if cfg.thresholds == "cv":
+        cv = cross_validated_gain(y, s, folds=min(5, len(y)), seed=cfg.seed, min_positives=cfg.min_positives)
+        out.update(val_f1_tuned_out_of_fold=cv.f1_out_of_fold, val_f1_global_out_of_fold=cv.f1_global_out_of_fold)
+    return out
 
 
 def run_doc(cfg: TrainConfig, data: Data, model, dcfg, identity, init, world: int) -> Dict[str, Any]:
@@ -360,17 +374,12 @@ def run_doc(cfg: TrainConfig, data: Data, model, dcfg, identity, init, world: in
     import timm
 
     from .. import __version__
-    from .backbone import weights_digest
 
-    try:
-        digest = weights_digest(cfg.backbone, cfg.pretrained, cfg.weights)
-    except TypeError:
-        digest = None
     return {"settings": cfg.settings(), "key": cfg.key(), "store": identity, "feature_key": data.feature_key,
             "labels": {"mode": cfg.labels, "ids": data.label_ids.tolist(), "of": data.space_size,
                        "train_positives": data.train_counts.tolist()},
             "backbone": {"name": cfg.backbone, "pretrained": cfg.pretrained, "weights": cfg.weights,
-                         "weights_digest": digest, "num_features": getattr(model.backbone, "num_features", None)},
-            "data_config": dataclasses.asdict(dcfg), "model_config": dataclasses.asdict(model.cfg),
+                         "weights_digest": model.weights_digest, "num_features": model.num_features},
+            "data_config": dataclasses.asdict(dcfg), "model_config": model.cfg.to_dict(),
             "wide_dim": data.wide_dim, "init": init, "world_size": world,
             "versions": {"wdr_pipe": __version__, "torch": torch.__version__, "timm": timm.__version__}}
