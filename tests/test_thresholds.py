@@ -182,6 +182,7 @@ def test_cross_validated_gain_is_honest():
     cv = cross_validated_gain(y, s, folds=5, seed=0)
     full = tune_thresholds(y, s)
     assert cv.f1_before == full.f1_before and cv.f1_in_sample == full.f1_after
+    np.testing.assert_array_equal(cv.fit.thresholds, full.thresholds)
     assert cv.f1_before < cv.f1_out_of_fold < cv.f1_in_sample
     assert cv.gain > 0 and cv.optimism > 0
     assert cv.fold_f1.shape == (5,) and np.all((cv.fold_f1 > 0) & (cv.fold_f1 < 1))
