@@ -12,8 +12,6 @@ from wdr_pipe.wdr import metrics
 from wdr_pipe.wdr.thresholds import (ThresholdResult, cross_validated_gain, global_threshold, load_thresholds,
                                      optimise_label, save_thresholds, tune_thresholds)
 
-skm = pytest.importorskip("sklearn.metrics")
-
 
 def problem(n, n_labels, seed, step=None, signal=0.3):
     """Random (y_true uint8, scores float32), scores correlated with labels; ``step``
@@ -126,6 +124,7 @@ def test_cycles_never_lower_micro_f1(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_figures_equal_sklearn(seed):
+    skm = pytest.importorskip("sklearn.metrics")
     y, s = problem(300, 15, seed, step=[None, 0.02][seed % 2])
     res = tune_thresholds(y, s)
     for t, f1 in ((0.5, res.f1_before), (res.global_threshold, res.f1_global), (res.thresholds, res.f1_after)):
