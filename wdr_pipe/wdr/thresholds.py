@@ -36,17 +36,19 @@ scores' own dtype so the threshold is exactly representable in float32 and
 float64 alike): ``(s[k-1] + s[k]) / 2`` for 0 < k < N (or ``s[k-1]`` if
 rounding put the midpoint on ``s[k]``); for k = 0 the midpoint of the largest
 score and 1 (just above 1 when the largest score is 1), for k = N half the
-smallest score. Thresholds land between observed scores, not on them, so an
-unseen score equal to a validation score is decided the way its neighbours were.
+smallest score. A threshold lies between two validation scores (or on the
+upper one), so a new score equal to a validation score gets that image's decision.
 
 Exact ties in F1 are found by comparing float64 values: each is a correctly
 rounded quotient of integers, and two different quotients with denominators
-below 6e7 (2 N L) never round to the same value.
+below about 6e7 (they are at most 2 N L) never round to the same value.
 
 Cost: the columns are sorted once (one argsort of the L x N matrix), their
-cumulative positive counts taken once; a step is a few O(N) array operations.
-Memory is a few (L, N + 1) int64 and float arrays: fine for a validation
-split (10,000 x 228 is about 20 MB each), not meant for a million images.
+cumulative positive counts and valid cuts taken once; a step is about six
+O(N) array operations, and a threshold is computed only for the cut taken.
+Memory: the argsort index and the cumulative counts are (L, N + 1) int64
+(18 MB each at 10,000 x 228), plus the sorted scores and a bool mask: fine
+for a validation split, not meant for a million images.
 """
 from __future__ import annotations
 
@@ -100,63 +102,81 @@ def _above(top, dtype) -> np.floating:
     return t if t > top else one
 
 
-def _cut_table(s_desc: np.ndarray, cum_tp: np.ndarray):
-    """Every valid cut of one column: ``(cuts, tp, thresholds)``.
-
-    ``s_desc`` (N,) scores sorted descending; ``cum_tp`` (N + 1,) positives among
-    the top k. ``cuts`` (int64, ascending) are the k with ``s[k-1] > s[k]``, plus
-    0 and N; ``thresholds`` (float64) predict exactly the top k with ``>=``.
-    """
-    n = s_desc.size
-    inner = np.flatnonzero(s_desc[:-1] != s_desc[1:]) + 1
-    a, b = s_desc[inner - 1], s_desc[inner]
-    mid = (a + b) / s_desc.dtype.type(2)
-    mid = np.where(mid > b, mid, a)
-    cuts = np.concatenate(([0], inner, [n])).astype(np.int64)
-    thr = np.concatenate(([_above(s_desc[0], s_desc.dtype)], mid, [s_desc[-1] / s_desc.dtype.type(2)]))
-    return cuts, cum_tp[cuts].astype(np.int64), thr.astype(np.float64)
-
-
-def _choose(f1: np.ndarray, cuts: np.ndarray, k_now: int) -> int:
-    """Index of the cut to take (the tie rule of the module doc)."""
-    best = f1.max()
-    i_now = int(np.searchsorted(cuts, k_now))
-    if f1[i_now] == best:
-        return i_now
-    candidates = np.flatnonzero(f1 == best)
-    return int(candidates[np.argmin(np.abs(cuts[candidates] - k_now))])
-
-
-def _step(cuts, cut_tp, positives, k_now, tp_rest, fp_rest, fn_rest) -> Tuple[int, float]:
-    """One coordinate step for one label, the others' counts fixed: ``(index of cut, its micro-F1)``."""
-    # 2(TP+tp) + FP + (k - tp) + FN + (P - tp) = 2 TP + FP + FN + P + k
-    f1 = f1_from_counts(tp_rest + cut_tp, fp_rest + cuts - cut_tp, fn_rest + positives - cut_tp)
-    i = _choose(f1, cuts, k_now)
-    return i, float(f1[i])
+def _threshold_at(s_desc: np.ndarray, k: int) -> float:
+    """The threshold that predicts exactly the top ``k`` of a column sorted descending
+    (k a valid cut), computed in the scores' dtype (module doc)."""
+    two = s_desc.dtype.type(2)
+    if k == 0:
+        return float(_above(s_desc[0], s_desc.dtype))
+    if k == s_desc.size:
+        return float(s_desc[-1] / two)
+    a, b = s_desc[k - 1], s_desc[k]
+    mid = (a + b) / two
+    return float(mid if mid > b else a)
 
 
 def _sort_desc(s: np.ndarray, y: np.ndarray):
-    """Rows of ``s`` sorted descending and the matching ``(rows, N + 1)`` cumulative positives."""
+    """Along the last axis: ``(scores sorted descending, positives among the top k for
+    k = 0..N, valid cuts)``; a cut k is valid when k = 0, k = N or ``s[k-1] > s[k]``."""
     order = np.argsort(s, axis=-1)[..., ::-1]  # order within ties is irrelevant: cuts fall between distinct scores
     s_desc = np.take_along_axis(s, order, axis=-1)
-    cum = np.zeros(s.shape[:-1] + (s.shape[-1] + 1,), dtype=np.int64)
+    shape = s.shape[:-1] + (s.shape[-1] + 1,)
+    cum = np.zeros(shape, dtype=np.int64)
     np.cumsum(np.take_along_axis(y, order, axis=-1), axis=-1, out=cum[..., 1:])
-    return s_desc, cum
+    valid = np.ones(shape, dtype=bool)
+    np.not_equal(s_desc[..., :-1], s_desc[..., 1:], out=valid[..., 1:-1])
+    return s_desc, cum, valid
+
+
+def _choose(f: np.ndarray, cuts: np.ndarray, k_now: int) -> int:
+    """Index into ``cuts`` (ascending) of the cut to take, ``f`` its objective (the module's tie rule)."""
+    best = f.max()
+    i_now = int(np.searchsorted(cuts, k_now))
+    if f[i_now] == best:
+        return i_now
+    candidates = np.flatnonzero(f == best)
+    return int(candidates[np.argmin(np.abs(cuts[candidates] - k_now))])
+
+
+def _step(cum, valid, ks, positives, k_now, tp_rest, fp_rest, fn_rest) -> Tuple[int, float]:
+    """One coordinate step for one label, the others' counts fixed: ``(cut k, its micro-F1)``.
+
+    ``cum`` (N + 1,) its positives among the top k, ``valid`` its valid cuts, ``ks`` = 0..N.
+    F1(k) = 2 (TP + tp) / (2 TP + FP + FN + P + k), since fp = k - tp and fn = P - tp;
+    invalid cuts get a numerator of 0, so they are never strictly best.
+    """
+    num = (cum + tp_rest) * valid
+    den = ks + (2 * tp_rest + fp_rest + fn_rest + positives)
+    if den[0] == 0:      # nothing positive and nothing predicted: F1 = 0, not 0 / 0
+        den[0] = 1
+    f = num / den
+    k = _choose(f, ks, k_now)
+    return k, 2.0 * float(f[k])
 
 
 def global_threshold(y_true, scores) -> Tuple[float, float]:
     """``(threshold, micro-F1)``: the best single threshold shared by all labels.
 
-    Every cut of all N x L scores sorted together is scanned at once; F1 of the
-    top k is ``2 tp(k) / (k + P)``. Ties: the same rule as per label, relative to 0.5.
+    All N x L scores are sorted together once; the positives among the top k are
+    counted by a binary search in the sorted positive scores; F1 of the top k is
+    ``2 tp(k) / (k + P)``. Ties: the same rule as per label, relative to 0.5.
     """
     y, s = check_inputs(y_true, scores)
-    s_desc, cum = _sort_desc(s.ravel(), y.ravel())
-    cuts, tp, thr = _cut_table(s_desc, cum)
-    f1 = f1_from_counts(tp, cuts - tp, cum[-1] - tp)
-    k_start = int(np.count_nonzero(s >= START))
-    i = _choose(f1, cuts, k_start)
-    return (START if cuts[i] == k_start else float(thr[i])), float(f1[i])
+    flat = s.ravel()
+    s_desc = np.sort(flat)[::-1]
+    pos = np.sort(flat[y.ravel()])
+    inner = np.flatnonzero(s_desc[:-1] != s_desc[1:]) + 1
+    cuts = np.concatenate(([0], inner, [flat.size]))
+    tp = np.empty(cuts.size, dtype=np.int64)
+    tp[0], tp[-1] = 0, pos.size
+    tp[1:-1] = pos.size - np.searchsorted(pos, s_desc[inner - 1], side="left")
+    den = cuts + pos.size
+    den[0] = max(den[0], 1)
+    f = tp / den
+    k_start = int(np.count_nonzero(flat >= START))
+    i = _choose(f, cuts, k_start)
+    threshold = START if cuts[i] == k_start else _threshold_at(s_desc, int(cuts[i]))
+    return threshold, 2.0 * float(f[i])
 
 
 def _micro_f1(y: np.ndarray, s: np.ndarray, thresholds) -> float:
@@ -171,12 +191,11 @@ def optimise_label(y_true, scores, thresholds, label: int) -> Tuple[float, float
     y, s = check_inputs(y_true, scores)
     t = as_thresholds(thresholds, y.shape[1])
     tp, fp, fn = label_counts(y, predict(s, t))
-    s_desc, cum = _sort_desc(s[:, label], y[:, label])
-    cuts, cut_tp, thr = _cut_table(s_desc, cum)
+    s_desc, cum, valid = _sort_desc(s[:, label], y[:, label])
     k_now = int(fp[label] + tp[label])
-    i, f1 = _step(cuts, cut_tp, int(cum[-1]), k_now, tp.sum() - tp[label],
-                  fp.sum() - fp[label], fn.sum() - fn[label])
-    return (float(t[label]) if cuts[i] == k_now else float(thr[i])), f1
+    k, f1 = _step(cum, valid, np.arange(cum.size), int(cum[-1]), k_now, int(tp.sum() - tp[label]),
+                  int(fp.sum() - fp[label]), int(fn.sum() - fn[label]))
+    return (float(t[label]) if k == k_now else _threshold_at(s_desc, k)), f1
 
 
 def tune_thresholds(y_true, scores, min_positives: int = 5, max_passes: int = 6) -> ThresholdResult:
@@ -184,33 +203,32 @@ def tune_thresholds(y_true, scores, min_positives: int = 5, max_passes: int = 6)
     y, s = check_inputs(y_true, scores)
     if max_passes < 0 or min_positives < 0:
         raise UserError(f"max_passes={max_passes}, min_positives={min_positives}: pass counts >= 0")
-    n_labels = y.shape[1]
+    n, n_labels = y.shape
     positives = np.count_nonzero(y, axis=0).astype(np.int64)
     f1_before = _micro_f1(y, s, START)
     g_threshold, f1_global = global_threshold(y, s)
     fallback = positives < min_positives
     thresholds = np.where(fallback, g_threshold, START)
 
-    s_desc, cum = _sort_desc(s.T, y.T)                      # (L, N), (L, N + 1)
+    s_desc, cum, valid = _sort_desc(s.T, y.T)               # (L, N), (L, N + 1), (L, N + 1)
+    ks = np.arange(n + 1)
     k = np.count_nonzero(s >= thresholds, axis=0).astype(np.int64)
     tp = cum[np.arange(n_labels), k]
     fp, fn = k - tp, positives - tp
     total = [int(tp.sum()), int(fp.sum()), int(fn.sum())]
     tuned = np.flatnonzero(~fallback)
-    tables = {j: _cut_table(s_desc[j], cum[j]) for j in tuned}
     f1 = float(f1_from_counts(*total))
     history = [f1]
     passes = 0
     while passes < max_passes and tuned.size:
         changed = 0
         for j in tuned:
-            cuts, cut_tp, thr = tables[j]
-            rest = (total[0] - tp[j], total[1] - fp[j], total[2] - fn[j])
-            i, _ = _step(cuts, cut_tp, positives[j], k[j], *rest)
-            if cuts[i] != k[j]:
-                k[j], tp[j], thresholds[j] = cuts[i], cut_tp[i], thr[i]
+            rest = (total[0] - int(tp[j]), total[1] - int(fp[j]), total[2] - int(fn[j]))
+            k_new, _ = _step(cum[j], valid[j], ks, int(positives[j]), int(k[j]), *rest)
+            if k_new != k[j]:
+                k[j], tp[j], thresholds[j] = k_new, cum[j, k_new], _threshold_at(s_desc[j], k_new)
                 fp[j], fn[j] = k[j] - tp[j], positives[j] - tp[j]
-                total = [rest[0] + tp[j], rest[1] + fp[j], rest[2] + fn[j]]
+                total = [rest[0] + int(tp[j]), rest[1] + int(fp[j]), rest[2] + int(fn[j])]
                 changed += 1
         passes += 1
         new_f1 = float(f1_from_counts(*total))
@@ -246,6 +264,7 @@ class CrossValidation:
     f1_out_of_fold: float         # per-label thresholds, out of fold
     f1_global_out_of_fold: float  # one global threshold, out of fold
     fold_f1: np.ndarray           # (folds,) held-out micro-F1 of each fold, per-label thresholds
+    fit: ThresholdResult          # the thresholds tuned on all images: the ones to save and use
 
     @property
     def gain(self) -> float:
@@ -286,7 +305,8 @@ def cross_validated_gain(y_true, scores, folds: int = 5, seed: int = 0, min_posi
     whole = tune_thresholds(y, s, min_positives=min_positives, max_passes=max_passes)
     result = CrossValidation(folds=folds, f1_before=whole.f1_before, f1_in_sample=whole.f1_after,
                              f1_out_of_fold=float(f1_from_counts(*tuned_counts)),
-                             f1_global_out_of_fold=float(f1_from_counts(*global_counts)), fold_f1=fold_f1)
+                             f1_global_out_of_fold=float(f1_from_counts(*global_counts)), fold_f1=fold_f1,
+                             fit=whole)
     log.info("%s", result.describe())
     return result
 
