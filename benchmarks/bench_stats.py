@@ -29,7 +29,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from wdr_pipe.pipeline.stats import StatsConfig, cooccurrence, multi_hot_csr, split_stats
+from wdr_pipe.pipeline.label_stats import StatsConfig, cooccurrence, multi_hot_csr, split_stats
 
 L = 228
 

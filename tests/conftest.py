@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from wdr_pipe.pipeline import synth
+from wdr_pipe.demo import synth
 
 SPLITS = {"train": 48, "validation": 16, "test": 8}
 
@@ -33,7 +33,7 @@ def _build_image_store(root: Path, data_root: Path, records, shard_size: int = 2
 
     from PIL import Image
 
-    from wdr_pipe.cache import Store, shard_name, stats_path
+    from wdr_pipe.cache import Store, shard_name, commit_path
     from wdr_pipe.cache.atomic import write_parquet_atomic
     from wdr_pipe.cache.schema import IMAGES, INDEX
 
@@ -66,7 +66,7 @@ def _build_image_store(root: Path, data_root: Path, records, shard_size: int = 2
                              "labels": list(r.labels) if labelled else None})
             path = store.images_dir(split) / f"{shard_name(n)}.parquet"
             write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES), path)
-            stats_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0}))
+            commit_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0}))
     return root
 
 
@@ -90,7 +90,7 @@ def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_s
     URLs, then features and label statistics. Used by tests and benchmarks."""
     from wdr_pipe.pipeline.features import FeatureConfig, compute_features
     from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-    from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
+    from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
 
     paths = synth.write_fgvc5_json(data_root, records, data_root.as_uri())
     fetch(root, [paths[s] for s in sorted(paths)], FetchConfig(size=size), FetchOptions(shard_size=shard_size, threads=4),

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..pipeline.imageops import decode_rgb
+from ..imaging import decode_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
