@@ -162,7 +162,8 @@ def transform_costs(jpegs: list) -> dict:
     """CPU ms per image, one core: train crop from JPEG bytes vs from raw uint8 at the stored size."""
     import cv2
 
-    from wdr_pipe.wdr import TrainTransform, decode_jpeg
+    from wdr_pipe.imaging import decode_rgb as decode_jpeg
+    from wdr_pipe.wdr import TrainTransform
 
     cv2.setNumThreads(1)
     t_f = TrainTransform(SIZE, scale=(0.08, 1.0))

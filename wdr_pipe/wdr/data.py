@@ -48,9 +48,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..cache import Store, open_store
 from ..cache import fixed_matrix, label_space, multi_hot
 from ..errors import UserError
-from ..imaging import opencv_threads
+from ..imaging import decode_rgb, opencv_threads
 from . import sampling
-from .transforms import DataConfig, Normalize, data_config, decode_jpeg, make_transform
+from .transforms import DataConfig, Normalize, data_config, make_transform
 
 log = logging.getLogger("wdr_pipe")
 
@@ -209,7 +209,7 @@ class StoreDataset(IterableDataset):
                     if chunk.wide_ok is not None and not chunk.wide_ok[i]:
                         raise ValueError("null features")
                     rng = np.random.default_rng([self.seed, epoch, self.rank, worker, k])
-                    images.append(self.transform(decode_jpeg(chunk.jpegs[i]), rng))
+                    images.append(self.transform(decode_rgb(chunk.jpegs[i]), rng))
                     keep.append((chunk, i, int(rows[k])))
                 except ValueError as e:
                     failed += 1
