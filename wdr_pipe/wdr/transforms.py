@@ -70,7 +70,8 @@ def data_config(model=None, **overrides) -> DataConfig:
     return DataConfig(**fields)
 
 
-# -- decode --------------------------------------------------------------------------
+# -- train -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
 class TrainTransform:
     """Random resized crop (torchvision's sampling of the box) and horizontal flip, on uint8 HWC.
 
