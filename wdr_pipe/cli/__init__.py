@@ -1,7 +1,7 @@
 """The ``wdr-pipe`` command: a thin click layer over the library.
 
 ``common.py`` holds what every command shares (errors, progress, options);
-``data.py`` the data stages, ``dev.py`` the generated data, server and demo.
+``data.py`` the data stages, ``model.py`` training, ``dev.py`` the generated data, server and demo.
 Each command parses, calls one library function and prints its result.
 """
 from __future__ import annotations
@@ -41,6 +41,6 @@ def main() -> None:  # console script entry point
     cli(prog_name="wdr-pipe")
 
 
-from . import data, dev  # noqa: E402,F401  (register the commands)
+from . import data, dev, model  # noqa: E402,F401  (register the commands)
 
 __all__ = ["cli", "main"]
