@@ -1,0 +1,281 @@
+"""Training (wdr_pipe.wdr.train): it learns, it resumes exactly after a SIGKILL, DDP ranks agree,
+settings and inputs are checked, and the loss options do what they say.
+
+A store written by the real stages over a generated data set (160 train and
+60 validation images, stored at 96 px, trained at 64 px), the real
+``tf_efficientnet_lite0``, real subprocesses for the kill and for torchrun.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import wdr_pipe
+from conftest import build_store
+from wdr_pipe.cache import load_labels
+from wdr_pipe.errors import UserError
+from wdr_pipe.pipeline import synth
+from wdr_pipe.wdr.checkpoint import RunDir, load_checkpoint
+from wdr_pipe.wdr.train import resume, train
+from wdr_pipe.wdr.trainconfig import TrainConfig, settings_diff
+from wdr_pipe.wdr.trainsetup import Criterion
+
+REPO = Path(wdr_pipe.__file__).resolve().parents[1]
+SMALL = dict(image_size=64, batch_size=16, workers=0, checkpoint_every=0)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-store")
+    records = synth.make_dataset(root / "data", {"train": 160, "validation": 60}, seed=1, size_range=(200, 300),
+                                 processes=1)
+    return build_store(root / "store", root / "data", records, size=96)
+
+
+def cfg_for(store, out, **kw) -> TrainConfig:
+    return TrainConfig(store=str(store), out=str(out), **{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def learned(store, tmp_path_factory):
+    """A finished run: pretrained lite0, 3 epochs of 10 steps."""
+    cfg = cfg_for(store, tmp_path_factory.mktemp("runs") / "learned", pretrained=True, epochs=3, lr=1e-3)
+    seen = []
+    return cfg, train(cfg, progress=seen.append), seen
+
+
+def subprocess_env():
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def metrics(out):
+    return RunDir(out).read_metrics()
+
+
+# -- 1. it learns --------------------------------------------------------------------------------
+def prior_baseline(store) -> float:
+    """Validation micro-F1 of the best fixed set of the most frequent training labels."""
+    _, ytr = load_labels(store, "train")
+    _, yva = load_labels(store, "validation")
+    order, best = np.argsort(-ytr.sum(0), kind="stable"), 0.0
+    for k in range(1, ytr.shape[1] + 1):
+        pred = np.zeros(ytr.shape[1], bool)
+        pred[order[:k]] = True
+        tp, fp, fn = yva[:, pred].sum(), (1 - yva[:, pred]).sum(), yva[:, ~pred].sum()
+        best = max(best, 2 * tp / (2 * tp + fp + fn))
+    return float(best)
+
+
+def test_it_learns_beyond_the_label_prior(store, learned):
+    cfg, result, seen = learned
+    baseline = prior_baseline(store)
+    f1 = result.details["val_f1_at_0.5"]
+    assert f1 >= baseline + 0.05, (f1, baseline)
+    assert result.details["val_f1_tuned"] >= f1  # per-label thresholds tuned on the same predictions
+    assert result.counts == {"steps": 30, "samples": 480, "skipped": 0} and (result.ran, result.reused) == (30, 0)
+    run = RunDir(cfg.out)
+    rows = metrics(cfg.out)
+    assert [r["step"] for r in rows] == [10, 20, 30] and rows[-1]["loss"] < rows[0]["loss"]
+    assert {"epoch", "loss", "lr", "images_per_s", "samples", "val_loss", "val_f1"} <= set(rows[0])
+    assert json.loads(run.result.read_text())["details"]["best_val_f1"] == max(r["val_f1"] for r in rows)
+    doc = json.loads(run.config.read_text())
+    assert doc["settings"] == cfg.settings() and doc["labels"]["ids"] == list(range(1, 25))
+    assert doc["backbone"]["weights_digest"] and doc["store"]["fingerprint"] and doc["data_config"]["size"] == 64
+    assert json.loads(run.thresholds.read_text())["thresholds"].keys() == {str(i) for i in range(1, 25)}
+    assert [p.done for p in seen] == list(range(1, 31)) and seen[-1].total == 30 and "img/s" in seen[-1].message
+    assert load_checkpoint(run.best)["step"] == result.details["best_step"]
+
+
+# -- 2. exact resume after SIGKILL -----------------------------------------------------------------
+def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_path):
+    kw = dict(epochs=2, head="mlp", head_dropout=0.5, ema=True, ema_decay=0.9, lr=1e-3, workers=1,
+              checkpoint_every=3, eval_every=4)
+    killed = cfg_for(store, tmp_path / "killed", **kw)
+    code = ("import json, sys; from wdr_pipe.wdr.train import train; from wdr_pipe.wdr.trainconfig import "
+            "TrainConfig; train(TrainConfig(**json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(killed.to_dict())], env=subprocess_env(),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = RunDir(killed.out).last
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader worker
+    _, err = proc.communicate()
+    assert last.exists(), err.decode()[-2000:]
+    assert not RunDir(killed.out).result.exists()  # killed before the end
+    at = load_checkpoint(last)["step"]
+    assert 0 < at < 10, at  # mid-epoch (10 steps an epoch)
+
+    resumed = resume(killed.out)
+    whole = train(cfg_for(store, tmp_path / "whole", **kw))
+    assert (resumed.reused, resumed.ran) == (at, 20 - at) and whole.ran == 20
+    assert resumed.counts == whole.counts == {"steps": 20, "samples": 320, "skipped": 0}  # no sample twice
+    a, b = load_checkpoint(RunDir(killed.out).last), load_checkpoint(RunDir(whole.output).last)
+    for part in ("model", "ema"):
+        for k, v in b[part].items():
+            assert torch.allclose(a[part][k].float(), v.float(), rtol=1e-5, atol=1e-6), (part, k)
+    ra, rb = metrics(killed.out), metrics(whole.output)
+    assert [(r["step"], r["samples"]) for r in ra] == [(r["step"], r["samples"]) for r in rb]
+    assert np.allclose([r["val_loss"] for r in ra], [r["val_loss"] for r in rb], rtol=1e-4)
+    assert a["loader"] == b["loader"]
+
+
+# -- 3. DDP ---------------------------------------------------------------------------------------
+def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store, tmp_path):
+    cfg = cfg_for(store, tmp_path / "run", epochs=1, checkpoint_every=2, eval_every=3, head="mlp")
+    script = tmp_path / "ddp_train.py"
+    script.write_text("import json, os, sys\nfrom wdr_pipe.wdr.train import train\n"
+                      "from wdr_pipe.wdr.trainconfig import TrainConfig\n"
+                      "r = train(TrainConfig(**json.loads(sys.argv[1])))\n"
+                      "open(os.path.join(sys.argv[2], 'rank%s.json' % os.environ['RANK']), 'w')"
+                      ".write(json.dumps(r.to_dict()))\n")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), json.dumps(cfg.to_dict()), str(tmp_path)],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["details"]["weights_digest"] == r1["details"]["weights_digest"]
+    assert r0["details"]["world_size"] == 2 and r0["counts"] == {"steps": 5, "samples": 160, "skipped": 0}
+    assert r0["details"]["val_images"] == 60  # the padded rows of the last rank counted once
+    files = sorted(str(p.relative_to(cfg.out)) for p in Path(cfg.out).rglob("*"))
+    assert files == ["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.json", "metrics.jsonl",
+                     "result.json", "thresholds.json"]
+    assert [r["step"] for r in metrics(cfg.out)] == [3, 5]
+    assert len(load_checkpoint(RunDir(cfg.out).last)["rng"]) == 2
+
+
+# -- 4. runs, settings and bad input ----------------------------------------------------------------
+def test_finished_run_is_reused(learned):
+    cfg, first, _ = learned
+    before = (RunDir(cfg.out).metrics.read_text(), RunDir(cfg.out).last.stat().st_mtime_ns)
+    again = train(cfg)
+    assert (again.ran, again.reused) == (0, 30) and again.details == first.details
+    assert (RunDir(cfg.out).metrics.read_text(), RunDir(cfg.out).last.stat().st_mtime_ns) == before
+    assert resume(cfg.out).ran == 0
+
+
+def test_other_settings_are_refused_naming_them(learned, tmp_path):
+    cfg, _, _ = learned
+    other = TrainConfig(**{**cfg.to_dict(), "lr": 0.01, "head": "mlp"})
+    for call in (lambda: train(other), lambda: resume(cfg.out, cfg=other)):
+        with pytest.raises(UserError, match=r"--head mlp \(the run has linear\); --lr 0.01 \(the run has 0.001\)"):
+            call()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a wdr-pipe run folder"):
+        train(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path)}))
+    with pytest.raises(UserError, match="not a wdr-pipe run folder"):
+        resume(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert settings_diff(cfg.settings(), cfg.settings()) == []
+
+
+def test_init_starts_from_another_runs_weights(store, learned, tmp_path):
+    """The paper's second phase: deep fixed, wide and recurrent added, from phase one's weights."""
+    cfg, _, _ = learned
+    phase2 = cfg_for(store, tmp_path / "p2", init=cfg.out, deep="fixed", parts="deep,wide,recurrent", epochs=1)
+    result = train(phase2)
+    init = json.loads(RunDir(phase2.out).config.read_text())["init"]
+    assert init["step"] == load_checkpoint(RunDir(cfg.out).best)["step"]
+    assert "head.weight" in init["not_loaded"] and not any(k.startswith("backbone.") for k in init["not_loaded"])
+    src, dst = load_checkpoint(RunDir(cfg.out).best)["model"], load_checkpoint(RunDir(phase2.out).last)["model"]
+    fixed = [k for k in src if k.startswith("backbone.") and src[k].is_floating_point()]
+    assert fixed and all(torch.equal(src[k], dst[k]) for k in fixed)  # frozen: still phase one's
+    assert result.details["val_f1_at_0.5"] > 0
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_path):
+    cfg = cfg_for(store, tmp_path / "nan", lr=1e20, sched="none", epochs=1, checkpoint_every=1)
+    with pytest.raises(UserError, match=r"diverged at step 2: the loss is nan; the last good checkpoint \(step 1\)"
+                                        r".*lower --lr \(now 1e\+20\) or with --clip-grad"):
+        train(cfg)
+    ckpt = load_checkpoint(RunDir(cfg.out).last)
+    assert ckpt["step"] == 1 and all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not RunDir(cfg.out).result.exists()
+
+
+@pytest.fixture
+def bare_store(store, tmp_path):
+    """The store without features and label statistics."""
+    dst = tmp_path / "bare"
+    shutil.copytree(store, dst)
+    shutil.rmtree(dst / "features")
+    shutil.rmtree(dst / "stats")
+    return dst
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(parts="deep,wide"), r"--parts deep,wide: the wide part needs image features and the store .* has no "
+                              r"image features; run 'wdr-pipe features"),
+    (dict(parts="deep,recurrent"), r"--label-embeddings frozen: .* label statistics, which are missing; run "
+                                   r"'wdr-pipe stats .* or use --label-embeddings random"),
+    (dict(weighting="loss"), r"--weighting loss: .* missing; run 'wdr-pipe stats"),
+    (dict(weighting="sample"), r"--weighting sample: .* missing; run 'wdr-pipe stats"),
+    (dict(pos_weight="stats"), r"--pos-weight stats: .* missing; run 'wdr-pipe stats"),
+    (dict(labels="top:25"), r"--labels top:25: the store's label space has only 24 labels"),
+    (dict(val_split="test"), r"--val-split test: the store .* has no committed images of that split "
+                             r"\(it has: train, validation\)"),
+])
+def test_bad_input_is_one_clear_error_and_writes_nothing(bare_store, tmp_path, kw, message):
+    with pytest.raises(UserError, match=message):
+        train(cfg_for(bare_store, tmp_path / "run", **kw))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(backbone="resnet_51"), r"--backbone 'resnet_51' is not a timm model; did you mean"),
+    (dict(lr=0), r"--lr 0: use a positive learning rate"),
+    (dict(optimizer="adamz"), r"--optimizer adamz: use an optimizer timm knows"),
+    (dict(labels="top:x"), r"--labels top:x: use 'all' or 'top:N'"),
+    (dict(pos_weight="-2"), r"--pos-weight -2: use a positive number"),
+    (dict(deep="some"), r"--deep 'some': use one of fixed, half, tune"),
+    (dict(feature_key="abc"), r"--feature-key abc: only the wide part reads image features"),
+    (dict(warmup_epochs=3, epochs=2), r"--warmup-epochs 3: use 0 or more and fewer than --epochs 2"),
+])
+def test_bad_settings_name_the_flag(kw, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(store="s", out="o", **kw)
+
+
+# -- 5. loss options ------------------------------------------------------------------------------
+def test_criterion_formulas():
+    from timm.loss import AsymmetricLossMultiLabel
+
+    torch.manual_seed(0)
+    x, y, w = torch.randn(6, 5) * 3, (torch.rand(6, 5) < 0.3).float(), torch.rand(6) * 2
+    p = torch.sigmoid(x)
+    bce = -(y * p.log() + (1 - y) * (1 - p).log())
+    assert torch.allclose(Criterion("bce")(x, y), bce.mean(), atol=1e-6)
+    assert torch.allclose(Criterion("bce")(x, y, w), (bce.mean(1) * w).mean(), atol=1e-6)
+    k = torch.full((5,), 3.0)
+    assert torch.allclose(Criterion("bce", k)(x, y), (bce + 2 * y * -p.log()).mean(), atol=1e-5)
+    asl = AsymmetricLossMultiLabel(reduction="sum")(x, y) / y.numel()
+    assert torch.allclose(Criterion("asl")(x, y), asl, atol=1e-6)
+
+
+def first_step_loss(store, out, **kw) -> float:
+    train(cfg_for(store, out, epochs=1, batch_size=32, eval_every=1, **kw))
+    return metrics(out)[0]["loss"]
+
+
+def test_loss_options_train_and_change_the_loss(store, tmp_path):
+    plain = first_step_loss(store, tmp_path / "plain")
+    assert first_step_loss(store, tmp_path / "pw", pos_weight=3) > plain  # positives weigh 3x
+    assert first_step_loss(store, tmp_path / "asl", loss="asl") < plain / 2  # focusing: easy terms shrink
+    wide = first_step_loss(store, tmp_path / "all", weighting="loss", pos_weight="stats", labels="top:10",
+                           parts="deep,wide,recurrent", label_embeddings="trainable")
+    run = RunDir(tmp_path / "all")
+    doc = json.loads(run.config.read_text())
+    assert np.isfinite(wide) and len(doc["labels"]["ids"]) == 10 and doc["feature_key"] and doc["wide_dim"] > 0
+    top = np.argsort(-np.array(json.loads(RunDir(tmp_path / "plain").config.read_text())["labels"]["train_positives"]),
+                     kind="stable")[:10] + 1
+    assert doc["labels"]["ids"] == sorted(top.tolist())  # the 10 most frequent training labels
+    assert sorted(map(int, json.loads(run.thresholds.read_text())["thresholds"])) == doc["labels"]["ids"]
+    assert np.isfinite(first_step_loss(store, tmp_path / "sample", weighting="sample", grad_accum=2, clip_grad=1.0))

@@ -1,0 +1,233 @@
+"""``TrainConfig``: every setting of ``wdr-pipe train``, checked once, and how two runs' settings differ.
+
+Field names are the command's flags with dashes turned into underscores
+(``--batch-size`` -> ``batch_size``), so an error can name the flag to fix.
+``TrainConfig`` checks itself in ``__post_init__`` and normalises what a
+command line gives as text: ``parts`` may be ``"deep,wide"``, ``pos_weight``
+``"2"`` or ``"stats"``, paths become absolute.
+
+The model's own fields (backbone .. label_embeddings) are handed to
+``wdr_pipe.wdr.model.ModelConfig`` unchanged (``model_config()``), which
+checks them too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ..errors import UserError
+
+MODEL_FIELDS = ("backbone", "pretrained", "weights", "deep", "freeze_first", "head", "head_hidden",
+                "head_dropout", "drop_rate", "parts", "wide_hidden", "rnn_hidden", "label_embeddings")
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "none")
+AMP = ("auto", "bf16", "off")
+LOSSES = ("bce", "asl")
+WEIGHTING = ("none", "loss", "sample")
+THRESHOLDS = ("tune", "cv", "none")
+# settings that may differ between a run and the command that resumes it: the run folder itself
+NOT_SETTINGS = ("out",)
+
+
+def flag(name: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    store: str
+    out: str
+    train_split: str = "train"
+    val_split: str = "validation"
+    # the model (ModelConfig's fields)
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = False
+    weights: Optional[str] = None
+    deep: str = "tune"
+    freeze_first: int = 0
+    head: str = "linear"
+    head_hidden: int = 512
+    head_dropout: float = 0.5
+    drop_rate: float = 0.0
+    parts: Tuple[str, ...] = ("deep",)
+    wide_hidden: int = 100
+    rnn_hidden: int = 20
+    label_embeddings: str = "frozen"
+    # data
+    feature_key: Optional[str] = None
+    image_size: Optional[int] = None
+    labels: str = "all"
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-4
+    optimizer: str = "nadam"
+    weight_decay: float = 0.0
+    sched: str = "cosine"
+    warmup_epochs: float = 0.0
+    grad_accum: int = 1
+    clip_grad: Optional[float] = None
+    ema: bool = False
+    ema_decay: float = 0.9998
+    loss: str = "bce"
+    weighting: str = "none"
+    pos_weight: Optional[Union[float, str]] = None
+    init: Optional[str] = None
+    # running
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 500
+    eval_every: int = 0
+    # after training
+    thresholds: str = "tune"
+    min_positives: int = 5
+
+    def __post_init__(self):
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
+        check = lambda ok, name, fix: _check(ok, name, getattr(self, name), fix)  # noqa: E731
+        for name in ("store", "out", "init"):
+            value = getattr(self, name)
+            if value is not None:
+                if not str(value).strip():
+                    raise UserError(f"{flag(name)} is empty; pass a folder")
+                put(name, os.path.abspath(os.path.expanduser(str(value))))
+        if isinstance(self.parts, str):
+            put("parts", tuple(p.strip() for p in self.parts.split(",") if p.strip()))
+        put("parts", tuple(self.parts))
+        put("pos_weight", _pos_weight(self.pos_weight))
+        for name in ("epochs", "batch_size", "grad_accum", "min_positives"):
+            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "use a whole number of 1 or more")
+        for name in ("workers", "checkpoint_every", "eval_every"):
+            check(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "use a whole number of 0 or more")
+        check(_is_int(self.seed), "seed", "use a whole number")
+        check(self.image_size is None or (_is_int(self.image_size) and self.image_size >= 16), "image_size",
+              "use a size in pixels of 16 or more (or leave it out for the backbone's own)")
+        check(_finite(self.lr) and self.lr > 0, "lr", "use a positive learning rate such as 3e-4")
+        check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "use 0 or more")
+        check(_finite(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+               f"use 0 or more and fewer than --epochs {self.epochs}")
+        check(self.clip_grad is None or (_finite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
+              "use a positive gradient norm such as 1.0 (or leave it out)")
+        check(_finite(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", "use a value in (0, 1) such as 0.9998")
+        check(self.sched in SCHEDULES, "sched", f"use one of {', '.join(SCHEDULES)}")
+        check(self.amp in AMP, "amp", f"use one of {', '.join(AMP)}")
+        check(self.loss in LOSSES, "loss", f"use one of {', '.join(LOSSES)}")
+        check(self.weighting in WEIGHTING, "weighting", f"use one of {', '.join(WEIGHTING)}")
+        check(self.thresholds in THRESHOLDS, "thresholds", f"use one of {', '.join(THRESHOLDS)}")
+        check(self.labels == "all" or re.fullmatch(r"top:[1-9][0-9]*", str(self.labels)) is not None, "labels",
+              "use 'all' or 'top:N' (the N most frequent training labels), e.g. top:20")
+        check(self.train_split != self.val_split, "val_split",
+              "is the training split too; validate on another split")
+        check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(self.device))), "device",
+              "use auto, cpu, cuda or cuda:N")
+        check(self.feature_key is None or "wide" in self.parts, "feature_key",
+              "only the wide part reads image features; add wide to --parts or leave --feature-key out")
+        import timm.optim
+
+        check(self.optimizer in timm.optim.list_optimizers(), "optimizer",
+              "use an optimizer timm knows (timm.optim.list_optimizers()), e.g. nadam, adamw, sgd")
+        from .backbone import check_name
+
+        try:
+            check_name(self.backbone)
+            put("parts", tuple(self.model_config().parts))  # ModelConfig checks the model's fields
+        except UserError as e:  # "model config deep='x': fix" / "backbone 'x' is ...": name the flag
+            text = re.sub(r"^model config (\w+)=", lambda m: flag(m.group(1)) + " ", str(e))
+            raise UserError(re.sub(r"^backbone ", "--backbone ", text)) from None
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def top_labels(self) -> Optional[int]:
+        """N of ``--labels top:N``; None for all labels."""
+        return None if self.labels == "all" else int(self.labels.split(":")[1])
+
+    def model_config(self, **overrides):
+        from .model import ModelConfig
+
+        fields = {k: getattr(self, k) for k in MODEL_FIELDS}
+        fields.update(overrides)
+        return ModelConfig(**fields)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["parts"] = list(self.parts)
+        return d
+
+    @classmethod
+    def from_dict(cls, doc: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - names)
+        if unknown:
+            raise UserError(f"settings {', '.join(unknown)} are unknown to this wdr-pipe; "
+                            "resume the run with the wdr-pipe version that made it")
+        return cls(**doc)
+
+    def settings(self) -> Dict[str, Any]:
+        """The settings that define a run (everything but the run folder), JSON-ready."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_SETTINGS}
+
+    def key(self) -> str:
+        """Short stable hash of ``settings()``."""
+        payload = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def settings_diff(run: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """``["--lr 0.001 (the run has 0.0003)", ...]`` for every setting that differs."""
+    out = []
+    for k in sorted(set(run) | set(new)):
+        if k in NOT_SETTINGS:
+            continue
+        a, b = run.get(k), new.get(k)
+        if _norm(a) != _norm(b):
+            out.append(f"{flag(k)} {_show(b)} (the run has {_show(a)})")
+    return out
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _show(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return "(none)" if v is None else str(v)
+
+
+def _pos_weight(v):
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
+        return None
+    if isinstance(v, str) and v.strip() == "stats":
+        return "stats"
+    try:
+        k = float(v)
+    except (TypeError, ValueError):
+        raise UserError(f"--pos-weight {v}: use a number K (positives weigh K times) or 'stats' "
+                        "(per label, from the store's label statistics)") from None
+    if not (math.isfinite(k) and k > 0):
+        raise UserError(f"--pos-weight {v}: use a positive number such as 2, or 'stats'")
+    return k
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(ok: bool, name: str, value, fix: str) -> None:
+    if not ok:
+        raise UserError(f"{flag(name)} {_show(value)}: {fix}")
+
+__all__ = ["TrainConfig", "flag", "settings_diff"]
