@@ -35,8 +35,8 @@ SMALL = dict(image_size=64, batch_size=16, workers=0, checkpoint_every=0)
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-store")
-    records = synth.make_dataset(root / "data", {"train": 160, "validation": 60}, seed=1, size_range=(200, 300),
-                                 processes=1)
+    records = synth.make_dataset(root / "data", {"train": 160, "validation": 60, "test": 8}, seed=1,
+                                 size_range=(200, 300), processes=1)
     return build_store(root / "store", root / "data", records, size=96)
 
 
@@ -96,8 +96,8 @@ def test_it_learns_beyond_the_label_prior(store, learned):
 
 # -- 2. exact resume after SIGKILL -----------------------------------------------------------------
 def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_path):
-    kw = dict(epochs=2, head="mlp", head_dropout=0.5, ema=True, ema_decay=0.9, lr=1e-3, workers=1,
-              checkpoint_every=3, eval_every=4)
+    kw = dict(epochs=2, drop_rate=0.3, ema=True, ema_decay=0.9, lr=1e-3, workers=1, checkpoint_every=4,
+              eval_every=3)  # dropout: the RNG state must come back too
     killed = cfg_for(store, tmp_path / "killed", **kw)
     code = ("import json, sys; from wdr_pipe.wdr.train import train; from wdr_pipe.wdr.trainconfig import "
             "TrainConfig; train(TrainConfig(**json.loads(sys.argv[1])))")
@@ -150,6 +150,10 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
                      "result.json", "thresholds.json"]
     assert [r["step"] for r in metrics(cfg.out)] == [3, 5]
     assert len(load_checkpoint(RunDir(cfg.out).last)["rng"]) == 2
+    RunDir(cfg.out).result.unlink()  # as if killed at the very end
+    with pytest.raises(UserError, match=r"trained on 2 processes, resumed on 1; resume with torchrun "
+                                        r"--nproc_per_node 2"):
+        resume(cfg.out)
 
 
 # -- 4. runs, settings and bad input ----------------------------------------------------------------
@@ -175,6 +179,21 @@ def test_other_settings_are_refused_naming_them(learned, tmp_path):
         resume(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert settings_diff(cfg.settings(), cfg.settings()) == []
+
+
+def test_unfinished_run_resumes_and_a_changed_store_is_refused(store, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    cfg = cfg_for(copy, tmp_path / "run", epochs=1, batch_size=32)
+    first = train(cfg)
+    RunDir(cfg.out).result.unlink()  # killed while tuning thresholds, say
+    again = train(cfg)
+    assert (again.ran, again.reused) == (0, 5) and again.details["weights_digest"] == first.details["weights_digest"]
+    RunDir(cfg.out).result.unlink()
+    marker = sorted((copy / "images" / "train").glob("*.stats.json"))[0]
+    marker.write_text(marker.read_text() + " ")
+    with pytest.raises(UserError, match=r"the store .* changed since this run started .* start a new run"):
+        resume(cfg.out)
 
 
 def test_init_starts_from_another_runs_weights(store, learned, tmp_path):
@@ -220,8 +239,14 @@ def bare_store(store, tmp_path):
     (dict(weighting="sample"), r"--weighting sample: .* missing; run 'wdr-pipe stats"),
     (dict(pos_weight="stats"), r"--pos-weight stats: .* missing; run 'wdr-pipe stats"),
     (dict(labels="top:25"), r"--labels top:25: the store's label space has only 24 labels"),
-    (dict(val_split="test"), r"--val-split test: the store .* has no committed images of that split "
-                             r"\(it has: train, validation\)"),
+    (dict(val_split="valid"), r"--val-split valid: the store .* has no committed images of that split "
+                              r"\(it has: test, train, validation\); pick one of those"),
+    (dict(val_split="test"), r"--val-split test: an unlabelled split \(no image has labels\); train and "
+                             r"validate on labelled splits"),
+    (dict(batch_size=200), r"--batch-size 200: larger than the 160 training images per process; lower"),
+    (dict(init="elsewhere"), r"--init .*elsewhere: not a wdr-pipe run folder; pass the --out folder"),
+    pytest.param(dict(device="cuda"), r"--device cuda: no CUDA device is available here; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_input_is_one_clear_error_and_writes_nothing(bare_store, tmp_path, kw, message):
     with pytest.raises(UserError, match=message):
@@ -261,7 +286,7 @@ def test_criterion_formulas():
 
 
 def first_step_loss(store, out, **kw) -> float:
-    train(cfg_for(store, out, epochs=1, batch_size=32, eval_every=1, **kw))
+    train(cfg_for(store, out, epochs=1, batch_size=80, eval_every=1, **kw))
     return metrics(out)[0]["loss"]
 
 

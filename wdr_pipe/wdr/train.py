@@ -29,7 +29,6 @@ import time
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..cache import open_store
 from ..errors import UserError
@@ -174,8 +173,8 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
         meter.update(loss=0.0, n=0, images=0, since=time.time())
         if main:
             run.append_metrics(row)
-            for k, v in row.items() if writer is not None else ():
-                writer.add_scalar(k, v, step)
+            for k in sorted(row.keys() - {"step"}) if writer is not None else ():
+                writer.add_scalar(k, row[k], step)
         if row["val_f1"] > best:
             best, best_step = row["val_f1"], step
             checkpoint(run.best, full=False)

@@ -125,11 +125,14 @@ def prepare_data(store: Store, cfg: TrainConfig, need_wide_stats: bool = True) -
             have = store.image_splits()
             raise UserError(f"{flag(name)} {split}: the store {store.root} has no committed images of that split "
                             f"(it has: {', '.join(have) or 'none'}); pick one of those or fetch it first")
-    try:
-        load_labels(store, cfg.val_split)
-        _, y = load_labels(store, cfg.train_split)
-    except UserError as e:
-        raise UserError(f"{e}; --train-split and --val-split must be labelled splits") from None
+    for name in ("val_split", "train_split"):
+        try:
+            _, y = load_labels(store, getattr(cfg, name))
+        except UserError as e:
+            if "has no labels" not in str(e):
+                raise
+            raise UserError(f"{flag(name)} {getattr(cfg, name)}: an unlabelled split (no image has labels); "
+                            "train and validate on labelled splits") from None
     space, counts = label_space(store), y.sum(0).astype(np.int64)
     columns = None
     if cfg.top_labels is not None:
