@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wdr_pipe.cache import Store, shard_name, stats_path
+from wdr_pipe.cache import Store, shard_name, commit_path
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import IMAGES, INDEX
 from wdr_pipe.pipeline import features as F
@@ -57,7 +57,7 @@ SPLIT = "bench"
 
 
 def _draw(i: int) -> dict:
-    from wdr_pipe.pipeline import synth
+    from wdr_pipe.demo import synth
 
     rng = np.random.default_rng([i, 11])
     g = synth.sample_garment(rng)
@@ -75,7 +75,7 @@ def make_store(root: Path, n: int, shard_size: int) -> Store:
     """A store with n images in shards of shard_size under images/bench/ (kept between runs)."""
     store = Store(root, create=True)
     shards = [(k, range(s, min(s + shard_size, n))) for k, s in enumerate(range(0, n, shard_size))]
-    todo = [(k, ids) for k, ids in shards if not stats_path(store.images_dir(SPLIT) / f"{shard_name(k)}.parquet").exists()]
+    todo = [(k, ids) for k, ids in shards if not commit_path(store.images_dir(SPLIT) / f"{shard_name(k)}.parquet").exists()]
     if todo:
         print(f"drawing {sum(len(ids) for _, ids in todo)} images into {root} ...", flush=True)
         with Pool(2) as pool:
@@ -83,7 +83,7 @@ def make_store(root: Path, n: int, shard_size: int) -> Store:
                 rows = pool.map(_draw, [i + 1 for i in ids])
                 path = store.images_dir(SPLIT) / f"{shard_name(k)}.parquet"
                 write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES), path, row_group_size=100)
-                stats_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0, "shard": k}))
+                commit_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0, "shard": k}))
         index = pa.table({"image_id": [str(i) for i in range(1, n + 1)],
                           "urls": [[f"synth://{i}"] for i in range(1, n + 1)], "labels": [None] * n}, schema=INDEX)
         write_parquet_atomic(index, store.index_path(SPLIT))
@@ -151,8 +151,8 @@ def per_image_costs(store: Store, cfg: F.FeatureConfig, n: int = 256) -> dict:
     gray = cv2.cvtColor(rgb.reshape(-1, size, 3), cv2.COLOR_RGB2GRAY).reshape(n, size, size)
     steps = {
         "decode_resize": lambda: [F.decode_resize(j, size) for j in jpegs],
-        "hog_batch": lambda: [hog_batch(gray[i:i + F.BATCH], cfg) for i in range(0, n, F.BATCH)],
-        "color_hist_batch": lambda: [color_hist_batch(rgb[i:i + F.BATCH], cfg) for i in range(0, n, F.BATCH)],
+        "hog_batch": lambda: [hog_batch(gray[i:i + F.BATCH], **cfg.hog_args()) for i in range(0, n, F.BATCH)],
+        "color_hist_batch": lambda: [color_hist_batch(rgb[i:i + F.BATCH], **cfg.hist_args()) for i in range(0, n, F.BATCH)],
         "skimage_hog": lambda: [hog(g, cfg.orientations, (cfg.cell,) * 2, (cfg.block,) * 2, cfg.block_norm)
                                 for g in gray],
         "histogramdd": lambda: [plain_features(im, cfg) for im in rgb],  # includes one skimage hog: subtracted

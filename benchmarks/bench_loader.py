@@ -47,7 +47,7 @@ BATCH, SIZE, WORKERS = 64, 224, 2
 
 # -- data ------------------------------------------------------------------------------
 def _draw(seed: int):
-    from wdr_pipe.pipeline import synth
+    from wdr_pipe.demo import synth
 
     rng = np.random.default_rng([seed, 11])
     g = synth.sample_garment(rng)
@@ -59,7 +59,7 @@ def _draw(seed: int):
 
 def build(out: Path, n: int) -> dict:
     """Store, ImageFolder tree and tar shards of the same n images under ``out`` (reused if complete)."""
-    from wdr_pipe.cache import Store, shard_name, stats_path
+    from wdr_pipe.cache import Store, shard_name, commit_path
     from wdr_pipe.cache.atomic import write_parquet_atomic
     from wdr_pipe.cache.schema import IMAGES
     from wdr_pipe.pipeline.fetch_shard import ROW_GROUP
@@ -78,7 +78,7 @@ def build(out: Path, n: int) -> dict:
                 for i, j, w, h, labels in rows[start:start + 1000]]
         path = store.images_dir("train") / f"{shard_name(k)}.parquet"
         write_parquet_atomic(pa.Table.from_pylist(part, schema=IMAGES), path, row_group_size=ROW_GROUP)
-        stats_path(path).write_text(json.dumps({"ok": len(part), "failed": 0}))
+        commit_path(path).write_text(json.dumps({"ok": len(part), "failed": 0}))
     for i, j, _, _, labels in rows:
         d = paths["folder"] / f"c{labels[0]:03d}"
         d.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,8 @@ def transform_costs(jpegs: list) -> dict:
     """CPU ms per image, one core: train crop from JPEG bytes vs from raw uint8 at the stored size."""
     import cv2
 
-    from wdr_pipe.wdr import TrainTransform, decode_jpeg
+    from wdr_pipe.imaging import decode_rgb as decode_jpeg
+    from wdr_pipe.wdr import TrainTransform
 
     cv2.setNumThreads(1)
     t_f = TrainTransform(SIZE, scale=(0.08, 1.0))

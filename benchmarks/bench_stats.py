@@ -24,12 +24,12 @@ Run::
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pyarrow as pa
 
-from wdr_pipe.pipeline.stats import StatsConfig, cooccurrence, multi_hot_csr, split_stats
+from wdr_pipe.pipeline.label_stats import StatsConfig, cooccurrence, multi_hot_csr, split_stats
+from timing import best  # noqa: E402  (benchmarks/timing.py)
 
 L = 228
 
@@ -72,15 +72,6 @@ def loop(lists: pa.ListArray, space: np.ndarray) -> np.ndarray:
             for b in idx:
                 c[a, b] += 1
     return c
-
-
-def best(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def main() -> None:

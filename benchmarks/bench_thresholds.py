@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from wdr_pipe.wdr.thresholds import _sort_desc, cross_validated_gain, global_threshold, tune_thresholds
+from timing import best  # noqa: E402  (benchmarks/timing.py)
 
 
 def synthetic_split(n: int, n_labels: int, seed: int = 0):
@@ -61,15 +62,6 @@ def synthetic_split(n: int, n_labels: int, seed: int = 0):
     posterior = np.log(prior / (1 - prior)) + 2 * sep * evidence  # the calibrated log-odds
     logits = posterior * np.exp(rng.normal(0.0, 0.4, n_labels)) + rng.normal(0.0, 0.5, n_labels)
     return y, (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-
-
-def best(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 # ---- plain Python loop: our algorithm, the scan over cuts in Python ----------------------

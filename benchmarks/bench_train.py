@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def build(out: Path, n_train: int) -> Path:
     from conftest import build_store
-    from wdr_pipe.pipeline import synth
+    from wdr_pipe.demo import synth
 
     store = out / "store"
     if (store / "images" / "train").is_dir():

@@ -2,19 +2,17 @@
 
 ``synth_data`` draws a small FGVC5-style data set once per session.
 ``image_store`` is a store whose ``images/`` shards hold that data set
-(train and validation, several shards each), for the stages after fetch.
+(train and validation, several shards each), written by the real fetch;
+``wdr_store`` adds features and label statistics from the real stages.
 """
 from __future__ import annotations
 
-import io
-import json
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from wdr_pipe.pipeline import synth
+from wdr_pipe.demo import synth
 
 SPLITS = {"train": 48, "validation": 16, "test": 8}
 
@@ -27,53 +25,11 @@ def synth_data(tmp_path_factory):
     return root, records
 
 
-def _build_image_store(root: Path, data_root: Path, records, shard_size: int = 20, size: int = 160) -> Path:
-    """Write images/<split>/part-NNNNN.parquet (+ stats.json) from generated files."""
-    import hashlib
-
-    from PIL import Image
-
-    from wdr_pipe.cache import Store, shard_name, stats_path
-    from wdr_pipe.cache.atomic import write_parquet_atomic
-    from wdr_pipe.cache.schema import IMAGES, INDEX
-
-    store = Store(root, create=True)
-    by_split = {}
-    for r in records:
-        by_split.setdefault(r.split, []).append(r)
-    for split, recs in by_split.items():
-        labelled = split != "test"
-        index = pa.table(
-            {"image_id": [r.image_id for r in recs],
-             "urls": [[(data_root / r.path).as_uri()] for r in recs],
-             "labels": [list(r.labels) if labelled else None for r in recs]},
-            schema=INDEX,
-        )
-        write_parquet_atomic(index, store.index_path(split))
-        for n, start in enumerate(range(0, len(recs), shard_size)):
-            rows = []
-            for r in recs[start:start + shard_size]:
-                raw = (data_root / r.path).read_bytes()
-                im = Image.open(io.BytesIO(raw)).convert("RGB")
-                sw, sh = im.size
-                scale = size / min(sw, sh)
-                im = im.resize((round(sw * scale), round(sh * scale)), Image.LANCZOS)
-                buf = io.BytesIO()
-                im.save(buf, "JPEG", quality=95)
-                rows.append({"image_id": r.image_id, "jpeg": buf.getvalue(), "width": im.width,
-                             "height": im.height, "src_width": sw, "src_height": sh,
-                             "url": (data_root / r.path).as_uri(), "sha256": hashlib.sha256(raw).hexdigest(),
-                             "labels": list(r.labels) if labelled else None})
-            path = store.images_dir(split) / f"{shard_name(n)}.parquet"
-            write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES), path)
-            stats_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0}))
-    return root
-
-
 @pytest.fixture(scope="session")
 def _image_store_template(synth_data, tmp_path_factory):
     data_root, records = synth_data
-    return _build_image_store(tmp_path_factory.mktemp("store-template") / "store", data_root, records)
+    return build_store(tmp_path_factory.mktemp("store-template") / "store", data_root, records, size=160,
+                       shard_size=20, features=False, stats=False)
 
 
 @pytest.fixture
@@ -90,7 +46,7 @@ def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_s
     URLs, then features and label statistics. Used by tests and benchmarks."""
     from wdr_pipe.pipeline.features import FeatureConfig, compute_features
     from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-    from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
+    from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
 
     paths = synth.write_fgvc5_json(data_root, records, data_root.as_uri())
     fetch(root, [paths[s] for s in sorted(paths)], FetchConfig(size=size), FetchOptions(shard_size=shard_size, threads=4),

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from skimage.feature import hog
 
-from wdr_pipe.cache import Store, config_dict, config_key, stats_path
+from wdr_pipe.cache import Store, commit_path, config_dict, config_key, shard_identity
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
@@ -22,10 +22,9 @@ SHARDS = {"train": 3, "validation": 1, "test": 1}
 
 
 def run(store, cfg=FeatureConfig(), **kw):
-    """compute_features in this process; returns (summary, what this call decoded and computed)."""
-    before = dict(F.COUNTERS)
-    summary = compute_features(store, cfg=cfg, scheduler="inline", **kw)
-    return summary, {k: F.COUNTERS[k] - before[k] for k in before}
+    """compute_features in this process; returns (result, what this call decoded and computed)."""
+    result = compute_features(store, cfg=cfg, scheduler="inline", **kw)
+    return result, {"images_decoded": result.details["images_computed"], "shards_computed": result.ran}
 
 
 def feature_files(store, key):
@@ -41,8 +40,8 @@ def test_writes_row_aligned_shards_under_the_config_key(image_store):
     summary, work = run(image_store, cfg)
     assert summary.key == config_key(cfg) == cfg.key
     assert work == {"images_decoded": 72, "shards_computed": 5}
-    assert {s: v.rows for s, v in summary.splits.items()} == ROWS
-    assert {s: v.shards_computed for s, v in summary.splits.items()} == SHARDS
+    assert {s: v["rows"] for s, v in summary.splits.items()} == ROWS
+    assert {s: v["shards_computed"] for s, v in summary.splits.items()} == SHARDS
     doc = json.loads((image_store / "features" / cfg.key / "config.json").read_text())
     assert doc["key"] == cfg.key and doc["config"] == config_dict(cfg) and doc["hog_dim"] == 8100
     store = Store(image_store)
@@ -54,9 +53,9 @@ def test_writes_row_aligned_shards_under_the_config_key(image_store):
             assert t.schema.equals(cfg.schema())
             assert t.column("image_id").equals(pq.read_table(shard, columns=["image_id"]).column(0))
             assert t.column("error").null_count == t.num_rows
-            stats = json.loads(stats_path(out).read_text())
+            stats = json.loads(commit_path(out).read_text())
             assert stats["rows"] == t.num_rows and stats["errors"] == 0
-            assert stats["source"] == F.shard_identity(shard)
+            assert stats["source"] == shard_identity(shard)
     # the stored numbers are skimage's HOG of the decoded, resized, grayscale image
     shard = store.image_shards("validation")[0]
     images = pq.read_table(shard, columns=["jpeg"]).column(0).to_pylist()[:3]
@@ -73,8 +72,8 @@ def test_second_run_decodes_nothing(image_store):
     run(image_store)
     summary, work = run(image_store)
     assert work == {"images_decoded": 0, "shards_computed": 0}
-    assert summary.total("shards_computed") == 0 and summary.total("shards_skipped") == 5
-    assert summary.total("rows") == 72 and summary.total("images_computed") == 0
+    assert summary.ran == 0 and summary.reused == 5
+    assert (summary.ok + summary.failed) == 72 and summary.details["images_computed"] == 0
 
 
 def test_changed_config_writes_a_new_key_and_keeps_the_old(image_store):
@@ -98,7 +97,7 @@ def _add_image_shard(store_dir, split, src_no, dst_no, suffix):
     t = t.set_column(0, t.schema.field("image_id"), ids)
     path = d / f"part-{dst_no:05d}.parquet"
     write_parquet_atomic(t, path)
-    stats_path(path).write_text(json.dumps({"ok": t.num_rows, "failed": 0}))
+    commit_path(path).write_text(json.dumps({"ok": t.num_rows, "failed": 0}))
     return path, t.num_rows
 
 
@@ -107,13 +106,13 @@ def test_only_new_or_refetched_image_shards_are_computed(image_store):
     path, n = _add_image_shard(image_store, "train", 2, 3, "-new")
     summary, work = run(image_store)
     assert work == {"images_decoded": n, "shards_computed": 1}
-    assert summary.splits["train"].shards_computed == 1 and summary.splits["train"].rows == 48 + n
+    assert summary.splits["train"]["shards_computed"] == 1 and summary.splits["train"]["rows"] == 48 + n
     # a re-fetched image shard (new stats.json) invalidates its feature shard only
-    marker = stats_path(image_store / "images" / "validation" / "part-00000.parquet")
+    marker = commit_path(image_store / "images" / "validation" / "part-00000.parquet")
     marker.write_text(json.dumps({"ok": 16, "failed": 0, "fetched": "again"}))
     summary, work = run(image_store, splits=["validation", "test"])
     assert work == {"images_decoded": 16, "shards_computed": 1}
-    assert summary.splits["test"].shards_skipped == 1 and "train" not in summary.splits
+    assert summary.splits["test"]["shards_reused"] == 1 and "train" not in summary.splits
 
 
 def test_corrupt_jpeg_rows_get_null_features_and_an_error(image_store):
@@ -124,7 +123,7 @@ def test_corrupt_jpeg_rows_get_null_features_and_an_error(image_store):
     jpegs[5] = jpegs[5][: len(jpegs[5]) // 2]  # truncated
     write_parquet_atomic(t.set_column(1, t.schema.field("jpeg"), pa.array(jpegs, pa.binary())), path)
     summary, _ = run(image_store, splits=["test"])
-    assert summary.splits["test"].errors == 2 and summary.splits["test"].rows == 8
+    assert summary.splits["test"]["errors"] == 2 and summary.splits["test"]["rows"] == 8
     out = pq.read_table(next((image_store / "features" / summary.key / "test").glob("part-*.parquet")))
     hog_ok = out.column("hog").is_valid().to_pylist()
     assert hog_ok == [i not in (1, 5) for i in range(8)]
@@ -141,7 +140,7 @@ def test_damaged_feature_shard_is_named_and_rebuild_fixes_it(image_store):
     with pytest.raises(UserError, match=r"part-00001\.parquet: unreadable feature shard.*--rebuild"):
         run(image_store, splits=["train"])
     summary, work = run(image_store, splits=["train"], rebuild=True)
-    assert work["shards_computed"] == 3 and summary.splits["train"].rows == 48
+    assert work["shards_computed"] == 3 and summary.splits["train"]["rows"] == 48
     assert run(image_store, splits=["train"])[1]["shards_computed"] == 0
     # rows out of order: caught by comparing image_ids with the image shard
     t = pq.read_table(out)
@@ -161,7 +160,7 @@ def test_local_cluster_of_two_workers_equals_inline(image_store, tmp_path):
     run(image_store, splits=["train", "validation"])
     seen = []
     summary = compute_features(other, ["train", "validation"], workers=2, progress=seen.append)
-    assert summary.total("shards_computed") == 4 and summary.total("rows") == 64
+    assert summary.ran == 4 and (summary.ok + summary.failed) == 64
     assert seen and seen[-1].done == 64 and seen[-1].total == 64
     for split in ("train", "validation"):
         a = sorted((image_store / "features" / summary.key / split).glob("part-*.parquet"))
@@ -183,16 +182,16 @@ def test_cli_features(image_store):
     res = runner.invoke(cli, args)
     assert res.exit_code == 0, res.output
     key = FeatureConfig().key
-    assert f"features {key}: 16 images (16 computed, 0 shards reused), 0 errors" in res.output
+    assert f"features {key}: 16 ok, 0 failed; ran 1, reused 0" in res.output
     res = runner.invoke(cli, args)
-    assert "16 images (0 computed, 1 shards reused)" in res.output
+    assert "16 ok, 0 failed; ran 0, reused 1" in res.output
     res = runner.invoke(cli, args + ["--bins", "4", "--keep-background", "--dtype", "float16"])
     cfg = FeatureConfig(bins=4, ignore_background=False, dtype="float16")
-    assert res.exit_code == 0 and f"features {cfg.key}: 16 images (16 computed" in res.output
+    assert res.exit_code == 0 and f"features {cfg.key}: 16 ok, 0 failed; ran 1" in res.output
     res = runner.invoke(cli, args + ["--rebuild"])
-    assert "16 images (16 computed, 0 shards reused)" in res.output
+    assert "16 ok, 0 failed; ran 1, reused 0" in res.output
     res = runner.invoke(cli, ["features", "--store", str(image_store), "--split", "nope"])
     assert res.exit_code == 1 and "Error:" in res.output and "no committed image shards" in res.output
     res = runner.invoke(cli, ["features", "--store", str(image_store), "--hog-size", "8"])
-    assert res.exit_code == 1 and "hog_size 8" in res.output
+    assert res.exit_code == 2 and "'--hog-size': 8 is not in the range x>=16" in res.output
     assert "Example" in runner.invoke(cli, ["features", "--help"]).output

@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from wdr_pipe.cache import Store, stats_path
+from wdr_pipe.cache import Store, commit_path
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.download import DownloadConfig
 from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-from wdr_pipe.pipeline.serve import ImageServer
+from wdr_pipe.demo.serve import ImageServer
 
 FAST = DownloadConfig(connect_timeout=2, read_timeout=2, deadline=5, retries=2, backoff=0.05, max_bytes=4_000_000)
 EXPECTED = {  # fault kind -> final status
@@ -90,7 +90,7 @@ def test_rerun_does_no_work_and_retry_failed_fetches_only_failures(server, tmp_p
     assert (first.ok, first.failed) == (5, 1)
     before = dict(server.hits)  # (not reset(): that would also restart the flaky URL's failure count)
     again = fetch(tmp_path / "s", [index], **run)
-    assert dict(server.hits) == before and again.splits[0].shards_run == 0 and again.ok == 5
+    assert dict(server.hits) == before and again.splits["train"]["shards_run"] == 0 and again.ok == 5
     retried = fetch(tmp_path / "s", [index], retry_failed=True, **run)
     new_hits = {k: v - before.get(k, 0) for k, v in server.hits.items() if v != before.get(k, 0)}
     assert new_hits == {"/fault/500-then-ok/images/train/3.jpg": 1}
@@ -110,7 +110,7 @@ def test_duplicate_content_is_reported(server, tmp_path):
     url = server.url("images/train/5.jpg")
     index = write_csv(tmp_path / "train.csv", [("a", url, [1]), ("b", url, [2]), ("c", server.url("images/train/6.jpg"), [1])])
     summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
-    assert summary.splits[0].duplicates == 1
+    assert summary.splits["train"]["duplicates"] == 1
     dups = pq.read_table(tmp_path / "s" / "images" / "train" / "_duplicates.parquet").to_pylist()
     assert [sorted(d["image_ids"]) for d in dups] == [["a", "b"]]
 
@@ -174,7 +174,7 @@ def test_kill_and_resume_stores_every_image_exactly_once(synth_data, tmp_path):
     assert sorted(r["image_id"] for r in ok) == good  # exactly once each
     assert sorted(r["image_id"] for r in failed) == sorted(r.image_id for r in train if int(r.image_id) % 4 == 0)
     assert not list(folder.glob(".tmp-*"))
-    assert all(stats_path(p).exists() for p in folder.glob("part-?????.parquet"))
+    assert all(commit_path(p).exists() for p in folder.glob("part-?????.parquet"))
 
 
 def test_per_host_cap_is_respected_and_every_item_runs_once():
@@ -208,7 +208,7 @@ def test_refused_connection_is_a_connection_error_not_a_timeout(tmp_path):
         port = s.getsockname()[1]
     index = write_csv(tmp_path / "train.csv", [("1", f"http://127.0.0.1:{port}/x.jpg", [1])])
     summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(download=FAST), scheduler="inline")
-    assert summary.splits[0].by_status == {"connection_error": 1}
+    assert summary.splits["train"]["by_status"] == {"connection_error": 1}
 
 
 @pytest.fixture
@@ -231,8 +231,8 @@ def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(server, tmp_pat
     folder = tiny_disk / "s" / "images" / "train"
     assert not list(folder.glob(".tmp-*"))
     for p in folder.glob("part-?????.parquet"):  # whatever looks committed is whole
-        if stats_path(p).exists():
-            assert pq.read_table(p).num_rows == json.loads(stats_path(p).read_text())["ok"]
+        if commit_path(p).exists():
+            assert pq.read_table(p).num_rows == json.loads(commit_path(p).read_text())["ok"]
 
 
 def test_fetch_on_an_existing_cluster_by_address(server, tmp_path):
@@ -242,6 +242,6 @@ def test_fetch_on_an_existing_cluster_by_address(server, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(shard_size=3, download=FAST),
                         scheduler=cluster.scheduler_address)
-    assert summary.ok == 8 and summary.splits[0].shards_run == 3
+    assert summary.ok == 8 and summary.splits["train"]["shards_run"] == 3
     ok, _ = read_split(tmp_path / "s", "train")
     assert [r["image_id"] for r in ok] == [str(i) for i in range(1, 9)]

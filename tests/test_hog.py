@@ -38,7 +38,7 @@ def _random_images(rng, n, size, dtype):
 def test_hog_batch_matches_skimage_on_random_images(size, orientations, cell, block, norm, dtype):
     cfg = FeatureConfig(hog_size=size, orientations=orientations, cell=cell, block=block, block_norm=norm)
     images = _random_images(np.random.default_rng(size), 6, size, dtype)
-    ours, ref = hog_batch(images, cfg), _skimage(images, cfg)
+    ours, ref = hog_batch(images, **cfg.hog_args()), _skimage(images, cfg)
     assert ours.dtype == np.float32 and ours.shape == ref.shape == (6, cfg.hog_dim)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     assert np.abs(ref).max() > 0.1  # the images have structure: not a match of zeros
@@ -54,16 +54,16 @@ def test_hog_batch_matches_skimage_on_real_images(synth_data, size, orientations
     cfg = FeatureConfig(hog_size=size, orientations=orientations, cell=cell, block=block, block_norm=norm)
     rgb = _real_images(synth_data, size=size)
     gray = cv2.cvtColor(rgb.reshape(-1, size, 3), cv2.COLOR_RGB2GRAY).reshape(len(rgb), size, size)
-    np.testing.assert_allclose(hog_batch(gray, cfg), _skimage(gray, cfg), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(hog_batch(gray, **cfg.hog_args()), _skimage(gray, cfg), atol=1e-4, rtol=0)
     float_gray = gray.astype(np.float32) / 255
-    np.testing.assert_allclose(hog_batch(float_gray, cfg), _skimage(float_gray, cfg), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(hog_batch(float_gray, **cfg.hog_args()), _skimage(float_gray, cfg), atol=1e-4, rtol=0)
 
 
 def test_default_hog_is_the_papers_8100_dims():
     cfg = FeatureConfig()
     assert (cfg.hog_size, cfg.orientations, cfg.cell, cfg.block, cfg.block_norm) == (128, 9, 8, 2, "L2-Hys")
     assert cfg.hog_dim == 15 * 15 * 2 * 2 * 9 == 8100
-    assert hog_batch(np.zeros((2, 128, 128), np.uint8), cfg).shape == (2, 8100)
+    assert hog_batch(np.zeros((2, 128, 128), np.uint8), **cfg.hog_args()).shape == (2, 8100)
 
 
 def _histogramdd(rgb, cfg):
@@ -91,7 +91,7 @@ def test_color_hist_matches_histogramdd(synth_data, space, bins, ignore):
     rand = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
     rand[0, :20] = 250                       # half near-white background
     for rgb in (rand, _real_images(synth_data, n=4, size=64)):
-        ours, ref = color_hist_batch(rgb, cfg), _histogramdd(rgb, cfg)
+        ours, ref = color_hist_batch(rgb, **cfg.hist_args()), _histogramdd(rgb, cfg)
         assert ours.dtype == np.float32 and ours.shape == (len(rgb), bins ** 3)
         np.testing.assert_allclose(ours, ref, atol=1e-6)
         np.testing.assert_allclose(ours.sum(1), 1.0, atol=1e-5)
@@ -101,11 +101,11 @@ def test_background_rule_and_all_background_image():
     cfg = FeatureConfig()
     white = np.full((2, 16, 16, 3), 255, np.uint8)
     white[1, :8] = (200, 30, 40)             # red garment on the top half of the second image
-    hist = color_hist_batch(white, cfg)
+    hist = color_hist_batch(white, **cfg.hist_args())
     assert not np.isnan(hist).any()
     assert (hist[0] == 0).all()              # all background: all-zero histogram, not NaN
     assert hist[1].sum() == pytest.approx(1.0) and (hist[1] > 0).sum() == 1  # only the red pixels count
-    kept = color_hist_batch(white, FeatureConfig(ignore_background=False))
+    kept = color_hist_batch(white, **FeatureConfig(ignore_background=False).hist_args())
     assert kept[0].sum() == pytest.approx(1.0) and kept[1].max() == pytest.approx(0.5)
     # the precise rule: S/255 < 0.1 and V/255 > 0.9 on 8-bit HSV
     px = np.array([[[[230, 230, 230],      # V=230 (0.902), S=0: background
@@ -113,7 +113,7 @@ def test_background_rule_and_all_background_image():
                      [255, 232, 232],      # V=255, S=23 (0.090): background
                      [255, 229, 229]]]],   # V=255, S=26 (0.102): kept, bin (0, 0, 7)
                   np.uint8)
-    hist = color_hist_batch(px, cfg)[0]
+    hist = color_hist_batch(px, **cfg.hist_args())[0]
     assert np.flatnonzero(hist).tolist() == [7] and hist[7] == 1.0
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from wdr_pipe.pipeline import synth
-from wdr_pipe.pipeline.imageops import ImageRejected, ResizeSpec, decode_resized, process, psnr, target_size
+from wdr_pipe.demo import synth
+from wdr_pipe.pipeline.imageops import ImageRejected, FetchConfig, decode_resized, process, psnr, target_size
 
 
 def photo(w=800, h=1000, seed=0) -> Image.Image:
@@ -35,7 +35,7 @@ def decode(jpeg: bytes) -> np.ndarray:
 @pytest.mark.parametrize("size", [320, 299, 224, 160, 96])
 def test_dct_downscale_matches_full_decode_lanczos(size, source):
     data = to_jpeg(photo(*source))
-    pixels, src = decode_resized(data, ResizeSpec(size=size))
+    pixels, src = decode_resized(data, FetchConfig(size=size))
     h, w = pixels.shape[:2]
     assert src == source and min(w, h) == size
     ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.LANCZOS))
@@ -48,13 +48,13 @@ def test_exif_orientation_is_applied(orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = to_jpeg(im, exif=exif.tobytes())
-    pixels, (sw, sh) = decode_resized(data, ResizeSpec(size=120))
+    pixels, (sw, sh) = decode_resized(data, FetchConfig(size=120))
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     assert (sw, sh) == upright.size
     ref = np.asarray(upright.resize(pixels.shape[1::-1], Image.LANCZOS))
     assert psnr(pixels, ref) >= 32
     if orientation != 1:  # and the unrotated pixels would not pass
-        plain, _ = decode_resized(to_jpeg(im), ResizeSpec(size=120))
+        plain, _ = decode_resized(to_jpeg(im), FetchConfig(size=120))
         assert plain.shape != pixels.shape or psnr(plain, ref) < 25
 
 
@@ -74,7 +74,7 @@ def test_colour_modes_become_rgb_with_alpha_on_white(mode, fmt):
         im.putalpha(Image.fromarray(alpha))
     buf = io.BytesIO()
     im.save(buf, fmt, **({"quality": 95} if fmt != "PNG" else {}))
-    jpeg, (w, h), _ = process(buf.getvalue(), ResizeSpec(size=100, quality=100))
+    jpeg, (w, h), _ = process(buf.getvalue(), FetchConfig(size=100, quality=100))
     out = decode(jpeg)
     assert out.shape == (h, w, 3) and min(w, h) == 100
     if "A" in mode:
@@ -85,7 +85,7 @@ def test_colour_modes_become_rgb_with_alpha_on_white(mode, fmt):
 @pytest.mark.parametrize("mode,expect", [("shorter", (160, 200)), ("longer", (128, 160)),
                                          ("center_crop", (160, 160)), ("pad", (160, 160))])
 def test_resize_modes(mode, expect):
-    jpeg, (w, h), _ = process(to_jpeg(photo(400, 500)), ResizeSpec(size=160, mode=mode))
+    jpeg, (w, h), _ = process(to_jpeg(photo(400, 500)), FetchConfig(size=160, resize_mode=mode))
     assert (w, h) == expect and decode(jpeg).shape[:2] == (h, w)
     if mode == "pad":  # the sides of a tall image are padded with white
         assert decode(jpeg)[:, :10].min() >= 245
@@ -99,15 +99,15 @@ def test_target_size_rejects_unknown_mode():
 def test_rejections_name_their_status():
     small = to_jpeg(photo(20, 20))
     with pytest.raises(ImageRejected) as e:
-        process(small, ResizeSpec(min_size=32))
+        process(small, FetchConfig(min_size=32))
     assert e.value.status == "too_small"
     with pytest.raises(ImageRejected) as e:
-        process(to_jpeg(photo(400, 500)), ResizeSpec(max_pixels=100_000))
+        process(to_jpeg(photo(400, 500)), FetchConfig(max_pixels=100_000))
     assert e.value.status == "too_many_pixels"
     with pytest.raises(ImageRejected) as e:
-        process(b"<!DOCTYPE html><html>nope</html>", ResizeSpec())
+        process(b"<!DOCTYPE html><html>nope</html>", FetchConfig())
     assert e.value.status == "not_image" and "HTML" in str(e.value)
     with pytest.raises(ImageRejected) as e:
         data = to_jpeg(photo(400, 500))
-        process(data[: len(data) // 2], ResizeSpec())
+        process(data[: len(data) // 2], FetchConfig())
     assert e.value.status == "decode_error"

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from wdr_pipe.cache import Store, load_features, load_labels, sample_weights, stats_path, write_config
+from wdr_pipe.cache import Store, load_features, load_labels, sample_weights, commit_path, write_config
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-from wdr_pipe.pipeline.stats import compute_stats
+from wdr_pipe.pipeline.label_stats import compute_stats
 from wdr_pipe.wdr import DataConfig, Normalize, StoreDataset, TrainTransform, make_loader
 from wdr_pipe.wdr.sampling import _units, build_plan
 
@@ -172,7 +172,7 @@ def test_missing_or_misaligned_features_are_user_errors(store7):
     ds = StoreDataset(store7, "train", feature_key=key, transform=TrainTransform(48), shuffle=False, batch_size=8)
     with pytest.raises(UserError, match="image_ids of rows .* differ"):
         list(ds)
-    stats_path(shard).unlink()
+    commit_path(shard).unlink()
     with pytest.raises(UserError, match="no committed feature shard.*wdr-pipe features"):
         StoreDataset(store7, "train", feature_key=key)
 

@@ -1,4 +1,4 @@
-"""The store as a library (wdr_pipe.cache.read) and the `wdr-pipe store info` command."""
+"""The store as a library (wdr_pipe.cache) and the `wdr-pipe store info` command."""
 import json
 from dataclasses import dataclass
 
@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from wdr_pipe.cache import (Store, config_key, failures_path, label_space, load_features, load_labels, load_split,
-                            open_store, stats_path, store_info, write_config)
+                            open_store, commit_path, store_info, write_config)
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES, LABEL_MAP, features_schema
 from wdr_pipe.cli import cli
@@ -43,7 +43,7 @@ def write_features(root, cfg=FakeFeatures(), failed=("3",)) -> str:
                      "error": "cannot decode" if i in failed else None} for i in ids]
             out = store.features_dir(key, split) / shard.name
             write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), out)
-            stats_path(out).write_text(json.dumps({"rows": len(rows)}))
+            commit_path(out).write_text(json.dumps({"rows": len(rows)}))
     write_config(store.features_root(key) / "config.json", cfg)
     return key
 
@@ -131,13 +131,13 @@ def test_load_split_in_three_forms(feature_store, synth_data):
 def test_load_split_reads_only_shards_committed_on_both_sides(feature_store):
     root, key = feature_store
     store = Store(root)
-    stats_path(store.features_dir(key, "train") / "part-00001.parquet").unlink()  # features not finished
+    commit_path(store.features_dir(key, "train") / "part-00001.parquet").unlink()  # features not finished
     d = load_split(root, "train")
     assert d["image_id"].tolist() == [str(i) for i in range(1, 21) if i != 3] + [str(i) for i in range(41, 49)]
     # a feature shard that does not match its image shard is refused with the fix
     t = pq.read_table(store.features_dir(key, "train") / "part-00002.parquet")
     write_parquet_atomic(t.slice(1), store.features_dir(key, "train") / "part-00002.parquet")
-    with pytest.raises(UserError, match="not row-aligned.*rerun 'wdr-pipe features'"):
+    with pytest.raises(UserError, match="not row-aligned.*rerun 'wdr-pipe features --store .* --split train --rebuild'"):
         load_split(root, "train")
 
 

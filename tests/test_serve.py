@@ -20,8 +20,8 @@ import simplejpeg
 from click.testing import CliRunner
 
 from wdr_pipe.cli import cli
-from wdr_pipe.pipeline import synth
-from wdr_pipe.pipeline.serve import ImageServer
+from wdr_pipe.demo import synth
+from wdr_pipe.demo.serve import ImageServer
 
 REL = "images/train/1.jpg"
 
@@ -243,7 +243,7 @@ def test_concurrent_clients_all_get_the_file(root, data):
 
 
 def test_standalone_module_serves_until_terminated(root, data):
-    proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.pipeline.serve", str(root), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.demo.serve", str(root), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from wdr_pipe.cache import (Store, cooccurrence_matrix, label_counts, label_embeddings, label_space, label_weights,
-                            load_labels, sample_weights, stats_path)
-from wdr_pipe.cache.read import STATS_FILES
+                            load_labels, sample_weights, commit_path)
+from wdr_pipe.cache import STATS_TABLES
 from wdr_pipe.cache.schema import IMAGES
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline.embed import fit_glove
-from wdr_pipe.pipeline.stats import (StatsConfig, compute_stats, cooccurrence, multi_hot_csr, per_image_weights,
+from wdr_pipe.pipeline.glove import fit_glove
+from wdr_pipe.pipeline.label_stats import (StatsConfig, compute_stats, cooccurrence, multi_hot_csr, per_image_weights,
                                      per_label_weights, pos_weights)
 
 FAST = StatsConfig(epochs=300)
@@ -98,7 +98,7 @@ def test_compute_stats_on_a_store(image_store, synth_data):
     store = Store(image_store)
     events = []
     summary = compute_stats(store, cfg=FAST, progress=events.append)
-    assert {k: v["status"] for k, v in summary.items()} == {"test": "skipped", "train": "computed",
+    assert {k: v["status"] for k, v in summary.splits.items()} == {"test": "skipped", "train": "computed",
                                                            "validation": "computed"}
     assert events[-1].done == events[-1].total == 3
     assert not store.stats_dir("test").exists()
@@ -132,24 +132,24 @@ def test_rerun_does_no_work_until_inputs_or_config_change(image_store):
     compute_stats(store, cfg=FAST)
     before = _mtimes(store)
     summary = compute_stats(store, cfg=FAST)
-    assert [summary[s]["status"] for s in ("train", "validation")] == ["cached", "cached"]
+    assert [summary.splits[s]["status"] for s in ("train", "validation")] == ["cached", "cached"]
     assert _mtimes(store) == before  # nothing rewritten
     # a new committed image shard of train: train is redone, validation is not
     d = store.images_dir("train")
     t = pq.read_table(d / "part-00002.parquet")
     t = t.set_column(0, "image_id", pa.array([f"x{i}" for i in range(t.num_rows)], pa.string()))
     pq.write_table(t.cast(IMAGES), d / "part-00003.parquet")
-    assert compute_stats(store, cfg=FAST)["train"]["status"] == "cached"  # not committed yet: not an input
-    shutil.copy(stats_path(d / "part-00002.parquet"), stats_path(d / "part-00003.parquet"))
+    assert compute_stats(store, cfg=FAST).splits["train"]["status"] == "cached"  # not committed yet: not an input
+    shutil.copy(commit_path(d / "part-00002.parquet"), commit_path(d / "part-00003.parquet"))
     summary = compute_stats(store, cfg=FAST)
-    assert summary["train"]["status"] == "computed" and summary["validation"]["status"] == "cached"
-    assert summary["train"]["images"] == 56
+    assert summary.splits["train"]["status"] == "computed" and summary.splits["validation"]["status"] == "cached"
+    assert summary.splits["train"]["images"] == 56
     assert len(sample_weights(store, "train")[0]) == 56
     # a changed setting redoes both; a half-written stats folder (no config.json) is redone
     summary = compute_stats(store, ["train", "validation"], cfg=StatsConfig(epochs=300, alpha=0.5))
-    assert {s["status"] for s in summary.values()} == {"computed"}
+    assert {s["status"] for s in summary.splits.values()} == {"computed"}
     (store.stats_dir("validation") / "config.json").unlink()
-    assert compute_stats(store, ["validation"], cfg=StatsConfig(epochs=300, alpha=0.5))["validation"]["status"] \
+    assert compute_stats(store, ["validation"], cfg=StatsConfig(epochs=300, alpha=0.5)).splits["validation"]["status"] \
         == "computed"
     with pytest.raises(UserError, match="--split nope: no such split"):
         compute_stats(store, ["nope"], cfg=FAST)
@@ -165,7 +165,7 @@ def test_stats_command(image_store):
                                    "--epochs", "200"])
     assert res.exit_code == 0, res.output
     assert "train: 48 images" in res.output
-    assert sorted(p.stem for p in (image_store / "stats" / "train").glob("*.parquet")) == sorted(STATS_FILES)
+    assert sorted(p.stem for p in (image_store / "stats" / "train").glob("*.parquet")) == sorted(STATS_TABLES)
     assert label_embeddings(image_store, "train")[1].shape[1] == 8
     res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--split", "train", "--dim", "8",
                                    "--epochs", "200"])

@@ -9,10 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from test_read import _add_failures
-from wdr_pipe.cache import Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
+from wdr_pipe.cache import STATS_TABLES, Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
 from wdr_pipe.cache.atomic import write_parquet_atomic
-from wdr_pipe.cache.schema import FAILURES, IMAGES, INDEX, LABEL_MAP, features_schema
-from wdr_pipe.pipeline import stats, synth
+from wdr_pipe.cache.schema import (COOCCURRENCE, FAILURES, IMAGES, INDEX, LABEL_COUNTS, LABEL_MAP, LABEL_WEIGHTS,
+                                   SAMPLE_WEIGHTS, embeddings_schema, features_schema)
+from wdr_pipe.pipeline import label_stats as stats
+from wdr_pipe.demo import synth
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store.md"
@@ -70,12 +72,12 @@ def run(name, store):
 
 def test_every_table_and_column_is_documented():
     text = DOC.read_text(encoding="utf-8")
-    tables = [INDEX, IMAGES, FAILURES, LABEL_MAP, features_schema(3, 2), stats.LABEL_COUNTS, stats.COOCCURRENCE,
-              stats.LABEL_WEIGHTS, stats.SAMPLE_WEIGHTS, stats.embeddings_schema(4)]
+    tables = [INDEX, IMAGES, FAILURES, LABEL_MAP, features_schema(3, 2), LABEL_COUNTS, COOCCURRENCE,
+              LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema(4)]
     missing = [f.name for t in tables for f in t if f"`{f.name}`" not in text]
     assert not missing, f"columns not in docs/store.md: {missing}"
     for name in ["_store.json", "label_map.parquet", "failures.parquet", "stats.json", "config.json",
-                 *[f"{n}.parquet" for n in stats.STATS_FILES]]:
+                 *[f"{n}.parquet" for n in STATS_TABLES]]:
         assert name in text
 
 

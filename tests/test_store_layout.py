@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from wdr_pipe.cache import Store, config_key, stats_path
+from wdr_pipe.cache import Store, config_key, commit_path
 from wdr_pipe.cache.atomic import atomic_path
 from wdr_pipe.errors import UserError
 
@@ -51,4 +51,4 @@ def test_image_store_fixture_is_committed(image_store):
     s = Store(image_store)
     assert s.splits() == ["test", "train", "validation"]
     shards = s.image_shards("train")
-    assert len(shards) == 3 and all(stats_path(p).exists() for p in shards)
+    assert len(shards) == 3 and all(commit_path(p).exists() for p in shards)

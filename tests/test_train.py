@@ -22,7 +22,7 @@ import wdr_pipe
 from conftest import build_store
 from wdr_pipe.cache import load_labels
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline import synth
+from wdr_pipe.demo import synth
 from wdr_pipe.wdr.checkpoint import RunDir, load_checkpoint
 from wdr_pipe.wdr.train import resume, train
 from wdr_pipe.wdr.trainconfig import TrainConfig, settings_diff

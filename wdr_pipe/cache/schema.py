@@ -61,3 +61,15 @@ def features_schema(hog_dim: int, hist_dim: int, dtype: str = "float32") -> pa.S
             pa.field("error", pa.string()),                # null when ok
         ]
     )
+
+
+# -- label statistics (stats/<split>/, written by pipeline/label_stats.py) --------------
+LABEL_COUNTS = pa.schema([("label", pa.int32()), ("count", pa.int64())])
+COOCCURRENCE = pa.schema([("label_a", pa.int32()), ("label_b", pa.int32()), ("count", pa.int64())])
+LABEL_WEIGHTS = pa.schema([("label", pa.int32()), ("count", pa.int64()), ("weight", pa.float32()),
+                           ("pos_weight", pa.float32())])
+SAMPLE_WEIGHTS = pa.schema([pa.field("image_id", pa.string(), nullable=False), ("weight", pa.float32())])
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([("label", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])

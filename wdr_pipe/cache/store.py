@@ -1,11 +1,13 @@
-"""The store on disk: where each table lives, and the schema-version check.
+"""The store on disk: where each table lives, which shards are committed, and the schema-version check.
+
+This is the only code that builds store paths; everything else asks a ``Store``.
 
 Layout (see docs/store.md)::
 
     STORE/_store.json                            schema version
     STORE/label_map.parquet                      optional label names
     STORE/index/<split>.parquet                  image_id, urls, labels
-    STORE/images/<split>/part-NNNNN.parquet      resized JPEGs (committed by .stats.json)
+    STORE/images/<split>/part-NNNNN.parquet      resized JPEGs (committed by .stats.json, the commit marker)
     STORE/images/<split>/part-NNNNN.failures.parquet
     STORE/images/<split>/part-NNNNN.stats.json   written last: the commit marker
     STORE/features/<key>/config.json
@@ -14,21 +16,26 @@ Layout (see docs/store.md)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import __version__
 from ..errors import UserError
 from .atomic import write_text_atomic
+from .keys import canonical_json
 from .schema import SCHEMA_VERSION
 
+log = logging.getLogger("wdr_pipe")
+
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
-
-
-def shard_name(n: int) -> str:
-    return f"part-{n:05d}"
+STATS_TABLES = ("label_counts", "cooccurrence", "label_embeddings", "label_weights", "sample_weights")
 
 
 class Store:
@@ -63,6 +70,10 @@ class Store:
                 f"{SCHEMA_VERSION}; use a matching wdr-pipe or fetch into a new store"
             )
 
+    @property
+    def schema_version(self) -> int:
+        return int(json.loads((self.root / "_store.json").read_text(encoding="utf-8"))["schema_version"])
+
     # -- paths -----------------------------------------------------------
     @property
     def label_map_path(self) -> Path:
@@ -71,8 +82,12 @@ class Store:
     def index_path(self, split: str) -> Path:
         return self.root / "index" / f"{split}.parquet"
 
+    @property
+    def images_root(self) -> Path:
+        return self.root / "images"
+
     def images_dir(self, split: str) -> Path:
-        return self.root / "images" / split
+        return self.images_root / split
 
     def features_root(self, key: str) -> Path:
         return self.root / "features" / key
@@ -80,8 +95,34 @@ class Store:
     def features_dir(self, key: str, split: str) -> Path:
         return self.features_root(key) / split
 
+    def feature_config_path(self, key: str) -> Path:
+        return self.features_root(key) / "config.json"
+
+    def fetch_settings_path(self, split: str) -> Path:
+        """The image settings and shard size a split was fetched with (fixed per split)."""
+        return self.images_dir(split) / "_fetch.json"
+
+    def duplicates_path(self, split: str) -> Path:
+        return self.images_dir(split) / "_duplicates.parquet"
+
+    @property
+    def stats_root(self) -> Path:
+        return self.root / "stats"
+
     def stats_dir(self, split: str) -> Path:
-        return self.root / "stats" / split
+        return self.stats_root / split
+
+    def stats_file(self, split: str, name: str) -> Path:
+        """``stats/<split>/<name>.parquet`` (``name`` one of ``STATS_TABLES``)."""
+        return self.stats_dir(split) / f"{name}.parquet"
+
+    def stats_config_path(self, split: str) -> Path:
+        """``stats/<split>/config.json``, written last: the split's label statistics are complete."""
+        return self.stats_dir(split) / "config.json"
+
+    def stats_complete(self, split: str) -> bool:
+        return self.stats_config_path(split).exists() and all(
+            self.stats_file(split, n).exists() for n in STATS_TABLES)
 
     # -- listings --------------------------------------------------------
     def splits(self) -> List[str]:
@@ -89,24 +130,92 @@ class Store:
         d = self.root / "index"
         return sorted(p.stem for p in d.glob("*.parquet")) if d.is_dir() else []
 
+    def image_splits(self) -> List[str]:
+        """Splits that have at least one committed image shard, sorted."""
+        d = self.images_root
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and self.image_shards(p.name)) if d.is_dir() else []
+
+    def stats_splits(self) -> List[str]:
+        """Splits with a ``stats/<split>/`` folder (complete or not), sorted."""
+        d = self.stats_root
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
     def image_shards(self, split: str, committed_only: bool = True) -> List[Path]:
         """Image shard files of ``split`` in shard order; by default only committed ones."""
         d = self.images_dir(split)
         if not d.is_dir():
             return []
-        out = []
-        for p in sorted(d.iterdir()):
-            if SHARD_RE.match(p.name) and (not committed_only or stats_path(p).exists()):
-                out.append(p)
-        return out
+        return [p for p in sorted(d.iterdir())
+                if SHARD_RE.match(p.name) and (not committed_only or commit_path(p).exists())]
+
+    def require_images(self, split: str) -> List[Path]:
+        """The committed image shards of ``split``; a ``UserError`` naming the fix when there are none."""
+        shards = self.image_shards(split)
+        if not shards:
+            have = self.image_splits()
+            raise UserError(f"{self.images_dir(split)}: no committed image shards for split {split!r} "
+                            f"(splits with images: {', '.join(have) or 'none'}); "
+                            f"run 'wdr-pipe fetch INDEX --store {self.root}' for it first")
+        return shards
 
     def feature_keys(self) -> List[str]:
         d = self.root / "features"
         return sorted(p.name for p in d.iterdir() if (p / "config.json").exists()) if d.is_dir() else []
 
+    def resolve_feature_key(self, key: Optional[str] = None) -> str:
+        """``key``, checked; ``None`` takes the store's only feature config."""
+        keys = self.feature_keys()
+        if key is None:
+            if len(keys) == 1:
+                return keys[0]
+            if not keys:
+                raise UserError(f"{self.root}: no image features yet; run 'wdr-pipe features --store {self.root}'")
+            raise UserError(f"{self.root}: several feature configs ({', '.join(keys)}); pass one key of them")
+        if key not in keys:
+            raise UserError(f"{self.root}: no feature config {key!r}; the store has: {', '.join(keys) or 'none'}")
+        return key
 
-def stats_path(shard: Path) -> Path:
-    """``part-00001.parquet`` -> ``part-00001.stats.json`` (the commit marker)."""
+    def feature_shard(self, key: str, split: str, image_shard: Path) -> Path:
+        """The committed feature shard of ``image_shard``, checked to have as many rows (footers only).
+        A ``UserError`` naming the shard and the fix when it is missing or not row-aligned."""
+        path = self.features_dir(key, split) / Path(image_shard).name
+        if not commit_path(path).exists():
+            raise UserError(f"{path}: no committed feature shard for {image_shard}; "
+                            f"run 'wdr-pipe features --store {self.root} --split {split}'")
+        rows, image_rows = pq.read_metadata(path).num_rows, pq.read_metadata(image_shard).num_rows
+        if rows != image_rows:
+            raise UserError(f"{path}: {rows} rows but its image shard has {image_rows}; the shards are not "
+                            f"row-aligned; rerun 'wdr-pipe features --store {self.root} --split {split} --rebuild'")
+        return path
+
+    def feature_shards(self, key: str, split: str, complete: bool = True) -> List[Tuple[Path, Path]]:
+        """``(image shard, feature shard)`` pairs of ``split``, checked to be row-aligned.
+
+        ``complete``: every committed image shard must have its feature shard (what
+        training needs); otherwise image shards whose features are not committed yet are
+        left out (what a reader of a store still being computed wants), and only none at all is an error.
+        """
+        images = self.require_images(split)
+        if not complete:
+            images = [p for p in images if commit_path(self.features_dir(key, split) / p.name).exists()]
+            if not images:
+                raise UserError(f"{self.features_dir(key, split)}: no committed feature shards for split "
+                                f"{split!r}; run 'wdr-pipe features --store {self.root} --split {split}'")
+        return [(p, self.feature_shard(key, split, p)) for p in images]
+
+    def fingerprint(self, split: str, *extra) -> str:
+        """One digest of the committed image shards of ``split`` (and of ``extra`` inputs):
+        what a stage that reads those images is keyed on."""
+        parts = [shard_identity(p) for p in self.image_shards(split)]
+        return hashlib.sha256(canonical_json([parts, *extra]).encode()).hexdigest()[:16]
+
+
+def shard_name(n: int) -> str:
+    return f"part-{n:05d}"
+
+
+def commit_path(shard: Path) -> Path:
+    """``part-00001.parquet`` -> ``part-00001.stats.json``, the shard's commit marker (written last)."""
     shard = Path(shard)
     return shard.with_name(shard.name[: -len(".parquet")] + ".stats.json")
 
@@ -116,12 +225,40 @@ def failures_path(shard: Path) -> Path:
     return shard.with_name(shard.name[: -len(".parquet")] + ".failures.parquet")
 
 
+def read_commit(shard: Path) -> Optional[dict]:
+    """The commit marker of ``shard`` as a dict; ``None`` when there is none or it is unreadable
+    (then the shard counts as not done and is redone)."""
+    marker = commit_path(shard)
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning("%s: unreadable commit marker; the shard will be redone", marker)
+        return None
+
+
+def shard_identity(image_shard: Path) -> Dict[str, object]:
+    """What a derived shard was computed from: the image shard's name, size and commit marker digest."""
+    image_shard = Path(image_shard)
+    digest = hashlib.sha256(commit_path(image_shard).read_bytes()).hexdigest()
+    return {"shard": image_shard.name, "bytes": image_shard.stat().st_size, "stats_sha256": digest}
+
+
+def read_columns(paths: List[Path], columns: List[str]) -> pa.Table:
+    """``columns`` of several shards, concatenated in order."""
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    # permissive: a shard written by another version may differ in nullability flags only
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({c: [] for c in columns})
+
+
 def open_store(root, create: bool = False) -> Store:
     return Store(root, create=create)
 
 
-def find_store(root) -> Optional[Store]:
-    try:
-        return Store(root)
-    except UserError:
-        return None
+StoreLike = Union[Store, str, Path]
+
+
+def as_store(store: StoreLike) -> Store:
+    """A ``Store`` for a ``Store`` or a path."""
+    return store if isinstance(store, Store) else Store(store)

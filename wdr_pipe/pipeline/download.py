@@ -27,6 +27,8 @@ import urllib3
 from urllib3.exceptions import (HTTPError, LocationParseError, MaxRetryError, NewConnectionError,
                                ProtocolError, TimeoutError as Urllib3Timeout)
 
+from ..errors import UserError
+
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
@@ -42,6 +44,17 @@ class DownloadConfig:
     max_redirects: int = 5
     pool_size: int = 16
     user_agent: str = "wdr-pipe (+https://github.com/wdr-pipe)"
+
+    def __post_init__(self):
+        checks = [(self.connect_timeout > 0 and self.read_timeout > 0, f"--timeout {self.read_timeout}: use more than 0 s"),
+                  (self.deadline > 0, f"--deadline {self.deadline}: use more than 0 s"),
+                  (self.retries >= 0, f"--retries {self.retries}: use 0 or more"),
+                  (self.max_bytes >= 1, f"--max-bytes {self.max_bytes}: use 1 or more"),
+                  (self.backoff >= 0 and self.max_backoff >= 0 and self.max_redirects >= 0 and self.pool_size >= 1,
+                   "backoff, max_backoff and max_redirects must be >= 0 and pool_size >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"download config: {msg}")
 
 
 class DownloadFailed(Exception):

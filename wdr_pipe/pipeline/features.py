@@ -22,7 +22,6 @@ features and an ``error`` string.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -34,15 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cache import Store, config_key, stats_path, write_config
+from ..cache import Store, as_store, commit_path, config_key, read_commit, shard_identity, write_config, write_result
 from ..cache.atomic import atomic_path, remove_stale_tmp, write_text_atomic
 from ..cache.schema import features_schema
 from ..errors import UserError
 from ..progress import Hook
+from ..result import StageResult
 from .color import COLOR_SPACES, color_hist_batch
 from .hog import BLOCK_NORMS, hog_batch, hog_dim
-from .imageops import decode_rgb
-from .runner import image_task, run_tasks
+from ..imaging import decode_rgb, image_task
+from .runner import run_tasks
 
 log = logging.getLogger("wdr_pipe")
 
@@ -54,8 +54,6 @@ DTYPES = ("float32", "float16")
 WRITE_OPTIONS = dict(compression="snappy", use_dictionary=["image_id"], write_statistics=["image_id"],
                      use_byte_stream_split=["hog.list.element", "color_hist.list.element"])
 
-# What this process computed, for tests and benchmarks (tasks run in-process with scheduler="inline").
-COUNTERS = {"images_decoded": 0, "shards_computed": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +104,15 @@ class FeatureConfig:
     def schema(self) -> pa.Schema:
         return features_schema(self.hog_dim, self.hist_dim, self.dtype)
 
+    def hog_args(self) -> dict:
+        """The keyword arguments of ``hog.hog_batch``."""
+        return dict(orientations=self.orientations, cell=self.cell, block=self.block, block_norm=self.block_norm)
+
+    def hist_args(self) -> dict:
+        """The keyword arguments of ``color.color_hist_batch``."""
+        return dict(bins=self.bins, color_space=self.color_space, ignore_background=self.ignore_background,
+                    background_max_s=self.background_max_s, background_min_v=self.background_min_v)
+
 
 # -- per image -----------------------------------------------------------------
 
@@ -125,9 +132,8 @@ def compute_batch(jpegs: Sequence[Optional[bytes]], cfg: FeatureConfig):
             rgb[i] = decode_resize(data, size)
         except Exception as e:  # any undecodable row becomes a null row, never a crashed shard
             errors[i] = f"{type(e).__name__}: {e}"[:300]
-    COUNTERS["images_decoded"] += n
     gray = cv2.cvtColor(rgb.reshape(n * size, size, 3), cv2.COLOR_RGB2GRAY).reshape(n, size, size)
-    return hog_batch(gray, cfg), color_hist_batch(rgb, cfg), errors
+    return hog_batch(gray, **cfg.hog_args()), color_hist_batch(rgb, **cfg.hist_args()), errors
 
 
 def _list_column(values: np.ndarray, typ: pa.DataType, null: np.ndarray) -> pa.Array:
@@ -145,13 +151,6 @@ class ShardTask:
     out: str
     source: Dict[str, object]
     cfg: FeatureConfig
-
-
-def shard_identity(image_shard: Path) -> Dict[str, object]:
-    """What a feature shard was computed from: the image shard's name, size and stats.json digest."""
-    image_shard = Path(image_shard)
-    digest = hashlib.sha256(stats_path(image_shard).read_bytes()).hexdigest()
-    return {"shard": image_shard.name, "bytes": image_shard.stat().st_size, "stats_sha256": digest}
 
 
 def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
@@ -184,37 +183,11 @@ def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
                     on_progress(counts)
     stats = {"rows": counts["done"], "errors": counts["failed"], "seconds": round(time.monotonic() - start, 3),
              "key": cfg.key, "source": task.source}
-    write_text_atomic(stats_path(Path(task.out)), json.dumps(stats, indent=2) + "\n")
-    COUNTERS["shards_computed"] += 1
+    write_text_atomic(commit_path(Path(task.out)), json.dumps(stats, indent=2) + "\n")
     return {"split": task.split, **stats}
 
 
 # -- the stage -----------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SplitSummary:
-    shards_computed: int = 0
-    shards_skipped: int = 0
-    rows: int = 0              # rows in all of the split's feature shards, reused or new
-    errors: int = 0
-    images_computed: int = 0   # images decoded in this run
-
-
-@dataclasses.dataclass
-class FeatureSummary:
-    key: str
-    root: Path
-    splits: Dict[str, SplitSummary]
-    seconds: float = 0.0
-
-    def total(self, name: str) -> int:
-        return sum(getattr(s, name) for s in self.splits.values())
-
-    def line(self) -> str:
-        return (f"features {self.key}: {self.total('rows')} images ({self.total('images_computed')} computed, "
-                f"{self.total('shards_skipped')} shards reused), {self.total('errors')} errors, "
-                f"{self.seconds:.1f}s -> {self.root}")
 
 
 def _rebuild_hint(store: Store, split: str) -> str:
@@ -247,46 +220,32 @@ def check_feature_shard(store: Store, split: str, out: Path, image_shard: Path, 
         raise UserError(f"{out}: damaged feature shard ({problem}); {_rebuild_hint(store, split)}")
 
 
-def _committed_stats(out: Path) -> Optional[dict]:
-    marker = stats_path(out)
-    if not marker.exists():
-        return None
-    try:
-        return json.loads(marker.read_text(encoding="utf-8"))
-    except ValueError:
-        return None  # an unreadable marker commits nothing: the shard is recomputed
-
-
-def default_splits(store: Store) -> List[str]:
-    d = store.root / "images"
-    return sorted(p.name for p in d.iterdir() if p.is_dir() and store.image_shards(p.name)) if d.is_dir() else []
+def _split_counts() -> Dict[str, int]:
+    return {"rows": 0, "errors": 0, "shards_computed": 0, "shards_reused": 0, "images_computed": 0}
 
 
 def plan(store: Store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool
-         ) -> Tuple[List[ShardTask], Dict[str, SplitSummary], int]:
-    """Tasks for the shards to compute, the summary of the reused ones, and the number of images to do."""
+         ) -> Tuple[List[ShardTask], Dict[str, Dict[str, int]], int]:
+    """Tasks for the shards to compute, per-split counts of the reused ones, and the number of images to do."""
     tasks, summary, todo = [], {}, 0
     for split in splits:
-        shards = store.image_shards(split)
-        if not shards:
-            raise UserError(f"{store.images_dir(split)}: no committed image shards for split {split!r}; "
-                            f"run 'wdr-pipe fetch' for it first or drop --split {split}")
+        shards = store.require_images(split)
         out_dir = store.features_dir(cfg.key, split)
         remove_stale_tmp(out_dir)
-        s = summary[split] = SplitSummary()
+        s = summary[split] = _split_counts()
         for shard in shards:
             out = out_dir / shard.name
             source = shard_identity(shard)
-            stats = None if rebuild else _committed_stats(out)
+            stats = None if rebuild else read_commit(out)
             if stats is not None and stats.get("source") == source:
                 check_feature_shard(store, split, out, shard, stats, cfg)
-                s.shards_skipped += 1
-                s.rows += stats["rows"]
-                s.errors += stats["errors"]
+                s["shards_reused"] += 1
+                s["rows"] += stats["rows"]
+                s["errors"] += stats["errors"]
                 continue
             if stats is not None:
                 log.info("%s: image shard changed since it was computed; recomputing", out)
-            stats_path(out).unlink(missing_ok=True)  # uncommit first: a killed run never leaves a stale pair
+            commit_path(out).unlink(missing_ok=True)  # uncommit first: a killed run never leaves a stale pair
             tasks.append(ShardTask(split, str(shard), str(out), source, cfg))
             todo += pq.read_metadata(shard).num_rows
     return tasks, summary, todo
@@ -294,32 +253,38 @@ def plan(store: Store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool
 
 def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: FeatureConfig = FeatureConfig(), *,
                      rebuild: bool = False, workers: Optional[int] = None, scheduler: Optional[str] = None,
-                     progress: Hook = None, timeout: Optional[float] = None) -> FeatureSummary:
+                     progress: Hook = None, timeout: Optional[float] = None) -> StageResult:
     """Compute the missing feature shards of ``splits`` (default: every split with image shards).
 
     ``rebuild`` recomputes every shard of those splits under the key. ``timeout``
     (seconds, default 120 + 0.1 per image to compute) bounds the whole run.
     """
     start = time.monotonic()
-    store = store if isinstance(store, Store) else Store(store)
-    splits = list(splits) if splits else default_splits(store)
+    store = as_store(store)
+    splits = list(splits) if splits else store.image_splits()
     if not splits:
-        raise UserError(f"{store.root}: no image shards under images/; run 'wdr-pipe fetch' first")
+        raise UserError(f"{store.root}: no image shards under images/; run 'wdr-pipe fetch INDEX --store {store.root}' first")
     root = store.features_root(cfg.key)
-    if rebuild or not (root / "config.json").exists():
-        write_config(root / "config.json", cfg, hog_dim=cfg.hog_dim, hist_dim=cfg.hist_dim)
+    if rebuild or not store.feature_config_path(cfg.key).exists():
+        write_config(store.feature_config_path(cfg.key), cfg, hog_dim=cfg.hog_dim, hist_dim=cfg.hist_dim)
     tasks, summary, todo = plan(store, splits, cfg, rebuild)
     if timeout is None:  # a bound, about 100x what a slow machine needs
         timeout = 120.0 + 0.1 * todo
     log.info("features %s: %d shards to compute (%d images), %d reused", cfg.key, len(tasks), todo,
-             sum(s.shards_skipped for s in summary.values()))
+             sum(s["shards_reused"] for s in summary.values()))
     results = run_tasks(features_task, tasks, stage="features", total=todo, scheduler=scheduler,
                         workers=workers, progress=progress, timeout=timeout,
                         final=lambda r: {"done": r["rows"], "ok": r["rows"] - r["errors"], "failed": r["errors"]})
     for r in results:
         s = summary[r["split"]]
-        s.shards_computed += 1
-        s.rows += r["rows"]
-        s.errors += r["errors"]
-        s.images_computed += r["rows"]
-    return FeatureSummary(cfg.key, root, summary, time.monotonic() - start)
+        s["shards_computed"] += 1
+        s["rows"] += r["rows"]
+        s["errors"] += r["errors"]
+        s["images_computed"] += r["rows"]
+    total = lambda name: sum(s[name] for s in summary.values())  # noqa: E731
+    result = StageResult("features", cfg.key, str(root), time.monotonic() - start,
+                         ran=total("shards_computed"), reused=total("shards_reused"),
+                         counts={"ok": total("rows") - total("errors"), "failed": total("errors")},
+                         splits=summary, details={"images_computed": total("images_computed")})
+    write_result(root, result)
+    return result

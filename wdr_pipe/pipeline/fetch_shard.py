@@ -25,30 +25,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..cache import config_dict, config_key, failures_path, stats_path
+from ..cache import config_dict, config_key, failures_path, commit_path
 from ..cache.atomic import write_parquet_atomic, write_text_atomic
 from ..cache.schema import FAILURES, IMAGES
+from ..errors import UserError
 from ..progress import log
 from .download import DownloadConfig, DownloadFailed, Downloader
-from .imageops import ImageRejected, ResizeSpec, process
-from .runner import image_task
+from .imageops import FetchConfig, ImageRejected, process
+from ..imaging import image_task
 
 ROW_GROUP = 256  # rows per Parquet row group: bounded memory for streaming readers
-
-
-@dataclass(frozen=True)
-class FetchConfig:
-    """What the stored images look like; hashed, it is the store's image key."""
-
-    size: int = 320
-    resize_mode: str = "shorter"
-    quality: int = 95
-    min_size: int = 32
-    max_pixels: int = 80_000_000
-    version: int = 2  # 2: DCT-scaled decode at full or half scale (imageops._dct_min_size)
-
-    def spec(self) -> ResizeSpec:
-        return ResizeSpec(self.size, self.resize_mode, self.quality, self.min_size, self.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -59,6 +45,11 @@ class FetchOptions:
     threads: int = 16
     per_host: int = 8
     download: DownloadConfig = field(default_factory=DownloadConfig)
+
+    def __post_init__(self):
+        for name in ("shard_size", "threads", "per_host"):
+            if getattr(self, name) < 1:
+                raise UserError(f"fetch options: --{name.replace('_', '-')} {getattr(self, name)}: use 1 or more")
 
 
 @dataclass
@@ -131,7 +122,6 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
 def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
     """Download and resize one shard; write images, failures and stats (last). Returns the stats."""
     t0 = time.monotonic()
-    spec = task.cfg.spec()
     wanted = set(task.retry_ids) if task.retry_ids is not None else None
     todo = [i for i, r in enumerate(task.rows) if wanted is None or r[0] in wanted]
     dl = Downloader(replace(task.opts.download, pool_size=max(task.opts.threads, 1)))
@@ -147,7 +137,7 @@ def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
         try:
             data, url = dl.get(urls)
             nbytes = len(data)
-            jpeg, (w, h), (sw, sh) = process(data, spec)
+            jpeg, (w, h), (sw, sh) = process(data, task.cfg)
             row = dict(image_id=image_id, jpeg=jpeg, width=w, height=h, src_width=sw, src_height=sh, url=url,
                        sha256=hashlib.sha256(data).hexdigest(), labels=labels)
             failure = None
@@ -197,7 +187,7 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
         old_f = pq.read_table(failures_path(path), schema=FAILURES)
         still = old_f.filter(pc.invert(pc.is_in(old_f["image_id"], value_set=pa.array(task.retry_ids))))
         failures = pa.concat_tables([still, failures])
-        stats_path(path).unlink(missing_ok=True)  # uncommit while the files change
+        commit_path(path).unlink(missing_ok=True)  # uncommit while the files change
     write_parquet_atomic(images, path, row_group_size=ROW_GROUP)
     write_parquet_atomic(failures, failures_path(path))
     by_status = collections.Counter(failures["status"].to_pylist())
@@ -218,5 +208,5 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
                     "download": asdict(task.opts.download)},
         "wdr_pipe_version": __version__, "written_at": time.time(),
     }
-    write_text_atomic(stats_path(path), json.dumps(stats, indent=1) + "\n")  # the commit marker, last
+    write_text_atomic(commit_path(path), json.dumps(stats, indent=1) + "\n")  # the commit marker, last
     return stats

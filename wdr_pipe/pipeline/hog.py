@@ -2,8 +2,8 @@
 
 ``hog_batch(images, cfg)`` takes a (B, H, W) stack of grayscale images and
 returns (B, D) float32 descriptors that match, image by image,
-``skimage.feature.hog(image, cfg.orientations, (cfg.cell, cfg.cell),
-(cfg.block, cfg.block), cfg.block_norm)`` (to about 2e-7; tested to 1e-4),
+``skimage.feature.hog(image, orientations, (cell, cell),
+(block, block), block_norm)`` (to about 2e-7; tested to 1e-4),
 about 14x faster than calling it in a loop (0.2 against 3 ms per 128 x 128
 image). It follows skimage (``feature/_hog.py``, ``_hoghistogram.pyx``):
 
@@ -30,13 +30,9 @@ for float64 input), as skimage computes them.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .features import FeatureConfig
 
 EPS = 1e-5
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
@@ -152,15 +148,12 @@ def normalize_blocks(hist: np.ndarray, block: int, method: str = "L2-Hys") -> np
     return out.reshape(bsz, nbr, nbc, -1)
 
 
-def hog_batch(images: np.ndarray, cfg: Optional["FeatureConfig"] = None) -> np.ndarray:
+def hog_batch(images: np.ndarray, orientations: int = 9, cell: int = 8, block: int = 2,
+              block_norm: str = "L2-Hys") -> np.ndarray:
     """HOG of every image of a (B, H, W) uint8 or float stack -> (B, D) float32 (see module doc)."""
-    if cfg is None:
-        from .features import FeatureConfig
-
-        cfg = FeatureConfig()
     images = np.asarray(images)
     if images.ndim == 2:
         images = images[None]
-    hist = cell_histograms(images, cfg.orientations, cfg.cell)
-    blocks = normalize_blocks(hist, cfg.block, cfg.block_norm)
+    hist = cell_histograms(images, orientations, cell)
+    blocks = normalize_blocks(hist, block, block_norm)
     return blocks.reshape(len(images), -1).astype(np.float32)

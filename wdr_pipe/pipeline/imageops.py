@@ -15,12 +15,14 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
+
+from ..errors import UserError
 
 RESIZE_MODES = ("shorter", "longer", "center_crop", "pad")
 HEADROOM = 1.3  # Pillow path: JPEG draft at least this much larger than the target
@@ -46,12 +48,27 @@ class ImageRejected(Exception):
 
 
 @dataclass(frozen=True)
-class ResizeSpec:
+class FetchConfig:
+    """What the stored images look like; hashed, it is the store's image key."""
+
     size: int = 320
-    mode: str = "shorter"
+    resize_mode: str = "shorter"
     quality: int = 95
     min_size: int = 32            # smaller sources (either side) are rejected
     max_pixels: int = 80_000_000  # decompression-bomb guard, checked from the header
+    version: int = 2              # 2: DCT-scaled decode at full or half scale (_dct_min_size)
+
+    def __post_init__(self):
+        checks = [
+            (self.resize_mode in RESIZE_MODES, f"--resize-mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}"),
+            (self.size >= 8, f"--size {self.size}: use 8 or more"),
+            (1 <= self.quality <= 100, f"--quality {self.quality}: use 1 to 100"),
+            (self.min_size >= 1, f"--min-size {self.min_size}: use 1 or more"),
+            (self.max_pixels >= 1, f"max_pixels {self.max_pixels}: use 1 or more"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"fetch config: {msg}")
 
 
 def target_size(w: int, h: int, size: int, mode: str) -> Tuple[int, int]:
@@ -85,7 +102,7 @@ def _open(data: bytes) -> Image.Image:
         raise ImageRejected("not_image", f"not a decodable image ({kind})") from e
 
 
-def _check_size(w: int, h: int, spec: ResizeSpec) -> None:
+def _check_size(w: int, h: int, spec: FetchConfig) -> None:
     if w * h > spec.max_pixels:
         raise ImageRejected("too_many_pixels", f"{w}x{h} pixels is over the limit of {spec.max_pixels}")
     if min(w, h) < spec.min_size:
@@ -148,14 +165,14 @@ def _dct_min_size(data: bytes, need_w: int, need_h: int) -> Tuple[int, int]:
     return math.ceil(full_w / f), math.ceil(full_h / f)
 
 
-def _finish(arr: np.ndarray, spec: ResizeSpec) -> np.ndarray:
+def _finish(arr: np.ndarray, spec: FetchConfig) -> np.ndarray:
     """Crop or pad to a square for the modes that ask for one."""
     s = spec.size
     h, w = arr.shape[:2]
-    if spec.mode == "center_crop":
+    if spec.resize_mode == "center_crop":
         y, x = (h - s) // 2, (w - s) // 2
         return arr[y:y + s, x:x + s]
-    if spec.mode == "pad":
+    if spec.resize_mode == "pad":
         out = np.full((s, s, 3), 255, np.uint8)
         y, x = (s - h) // 2, (s - w) // 2
         out[y:y + h, x:x + w] = arr
@@ -163,14 +180,14 @@ def _finish(arr: np.ndarray, spec: ResizeSpec) -> np.ndarray:
     return arr
 
 
-def process(data: bytes, spec: ResizeSpec) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
+def process(data: bytes, spec: FetchConfig) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
     """Decode, orient, convert and resize ``data``; returns (jpeg, (w, h), (src_w, src_h))."""
     arr, src = decode_resized(data, spec)
     jpeg = simplejpeg.encode_jpeg(arr, quality=spec.quality, colorspace="RGB", colorsubsampling="420")
     return jpeg, (arr.shape[1], arr.shape[0]), src
 
 
-def decode_resized(data: bytes, spec: ResizeSpec) -> Tuple[np.ndarray, Tuple[int, int]]:
+def decode_resized(data: bytes, spec: FetchConfig) -> Tuple[np.ndarray, Tuple[int, int]]:
     """The RGB uint8 pixels ``process`` encodes, and the upright source size."""
     im = _open(data)
     sw, sh = im.size  # stored size, before EXIF rotation
@@ -178,7 +195,7 @@ def decode_resized(data: bytes, spec: ResizeSpec) -> Tuple[np.ndarray, Tuple[int
     orient = _orientation(im) if im.format == "JPEG" else 1
     rotated = orient in (5, 6, 7, 8)
     src_w, src_h = (sh, sw) if rotated else (sw, sh)
-    tw, th = target_size(src_w, src_h, spec.size, spec.mode)
+    tw, th = target_size(src_w, src_h, spec.size, spec.resize_mode)
     need_w, need_h = (th, tw) if rotated else (tw, th)  # in stored orientation
     try:
         arr = None
@@ -202,25 +219,6 @@ def decode_resized(data: bytes, spec: ResizeSpec) -> Tuple[np.ndarray, Tuple[int
         arr = _ORIENT[orient](arr)
     arr = _finish(_resize(np.ascontiguousarray(arr), tw, th), spec)
     return np.ascontiguousarray(arr), (src_w, src_h)
-
-
-def decode_rgb(data: Optional[bytes], min_size: int = 0) -> np.ndarray:
-    """Stored JPEG bytes -> (H, W, 3) uint8 RGB, for the stages that read the store.
-
-    libjpeg-turbo decodes at the smallest DCT scale whose sides are still
-    >= ``min_size`` (0: full size); Pillow takes what it refuses (e.g. CMYK).
-    ``ValueError`` if the bytes are not a decodable image.
-    """
-    if not data:
-        raise ValueError("no image bytes")
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size)
-    except ValueError as e:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception:
-            raise ValueError(f"undecodable image ({e})") from None
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,21 +15,17 @@ Workers report progress through dask's event log (``log_event`` /
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import UserError
 from ..progress import Hook, Progress, report
 
 Counters = Dict[str, int]
 TaskFn = Callable[[Any, Callable[[Counters], None]], Any]
-KEYS = ("done", "ok", "failed", "nbytes")
 
 
 class _Totals:
@@ -50,47 +46,6 @@ class _Totals:
                 p.failed += c.get("failed", 0)
                 p.nbytes += c.get("nbytes", 0)
         report(self.hook, p)
-
-
-@functools.lru_cache(maxsize=None)
-def _tune_malloc() -> None:
-    """dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins
-    glibc's mmap threshold at 128 KiB: every decoded image and batch array then comes
-    from fresh zeroed pages. Raising both thresholds cut the CPU per image of features
-    from 1.3 to 0.8 ms and the system time of fetch's first 1,000 images from 1.2-1.6
-    to 0.6 ms each. A no-op where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MiB come from the heap
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of free heap
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def opencv_threads(n: int = 1) -> Iterator[None]:
-    """OpenCV's thread count set to ``n`` inside the block, the caller's restored after."""
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
-
-
-@contextlib.contextmanager
-def image_task() -> Iterator[None]:
-    """Settings for the body of a shard task that works on images with threads.
-
-    OpenCV gets one thread while the task runs (its own pool would oversubscribe
-    the cores our processes and threads already use), and glibc's allocator is
-    tuned once per process (``_tune_malloc``).
-    """
-    _tune_malloc()
-    with opencv_threads(1):
-        yield
 
 
 def _throttled(send: Callable[[Counters], None], every: float = 0.5) -> Callable[[Counters], None]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..cache.atomic import atomic_path, remove_stale_tmp, write_text_atomic
-from ..cache.store import Store, stats_path
+from ..cache import Store
 from ..errors import UserError
 from ..result import StageResult
 from .trainconfig import TrainConfig, settings_diff
@@ -184,21 +184,11 @@ def state_digest(state: Dict[str, torch.Tensor]) -> str:
 # -- the store's identity ----------------------------------------------------------------
 def store_identity(store: Store, splits: List[str], feature_key: Optional[str]) -> Dict[str, Any]:
     """The store's path and a fingerprint of what a run reads: the committed image shards of
-    ``splits`` (their commit markers' names and sizes, and the shards' sizes) and, with a
-    feature key, the committed feature shards likewise."""
-    h = hashlib.sha256()
-    rows = {}
-    for split in splits:
-        shards = store.image_shards(split)
-        rows[split] = len(shards)
-        dirs = [store.images_dir(split)] + ([store.features_dir(feature_key, split)] if feature_key else [])
-        for d in dirs:
-            for shard in shards:
-                p = d / shard.name
-                marker = stats_path(p)
-                sizes = [p.stat().st_size if p.exists() else -1, marker.stat().st_size if marker.exists() else -1]
-                h.update(f"{d.relative_to(store.root)}/{shard.name}:{sizes}\n".encode())
-    return {"path": str(store.root), "fingerprint": h.hexdigest()[:16], "shards": rows}
+    ``splits`` (``Store.fingerprint``) and the feature key (feature shards follow from both)."""
+    prints = {split: store.fingerprint(split, feature_key) for split in splits}
+    h = hashlib.sha256(json.dumps(prints, sort_keys=True).encode())
+    return {"path": str(store.root), "fingerprint": h.hexdigest()[:16],
+            "shards": {split: len(store.image_shards(split)) for split in splits}}
 
 
 # -- json --------------------------------------------------------------------------------

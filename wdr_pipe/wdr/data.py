@@ -7,7 +7,7 @@ Each batch is a dict:
   when the loader was given one (moved with ``non_blocking=True``);
 - ``wide``: float32 (B, D1 + D2), HOG and colour histogram side by side
   (only with a ``feature_key``);
-- ``labels``: float32 (B, L) multi-hot over ``wdr_pipe.cache.read.label_space``
+- ``labels``: float32 (B, L) multi-hot over ``wdr_pipe.cache.label_space``
   (all zero for an unlabelled split);
 - ``weight``: float32 (B,), the loss weight: the image's weight from
   ``stats/<split>/sample_weights.parquet`` (1.0 without stats), or 1.0 when
@@ -46,11 +46,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..cache import Store, open_store
-from ..cache.read import fixed_matrix, label_space, multi_hot
+from ..cache import fixed_matrix, label_space, multi_hot
 from ..errors import UserError
-from ..pipeline.runner import opencv_threads
+from ..imaging import decode_rgb, opencv_threads
 from . import sampling
-from .transforms import DataConfig, Normalize, data_config, decode_jpeg, make_transform
+from .transforms import DataConfig, Normalize, data_config, make_transform
 
 log = logging.getLogger("wdr_pipe")
 
@@ -140,7 +140,7 @@ class StoreDataset(IterableDataset):
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size}: must be at least 1")
         if feature_key is not None:
-            from ..cache.read import feature_config
+            from ..cache import feature_config
 
             feature_config(store, feature_key)  # a UserError naming the keys the store has
         self.split, self.feature_key, self.batch_size = split, feature_key, int(batch_size)
@@ -209,7 +209,7 @@ class StoreDataset(IterableDataset):
                     if chunk.wide_ok is not None and not chunk.wide_ok[i]:
                         raise ValueError("null features")
                     rng = np.random.default_rng([self.seed, epoch, self.rank, worker, k])
-                    images.append(self.transform(decode_jpeg(chunk.jpegs[i]), rng))
+                    images.append(self.transform(decode_rgb(chunk.jpegs[i]), rng))
                     keep.append((chunk, i, int(rows[k])))
                 except ValueError as e:
                     failed += 1

@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..cache import Store, failures_path, stats_path
+from ..cache import Store, failures_path
 from ..errors import UserError
 
 log = logging.getLogger("wdr_pipe")
@@ -106,21 +106,9 @@ def _units(shard: str, img_bounds: np.ndarray, feat_bounds: Optional[np.ndarray]
     return out
 
 
-def _feature_shard(store: Store, key: str, split: str, image_shard: Path, rows: int) -> Tuple[Path, pq.FileMetaData]:
-    path = store.features_dir(key, split) / image_shard.name
-    fix = f"run 'wdr-pipe features --store {store.root} --split {split}' (or load without a feature key)"
-    if not stats_path(path).exists():
-        raise UserError(f"{path}: no committed feature shard for {image_shard}; {fix}")
-    meta = pq.read_metadata(path)
-    if meta.num_rows != rows:
-        raise UserError(f"{path}: {meta.num_rows} rows but its image shard has {rows}; the shards are not "
-                        f"row-aligned; {fix} with --rebuild")
-    return path, meta
-
-
 def _aligned_weights(store: Store, split: str, shards: List[Path], weighted: bool) -> Optional[np.ndarray]:
     """Sample weights in the row order of ``shards`` (concatenated); None without stats (unless ``weighted``)."""
-    from ..cache.read import sample_weights
+    from ..cache import sample_weights
 
     try:
         ids, w = sample_weights(store, split)
@@ -144,10 +132,7 @@ def _aligned_weights(store: Store, split: str, shards: List[Path], weighted: boo
 
 def build_plan(store: Store, split: str, feature_key: Optional[str] = None, weighted: bool = False) -> Plan:
     """List the units and valid rows of ``split`` (see the module doc). Reads footers and small columns only."""
-    shards = store.image_shards(split)
-    if not shards:
-        raise UserError(f"{store.images_dir(split)}: no committed image shards for split {split!r}; "
-                        f"run 'wdr-pipe fetch' first")
+    shards = store.require_images(split)
     skipped = {"download": 0, "features": 0}
     units: List[Unit] = []
     offsets: List[np.ndarray] = []
@@ -160,8 +145,8 @@ def build_plan(store: Store, split: str, feature_key: Optional[str] = None, weig
         valid = np.ones(meta.num_rows, bool)
         feat_bounds = None
         if feature_key is not None:
-            fpath, fmeta = _feature_shard(store, feature_key, split, shard, meta.num_rows)
-            feat_bounds = _group_bounds(fmeta)
+            fpath = store.feature_shard(feature_key, split, shard)
+            feat_bounds = _group_bounds(pq.read_metadata(fpath))
             valid = pc.is_null(pq.read_table(fpath, columns=["error"]).column(0)).to_numpy(zero_copy_only=False)
             skipped["features"] += int((~valid).sum())
         shard_valid.append(valid)

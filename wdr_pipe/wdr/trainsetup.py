@@ -18,8 +18,7 @@ import torch.distributed as td
 import torch.nn.functional as F
 
 from ..cache import Store
-from ..cache.read import fixed_matrix, label_embeddings, label_space, label_weights, load_labels, sample_weights
-from ..cache.store import stats_path
+from ..cache import fixed_matrix, label_embeddings, label_space, label_weights, load_labels, sample_weights
 from ..errors import UserError
 from .checkpoint import RunDir, eval_weights, load_checkpoint
 from .trainconfig import TrainConfig, flag
@@ -123,7 +122,7 @@ def prepare_data(store: Store, cfg: TrainConfig, need_wide_stats: bool = True) -
     for name in ("train_split", "val_split"):
         split = getattr(cfg, name)
         if not store.image_shards(split):
-            have = [s for s in sorted(p.name for p in (store.root / "images").glob("*")) if store.image_shards(s)]
+            have = store.image_splits()
             raise UserError(f"{flag(name)} {split}: the store {store.root} has no committed images of that split "
                             f"(it has: {', '.join(have) or 'none'}); pick one of those or fetch it first")
     for name in ("val_split", "train_split"):
@@ -187,11 +186,7 @@ def prepare_data(store: Store, cfg: TrainConfig, need_wide_stats: bool = True) -
 def wide_stats(store: Store, split: str, key: str, compute: bool = True):
     """``(dim, mean, std)`` of the wide input (HOG and colour histogram side by side) over ``split``,
     one feature shard at a time (float64 sums; rows whose features failed are left out)."""
-    shards = [store.features_dir(key, split) / p.name for p in store.image_shards(split)]
-    shards = [p for p in shards if stats_path(p).exists()]
-    if not shards:
-        raise UserError(f"{store.features_dir(key, split)}: no committed feature shards for split {split!r}; "
-                        f"run 'wdr-pipe features --store {store.root}' first")
+    shards = [f for _, f in store.feature_shards(key, split)]
     schema = pq.read_schema(shards[0])
     d1, d2 = schema.field("hog").type.list_size, schema.field("color_hist").type.list_size
     if not compute:  # a resumed run: the model's buffers come from its checkpoint

@@ -1,6 +1,6 @@
 """Decode and transforms for the loader: JPEG bytes -> uint8 HWC images of the training size.
 
-- ``decode_jpeg``: simplejpeg (libjpeg-turbo), the fastest decoder measured
+- decoding is ``wdr_pipe.imaging.decode_rgb``: simplejpeg (libjpeg-turbo), the fastest decoder measured
   here for the store's ~320 px JPEGs (figures in docs/benchmarks.md, "Loader");
   Pillow's ``draft`` does not help at that size, since no DCT scale (1/2, 1/4,
   1/8) stays above a 224 px crop.
@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..pipeline.imageops import decode_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,12 +68,6 @@ def data_config(model=None, **overrides) -> DataConfig:
                       mean=tuple(float(x) for x in cfg["mean"]), std=tuple(float(x) for x in cfg["std"]))
     fields.update(overrides)
     return DataConfig(**fields)
-
-
-# -- decode --------------------------------------------------------------------------
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8 RGB at full size (``imageops.decode_rgb``); ValueError if undecodable."""
-    return decode_rgb(data)
 
 
 # -- train -----------------------------------------------------------------------------
@@ -205,5 +198,5 @@ class Normalize(torch.nn.Module):
         return torch.from_numpy(dst).permute(0, 3, 1, 2)
 
 
-__all__ = ["DataConfig", "EvalTransform", "Normalize", "TrainTransform", "data_config", "decode_jpeg",
+__all__ = ["DataConfig", "EvalTransform", "Normalize", "TrainTransform", "data_config",
            "make_transform"]

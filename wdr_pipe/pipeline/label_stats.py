@@ -15,36 +15,27 @@ A rerun with the same config and the same committed image shards does no work.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
-from pathlib import Path
+import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from ..cache import Store, config_key, open_store, stats_path, write_config
+from ..cache import Store, as_store, config_key, label_columns, label_space, read_columns, write_config, write_result
 from ..cache.atomic import write_parquet_atomic
-from ..cache.keys import canonical_json, read_json
-from ..cache.read import STATS_FILES, label_columns, label_space, read_shards
+from ..cache.keys import read_json
+from ..cache.schema import COOCCURRENCE, LABEL_COUNTS, LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema
 from ..errors import UserError
 from ..progress import Hook, Progress, report
-from .embed import fit_glove
+from ..result import StageResult
+from .glove import fit_glove
 
 log = logging.getLogger("wdr_pipe")
-
-LABEL_COUNTS = pa.schema([("label", pa.int32()), ("count", pa.int64())])
-COOCCURRENCE = pa.schema([("label_a", pa.int32()), ("label_b", pa.int32()), ("count", pa.int64())])
-LABEL_WEIGHTS = pa.schema([("label", pa.int32()), ("count", pa.int64()), ("weight", pa.float32()),
-                           ("pos_weight", pa.float32())])
-SAMPLE_WEIGHTS = pa.schema([pa.field("image_id", pa.string(), nullable=False), ("weight", pa.float32())])
-
-
-def embeddings_schema(dim: int) -> pa.Schema:
-    return pa.schema([("label", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
-
 
 @dataclasses.dataclass(frozen=True)
 class StatsConfig:
@@ -138,17 +129,14 @@ def pos_weights(counts: np.ndarray, n: int, clip: float = 100.0) -> np.ndarray:
 # -- the stage ---------------------------------------------------------------------
 def inputs_digest(store: Store, split: str, space: np.ndarray) -> str:
     """Digest of what the stats of ``split`` read: committed image shards and the label space."""
-    parts = [[p.name, p.stat().st_size, stats_path(p).read_text(encoding="utf-8")] for p in store.image_shards(split)]
-    payload = canonical_json([parts, hashlib.sha256(np.ascontiguousarray(space).tobytes()).hexdigest()])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return store.fingerprint(split, hashlib.sha256(np.ascontiguousarray(space).tobytes()).hexdigest())
 
 
-def _is_current(out: Path, key: str, digest: str) -> bool:
-    cfg_path = out / "config.json"
-    if not cfg_path.exists() or not all((out / f"{n}.parquet").exists() for n in STATS_FILES):
+def _is_current(store: Store, split: str, key: str, digest: str) -> bool:
+    if not store.stats_complete(split):
         return False
     try:
-        doc = read_json(cfg_path)
+        doc = read_json(store.stats_config_path(split))
     except ValueError:
         return False
     return doc.get("key") == key and doc.get("inputs") == digest
@@ -181,12 +169,13 @@ def split_stats(image_ids: np.ndarray, x: sp.csr_matrix, space: np.ndarray,
 
 
 def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfig = StatsConfig(),
-                  progress: Hook = None) -> Dict[str, dict]:
+                  progress: Hook = None) -> StageResult:
     """Write ``stats/<split>/`` for each labelled split (default: every split of the store).
 
-    Returns ``{split: {"status": "computed" | "cached" | "skipped", ...}}``.
+    The result's ``splits`` holds ``{split: {"status": "computed" | "cached" | "skipped", ...}}``.
     """
-    store = store if isinstance(store, Store) else open_store(store)
+    start = time.monotonic()
+    store = as_store(store)
     have = store.splits()
     splits = list(have if splits is None else splits)
     unknown = [s for s in splits if s not in have]
@@ -199,7 +188,12 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     for i, split in enumerate(splits):
         summary[split] = _one_split(store, split, cfg, key, space)
         report(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
-    return summary
+    counts = collections.Counter(s["status"] for s in summary.values())
+    result = StageResult("stats", key, str(store.stats_root), time.monotonic() - start, ran=counts["computed"],
+                         reused=counts["cached"], counts=dict(sorted(counts.items())), splits=summary)
+    if summary:
+        write_result(store.stats_root, result)
+    return result
 
 
 def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.ndarray) -> dict:
@@ -208,21 +202,21 @@ def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.n
         log.info("stats: skipping %s (no committed image shards)", split)
         return {"status": "skipped", "reason": "no committed image shards"}
     digest = inputs_digest(store, split, space)
-    if _is_current(out, key, digest):
+    if _is_current(store, split, key, digest):
         log.info("stats: %s is up to date (%s)", split, out)
         return {"status": "cached", "dir": str(out), "key": key}
-    t = read_shards(store.image_shards(split), ["image_id", "labels"])
+    t = read_columns(store.image_shards(split), ["image_id", "labels"])
     image_ids, labels = t.column("image_id").to_numpy(zero_copy_only=False), t.column("labels")
     if labels.null_count == len(labels):
         log.info("stats: skipping %s (no labels: an unlabelled split)", split)
         return {"status": "skipped", "reason": "no labels"}
     x = multi_hot_csr(labels, space, where=str(store.images_dir(split)))
     tables, losses = split_stats(image_ids, x, space, cfg)
-    (out / "config.json").unlink(missing_ok=True)  # uncommit first: a killed run is redone
+    store.stats_config_path(split).unlink(missing_ok=True)  # uncommit first: a killed run is redone
     for name, table in tables.items():
-        write_parquet_atomic(table, out / f"{name}.parquet")
+        write_parquet_atomic(table, store.stats_file(split, name))
     fit = {"loss_start": losses[0], "loss_end": losses[-1]}
-    write_config(out / "config.json", cfg, inputs=digest, images=int(x.shape[0]), labels=len(space), fit=fit)
+    write_config(store.stats_config_path(split), cfg, inputs=digest, images=int(x.shape[0]), labels=len(space), fit=fit)
     log.info("stats: %s: %d images, %d labels, embedding loss %.3f -> %.4f", split, x.shape[0], len(space),
              losses[0], losses[-1])
     return {"status": "computed", "dir": str(out), "key": key, "images": int(x.shape[0]), "labels": len(space),

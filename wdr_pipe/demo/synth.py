@@ -50,7 +50,6 @@ def label_map() -> List[Tuple[int, int, str, str]]:
 
 
 _IDS = {(task, name): lid for lid, _, name, task in label_map()}
-NUM_LABELS = len(_IDS)
 
 
 def lid(task: str, name: str) -> int:
@@ -239,8 +238,9 @@ def make_dataset(out: Path, splits: Dict[str, int], seed: int = 0,
 
 
 def write_fgvc5_json(out: Path, records: Sequence[Record], base_url: str,
-                     unlabelled: Sequence[str] = ("test",)) -> Dict[str, Path]:
-    """Write ``<split>.json`` in the FGVC5 format with URLs under ``base_url``."""
+                     unlabelled: Sequence[str] = ("test",), extra: Optional[Dict[str, dict]] = None) -> Dict[str, Path]:
+    """Write ``<split>.json`` in the FGVC5 format with URLs under ``base_url``; ``extra[split]``
+    (``{"images": [...], "annotations": [...]}``) is appended to that split's entries."""
     out = Path(out)
     by_split: Dict[str, List[Record]] = {}
     for r in records:
@@ -252,6 +252,8 @@ def write_fgvc5_json(out: Path, records: Sequence[Record], base_url: str,
                "license": {}}
         if split not in unlabelled:
             doc["annotations"] = [{"labelId": [str(x) for x in r.labels], "imageId": r.image_id} for r in recs]
+        for name, entries in (extra or {}).get(split, {}).items():
+            doc.setdefault(name, []).extend(entries)
         paths[split] = out / f"{split}.json"
         paths[split].write_text(json.dumps(doc), encoding="utf-8")
     return paths

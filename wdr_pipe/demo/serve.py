@@ -9,7 +9,7 @@ memory::
         srv.fault_url("429", "images/train/1.jpg")  # .../fault/429/images/train/1.jpg
         srv.hits["/images/train/1.jpg"]             # requests seen for that path
 
-Standalone: ``python -m wdr_pipe.pipeline.serve ROOT --port N`` (or
+Standalone: ``python -m wdr_pipe.demo.serve ROOT --port N`` (or
 ``wdr-pipe serve ROOT``) serves until Ctrl-C and prints its base URL.
 
 Fault contract: ``GET /fault/<kind>/<relpath>`` for any file ``relpath``
@@ -382,9 +382,9 @@ def serve_until_interrupted(root, host: str = "127.0.0.1", port: int = 0, on_rea
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m wdr_pipe.pipeline.serve",
+    p = argparse.ArgumentParser(prog="python -m wdr_pipe.demo.serve",
                                 description="Serve ROOT over HTTP with fault injection (see the module doc).",
-                                epilog="example: python -m wdr_pipe.pipeline.serve demo-data/ --port 8000")
+                                epilog="example: python -m wdr_pipe.demo.serve demo-data/ --port 8000")
     p.add_argument("root", help="folder whose files are served at /<relpath>")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")

@@ -1,0 +1,32 @@
+"""Every command's help shows an example, and every command is documented in the README or docs/."""
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from wdr_pipe.cli import cli
+
+DOCS = Path(__file__).resolve().parents[1]
+
+
+def commands(group=cli, prefix=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def test_every_command_has_help_with_an_example():
+    runner = CliRunner()
+    for path in commands():
+        res = runner.invoke(cli, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        example = res.output.split("Example", 1)
+        assert len(example) == 2 and f"wdr-pipe {' '.join(path)}" in example[1], f"{' '.join(path)}: no example"
+
+
+def test_every_command_appears_in_the_readme_or_a_doc():
+    text = (DOCS / "README.md").read_text() + "".join(p.read_text() for p in (DOCS / "docs").glob("*.md"))
+    missing = [" ".join(p) for p in commands() if f"wdr-pipe {' '.join(p)}" not in text]
+    assert not missing, f"commands documented nowhere: {missing}"

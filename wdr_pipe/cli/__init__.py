@@ -1,0 +1,46 @@
+"""The ``wdr-pipe`` command: a thin click layer over the library.
+
+``common.py`` holds what every command shares (errors, progress, options);
+``data.py`` the data stages, ``model.py`` training, ``dev.py`` the generated data, server and demo.
+Each command parses, calls one library function and prints its result.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from .. import __version__
+from .common import CONTEXT
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="wdr-pipe")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """wdr-pipe: from product-image URLs to a trained multi-label fashion tagger.
+
+    \b
+    A typical run:
+      wdr-pipe fetch train.json validation.json --store store/
+      wdr-pipe features --store store/
+      wdr-pipe store info store/
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("wdr_pipe").setLevel(min(logging.INFO, max(level, logging.DEBUG)))
+    # dask logs every worker start and stop at INFO: keep it quiet unless asked (-vv). distributed
+    # sets its loggers' levels from its config when first imported, so say it there (workers inherit it).
+    if verbose < 2:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+
+
+def main() -> None:  # console script entry point
+    cli(prog_name="wdr-pipe")
+
+
+from . import data, dev, model  # noqa: E402,F401  (register the commands)
+
+__all__ = ["cli", "main"]

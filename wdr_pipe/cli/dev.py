@@ -1,0 +1,118 @@
+"""Development commands: ``synth`` (generated data), ``serve`` (loopback server) and ``demo``."""
+from __future__ import annotations
+
+import click
+
+from . import cli
+from .common import CONTEXT, ProgressBar, echo_result, user_errors, workers_option
+
+
+# -- synth / serve -------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--train", default=200, show_default=True, help="Images in the train split.")
+@click.option("--validation", default=50, show_default=True, help="Images in the validation split.")
+@click.option("--test", default=50, show_default=True, help="Images in the (unlabelled) test split.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same images.")
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
+              help="Server the JSON URLs point at (see 'wdr-pipe serve').")
+def synth(out: str, train: int, validation: int, test: int, seed: int, base_url: str) -> None:
+    """Draw a synthetic fashion data set in the FGVC5 format.
+
+    Writes OUT/images/<split>/<id>.jpg, OUT/label_map.csv and OUT/<split>.json
+    whose URLs are BASE_URL/images/<split>/<id>.jpg. Existing images are kept.
+
+    \b
+    Example:
+      wdr-pipe synth demo-data --train 200 --validation 50 --test 50
+      wdr-pipe serve demo-data --port 8000 &
+      wdr-pipe fetch demo-data/train.json demo-data/validation.json --store demo-store
+    """
+    from ..demo import synth as synth_mod
+
+    splits = {name: n for name, n in (("train", train), ("validation", validation), ("test", test)) if n > 0}
+    if not splits:
+        raise click.UsageError("nothing to draw; give --train, --validation or --test a positive count")
+    records = synth_mod.make_dataset(out, splits, seed=seed)
+    paths = synth_mod.write_fgvc5_json(out, records, base_url)
+    click.echo(f"wrote {len(records)} images under {out}; indexes: {', '.join(str(p) for p in paths.values())}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+def serve(root: str, host: str, port: int) -> None:
+    """Serve the files under ROOT over HTTP until Ctrl-C.
+
+    Files are at /<relpath>; /fault/<kind>/<relpath> injects a fault (404,
+    500-then-ok, 429, drip, truncated, html, oversized, bomb, redirect,
+    redirect-loop, reset, slow-headers; see wdr_pipe/pipeline/serve.py).
+
+    \b
+    Example:
+      wdr-pipe synth demo-data --train 100
+      wdr-pipe serve demo-data --port 8000
+      curl -I http://127.0.0.1:8000/images/train/1.jpg
+    """
+    from ..demo.serve import serve_until_interrupted
+
+    with user_errors():
+        try:
+            serve_until_interrupted(root, host, port, on_ready=lambda url: click.echo(
+                f"serving {root} at {url} (Ctrl-C to stop)"))
+        except OSError as e:
+            raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port")
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the generated data and the store.")
+@click.option("--train", "n_train", default=240, show_default=True, help="Generated training images.")
+@click.option("--validation", "n_validation", default=60, show_default=True, help="Generated validation images.")
+@click.option("--test", "n_test", default=60, show_default=True, help="Generated test images.")
+@click.option("--size", default=160, show_default=True, help="Stored image size (shorter side).")
+@workers_option
+def demo(out, n_train, n_validation, n_test, size, workers):
+    """Run the whole pipeline on generated garment photos served on 127.0.0.1.
+
+    Draws an FGVC5-style data set (with a few broken URLs), serves it on loopback, then
+    fetches, computes features and label statistics into OUT/store. A rerun reuses all
+    finished work.
+
+    \b
+    Example:
+      wdr-pipe demo --out demo-out && wdr-pipe store info demo-out/store
+    """
+    from ..demo.demo import run_demo
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bars = []
+
+    def progress_for(stage):
+        if bars:
+            bars[-1].close()  # the previous stage is over
+        bars.append(ProgressBar(stage, unit="split" if stage == "stats" else "img"))
+        return bars[-1]
+
+    try:
+        with user_errors(), logging_redirect_tqdm():
+            res = run_demo(out, n_train, n_validation, n_test, size=size, workers=workers, progress_for=progress_for)
+    finally:
+        for bar in bars:
+            bar.close()
+    fetched = res.stages[0]
+    for name, s in fetched.splits.items():
+        reasons = ", ".join(f"{k} {v}" for k, v in s["by_status"].items()) or "none"
+        click.echo(f"fetch    {name}: {s['ok']} ok, {s['failed']} failed ({reasons})")
+    for result in res.stages:
+        echo_result(result)
+    for split, st in res.stages[-1].splits.items():
+        click.echo(f"stats    {split}: {st['status']}")
+    click.echo(f"store ready: {res.store}  (next: wdr-pipe store info {res.store})")

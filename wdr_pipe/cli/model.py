@@ -1,0 +1,107 @@
+"""Model commands: ``train`` (and ``train --resume``).
+
+The flags of ``train`` are the fields of ``wdr_pipe.wdr.trainconfig.TrainConfig``
+(dashes for underscores); ``TrainConfig`` checks them all and names the flag
+to fix, so this module only parses and delegates.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from . import cli
+from .common import CONTEXT, echo_result, json_option, progress_bar, user_errors
+
+# help text of every train flag, in the order --help shows them
+HELP = {
+    "train_split": "Split to train on.",
+    "val_split": "Split to validate on (thresholds are tuned on it).",
+    "backbone": "Any timm model name (Deep part), e.g. tf_efficientnet_lite0, legacy_xception, vgg16.",
+    "pretrained": "ImageNet weights: tf_efficientnet_lite0 offline from its package; others from timm's source.",
+    "weights": "A local .pth/.safetensors file of the backbone's weights (loaded through timm).",
+    "deep": "fixed: backbone frozen; half: its first half frozen; tune: all trained (the WDR table's rows).",
+    "freeze_first": "Freeze the first N weight layers (the VGG-16 paper's first 12 layers fixed).",
+    "head": "linear, or mlp: two layers stacked on top (the VGG-16 paper).",
+    "head_hidden": "Hidden units of the mlp head.",
+    "head_dropout": "Dropout of the mlp head.",
+    "drop_rate": "Dropout on the pooled deep features.",
+    "parts": "Comma-separated subset of deep,wide,recurrent (always with deep).",
+    "wide_hidden": "Units of the Wide part's hidden layer over HOG + colour histogram.",
+    "rnn_hidden": "Units of the Recurrent part's bi-GRU, each way.",
+    "label_embeddings": "Recurrent inputs: frozen or trainable (pre-trained, from stats/) or random.",
+    "feature_key": "Feature config of the Wide part [default: the store's only one].",
+    "image_size": "Training image size [default: the backbone's].",
+    "labels": "all, or top:N to train on the N most frequent training labels.",
+    "epochs": "Epochs.", "batch_size": "Images per step (per process).", "lr": "Learning rate.",
+    "optimizer": "Any timm optimizer (nadam as in the paper, adamw, sgd...).",
+    "weight_decay": "Weight decay.", "sched": "Learning-rate schedule (timm), stepped per update.",
+    "warmup_epochs": "Warm-up epochs.", "grad_accum": "Steps of gradient accumulation per update.",
+    "clip_grad": "Clip the gradient norm to this.", "ema": "Keep an EMA of the weights (timm ModelEmaV3).",
+    "ema_decay": "EMA decay.", "loss": "bce, or asl (asymmetric loss, timm).",
+    "weighting": "The poster's alpha weighting: loss (loss weights), sample (weighted sampling) or none.",
+    "pos_weight": "Weight on positive labels: a number K (the VGG-16 paper) or 'stats' (per label).",
+    "init": "Start from another run's weights (train Wide + Recurrent with deep fixed, then fine-tune).",
+    "seed": "Seed of the order, the augmentation and the initialisation.",
+    "workers": "Loader worker processes.", "device": "auto, cpu, cuda or cuda:N.",
+    "amp": "auto (bf16 and channels_last on CUDA), bf16 or off.", "compile": "torch.compile the model.",
+    "checkpoint_every": "Checkpoint every N steps (also at each epoch's end).",
+    "eval_every": "Validate every N steps (0: at each epoch's end only).",
+    "thresholds": "tune: per-class thresholds on the validation split; cv: also report their out-of-fold gain; none.",
+    "min_positives": "Labels with fewer validation positives get the global threshold.",
+}
+
+
+# flags whose default is None, with the type of a value given
+OPTIONAL_TYPES = {"clip_grad": float, "image_size": click.IntRange(min=16)}
+
+
+def _train_options(f):
+    from ..wdr.trainconfig import TrainConfig
+
+    defaults = {fld.name: fld.default for fld in dataclasses.fields(TrainConfig)}
+    for name in reversed(list(HELP)):
+        default = defaults[name]
+        opt = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            f = click.option(opt, name, is_flag=True, help=HELP[name])(f)
+        else:
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            f = click.option(opt, name, default=shown, show_default=default is not None,
+                             type=OPTIONAL_TYPES.get(name, type(default) if isinstance(default, (int, float)) else str),
+                             help=HELP[name])(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--store", type=click.Path(exists=True, file_okay=False), help="The store to train from.")
+@click.option("--out", type=click.Path(file_okay=False), help="The run folder (config, checkpoints, metrics).")
+@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False),
+              help="Continue the run in this folder with its own settings.")
+@_train_options
+@json_option
+def train(store, out, resume_run, as_json, **settings):
+    """Train the Wide, Deep and Recurrent tagger on a store into the run folder OUT.
+
+    Rerun the same command and a finished run is reused, an unfinished one continues from
+    its last checkpoint (to the sample); other settings in the same OUT are refused.
+    Under torchrun every process trains one share of each batch (DDP).
+
+    \b
+    Examples:
+      wdr-pipe train --store store/ --out runs/deep --backbone tf_efficientnet_lite0 --pretrained
+      wdr-pipe train --store store/ --out runs/wdr --pretrained --deep fixed --parts deep,wide,recurrent
+      wdr-pipe train --resume runs/wdr
+      torchrun --nproc_per_node 2 -m wdr_pipe.cli train --store store/ --out runs/ddp --pretrained
+    """
+    from ..wdr.train import resume, train as run_train
+    from ..wdr.trainconfig import TrainConfig
+
+    with user_errors(), progress_bar("train", unit="step") as bar:
+        if resume_run:
+            result = resume(resume_run, progress=bar)
+        else:
+            if not store or not out:
+                raise click.UsageError("pass --store and --out (or --resume RUN)")
+            result = run_train(TrainConfig(store=store, out=out, **settings), progress=bar)
+    echo_result(result, as_json)
