@@ -1,6 +1,7 @@
 """The layout's rules, checked on the source: data flows down, the store layer alone knows paths.
 
-cli -> demo -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result.
+cli -> demo -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result;
+the report (report) reads the model side's and the store's files.
 """
 import ast
 import importlib
@@ -12,10 +13,11 @@ import wdr_pipe
 ROOT = Path(wdr_pipe.__file__).parent
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
-    "cli": {"cli", "demo", "pipeline", "wdr", "cache", "imaging", "errors", "progress", "result", ""},
+    "cli": {"cli", "demo", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
     "demo": {"demo", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "cache", "imaging", "errors", "progress", "result", ""},
     "wdr": {"wdr", "cache", "imaging", "errors", "progress", "result", ""},
+    "report": {"report", "wdr", "cache", "errors", "result", ""},
     "cache": {"cache", "errors", "result", ""},
     "imaging": set(), "errors": set(), "progress": set(), "result": set(), "__init__": set(),
 }
