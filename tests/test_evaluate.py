@@ -201,6 +201,8 @@ def test_ensemble_mean_and_stack_are_runs_that_evaluate_and_predict_accept(store
     ens, _ = read_predictions(tmp_path / "mean" / "eval" / "validation" / "predictions.parquet")
     assert np.allclose(ens.probs, (a.take(ens.ids).probs + b.take(ens.ids).probs) / 2, atol=1e-6)
     assert e.details["micro_f1"] == pytest.approx(mean.details["val_f1_tuned"])
+    rep = build_report(tmp_path / "mean", "validation")  # saliency of the first member; no curves of its own
+    assert set(rep.details["left_out"]) == {"curves"} and "saliency" in rep.details["figures"]
 
     stack = make_ensemble(EnsembleConfig(runs=(str(runs / "deep"), str(runs / "wdr")), out=str(tmp_path / "stack"),
                                          method="stack", folds=4, seed=3, **FAST))
@@ -258,6 +260,23 @@ def test_report_is_one_file_with_every_figure(store, runs):
         im = Image.open(io.BytesIO(__import__("base64").b64decode(src.split(",", 1)[1])))
         assert im.format == "PNG" and im.size[0] > 300
     assert "not_found" in text and "not_image" in text  # the holdout's failures, by reason
+
+
+def test_cli_evaluate_compare_and_report(store, runs):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["evaluate", "--store", str(store), "--run", str(runs / "wdr"), "--workers", "0",
+                              "--saliency", "2"])
+    assert res.exit_code == 0, res.output
+    assert "micro F1" in res.output and "tuned" in res.output and res.output.strip().endswith("report.html")
+    m = json.loads((runs / "wdr" / "eval" / "validation" / "metrics.json").read_text())
+    assert f"{m['micro_f1']:.4f}" in res.output.split("micro F1", 1)[1].splitlines()[0]
+    res = runner.invoke(cli, ["compare", str(runs / "deep"), str(runs / "wdr"), "--format", "csv"])
+    assert res.exit_code == 0 and res.output.splitlines()[0].startswith("run,kind,")
+    assert res.output.splitlines()[2].split(",")[0] == "wdr" and f"{m['micro_f1']:.4f}" in res.output
+    res = runner.invoke(cli, ["report", "--run", str(runs / "wdr"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["counts"]["figures"] == len(FIGURES)
+    res = runner.invoke(cli, ["evaluate", "--store", str(store), "--run", str(runs / "nope")])
+    assert res.exit_code == 1 and res.output.startswith("Error: --run ") and len(res.output.splitlines()) == 1
 
 
 # -- bad input -----------------------------------------------------------------------------------

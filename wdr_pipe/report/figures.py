@@ -24,6 +24,21 @@ def _plt():
     return plt
 
 
+def _plain_numbers(minor: bool = False):
+    """Log-axis tick labels as plain numbers (1, 10, 1,000), minor ones only at 2 and 5 of a decade."""
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(v, _pos):
+        if v <= 0:
+            return ""
+        lead = v / 10 ** np.floor(np.log10(v) + 1e-9)
+        if minor and round(lead) not in (2, 5):
+            return ""
+        return f"{v:,.0f}" if v >= 1 else f"{v:g}"
+
+    return FuncFormatter(fmt)
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
@@ -42,6 +57,8 @@ def frequency_vs_quality(counts: np.ndarray, precision: np.ndarray, recall: np.n
     fig, ax = plt.subplots(figsize=(11, 4.2))
     ax.bar(x, np.maximum(c, 0.8), color="#c9d6e8", width=1.0, label="training images")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_plain_numbers())
+    ax.yaxis.set_minor_formatter(_plain_numbers(minor=True))
     ax.set_ylabel("training images (log)")
     ax.set_xlim(-0.5, len(c) - 0.5)
     high, low = int((c > BUCKETS[0]).sum()), int((c < BUCKETS[1]).sum())
@@ -128,6 +145,8 @@ def thresholds_vs_frequency(counts: np.ndarray, thresholds: np.ndarray, fallback
     if global_threshold is not None:
         ax.axhline(global_threshold, color="#d62728", lw=0.8, ls=":", label=f"global {global_threshold:.3f}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(_plain_numbers())
+    ax.xaxis.set_minor_formatter(_plain_numbers(minor=True))
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("training images with the label (log)")
     ax.set_ylabel("threshold")

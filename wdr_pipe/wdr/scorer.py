@@ -95,7 +95,7 @@ class ModelScorer:
         self.label_ids = run.label_ids
 
     # -- the model on a batch ----------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def probs(self, image: torch.Tensor, wide: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, L) float32 probabilities of a normalised batch on the device (TTA applied)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
