@@ -78,8 +78,9 @@ def frequency_vs_quality(counts: np.ndarray, precision: np.ndarray, recall: np.n
         ax.set_xlabel("labels, most frequent first")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax2.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8, framealpha=0.9)
-    ax.set_title("Label frequency in training against validation precision and recall")
+    ax2.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, 1.12), ncol=len(l1 + l2), fontsize=8,
+               frameon=False)
+    ax.set_title("Label frequency in training against validation precision and recall", pad=28)
     return _png(fig)
 
 
@@ -191,6 +192,9 @@ def failures(by_split: Dict[str, Dict[str, int]]) -> Optional[bytes]:
     ax.barh([r[0] for r in rows][::-1], [r[1] for r in rows][::-1], color="#e07b39")
     for y, (_, v) in enumerate(rows[::-1]):
         ax.text(v, y, f" {v:,}", va="center", fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("images")
     ax.set_title("Fetch failures by reason")
     return _png(fig)

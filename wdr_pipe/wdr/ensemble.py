@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..cache import Store, image_rows, open_store
+from ..cache import Store, config_key, image_rows, open_store
 from ..cache.atomic import write_bytes_atomic
 from ..errors import UserError
 from ..progress import Hook
@@ -272,7 +272,7 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
     save_thresholds(folder.thresholds, first.label_ids, fit)
     write_json(folder.config, doc)
     result = StageResult(
-        stage="ensemble", key=f"{cfg.method}-{len(runs)}", output=str(out), seconds=time.time() - t0, ran=len(runs),
+        stage="ensemble", key=config_key(cfg), output=str(out), seconds=time.time() - t0, ran=len(runs),
         counts={"members": len(runs), "images": int(len(ids))},
         details={"method": cfg.method, "fit_split": cfg.split, "members_val_f1_at_0.5": members_f1,
                  "val_f1_at_0.5": fit.f1_before, "val_f1_tuned": fit.f1_after,

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..cache import index_ids, open_store
+from ..cache import config_key, index_ids, open_store
 from ..cache.atomic import write_text_atomic
 from ..errors import UserError
 from ..imaging import ImageRejected, decode_rgb, process
@@ -103,7 +103,7 @@ def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
     write_text_atomic(out, "\n".join(lines) + "\n")
     n = len(scored.ids)
     return StageResult(
-        stage="predict", key=f"{run.name}-{cfg.split}", output=str(out), seconds=time.time() - t0, ran=1,
+        stage="predict", key=config_key(cfg), output=str(out), seconds=time.time() - t0, ran=1,
         counts={"rows": len(rows), "predicted": len(rows) - missing, "fallback": missing},
         details={"split": cfg.split, "fallback_labels": fallback.tolist(), "thresholds": source_of_thresholds,
                  "images_per_s": None if scored.reused or not scored.seconds else n / scored.seconds,
