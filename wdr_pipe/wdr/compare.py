@@ -1,8 +1,8 @@
 """``wdr-pipe compare RUN...``: one table of runs, as the papers' tables are laid out.
 
 Columns: the run (folder name), its kind, every setting that differs between
-the runs (``config.json``'s settings; an ensemble's are its method, members,
-checkpoint and TTA), micro-F1 on the split at 0.5 and at the tuned
+the runs of its kind (``config.json``'s settings; an ensemble always shows its
+method and members), micro-F1 on the split at 0.5 and at the tuned
 thresholds, macro-F1 (tuned), training images/s and time. Figures come from
 ``RUN/eval/<split>/metrics.json`` when the run was evaluated on that split,
 else from what training wrote (``result.json``: micro-F1 only, from the best
@@ -52,8 +52,13 @@ def compare_runs(paths: Sequence[str], split: str = "validation") -> Tuple[List[
         raise UserError("no RUN given; pass the run folders to compare")
     runs = [open_run(p, flag="RUN") for p in paths]
     settings = [{k: _show(v) for k, v in r.settings.items() if k != "store"} for r in runs]
-    keys = sorted({k for s in settings for k in s})
-    differ = [k for k in keys if len({s.get(k, "") for s in settings}) > 1]
+    differ: List[str] = []
+    for kind in ("train", "ensemble"):  # a setting counts among the runs of its kind that have it
+        mine = [s for r, s in zip(runs, settings) if r.kind == kind]
+        always = ("method", "members") if kind == "ensemble" and mine else ()
+        for k in sorted({k for s in mine for k in s}):
+            if (k in always or len({s.get(k, "") for s in mine}) > 1) and k not in differ:
+                differ.append(k)
     header = ["run", "kind", *differ, "micro-F1 @0.5", "micro-F1 tuned", "macro-F1", "train images/s", "time",
               "from"]
     rows = []
