@@ -100,15 +100,18 @@ def evaluate(cfg: EvalConfig, progress: Hook = None) -> StageResult:
     rows = per_label_rows(run.label_ids, names, run.train_positives, y, p, thresholds)
     folder = run.eval_dir(cfg.split)
     source = scorer.source(store, cfg.split)
-    write_predictions(folder / "predictions.parquet", scored, run.label_ids, thresholds, source)
-    if cfg.saliency:
+    maps = None
+    if cfg.saliency:  # computed before any file is written: a failure here leaves the folder as it was
         from .saliency import saliency_examples
 
         model = scorer if run.kind == "train" else scorer.members[0]
         buf = io.BytesIO()
         np.savez_compressed(buf, **saliency_examples(model, store, cfg.split, cfg.saliency, cfg.saliency_labels),
                             model=np.asarray(str(model.run.root)))
-        write_bytes_atomic(folder / "saliency.npz", buf.getvalue())
+        maps = buf.getvalue()
+    write_predictions(folder / "predictions.parquet", scored, run.label_ids, thresholds, source)
+    if maps is not None:
+        write_bytes_atomic(folder / "saliency.npz", maps)
     else:  # maps of an earlier evaluation would not be this one's
         (folder / "saliency.npz").unlink(missing_ok=True)
     write_text_atomic(folder / "per_label.csv", per_label_csv(rows))

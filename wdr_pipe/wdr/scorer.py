@@ -129,6 +129,7 @@ class ModelScorer:
         from .data import make_loader
 
         columns = self.check(store, split, labelled)
+        columns = columns if labelled else None  # an unlabelled split's rows have no labels to keep
         hit = self.cached(store, split) if reuse else None
         if hit is not None:
             return hit
