@@ -21,7 +21,8 @@ ALLOWED = {
 }
 # file and folder names of the store (docs/store.md): only wdr_pipe/cache may spell them in code
 STORE_NAMES = {"index", "images", "features", "stats", "_store.json", "_fetch.json", "_duplicates.parquet",
-               "label_map.parquet", ".stats.json", ".failures.parquet", "config.json"}
+               "label_map.parquet", ".stats.json", ".failures.parquet", "config.json",
+               "embeddings", "_search", "index.faiss", "ids.parquet", "manifest.json"}
 # input data sets (not stores) have an images/ folder of their own
 # and a run folder (not a store) has a config.json of its own
 INPUT_FOLDERS = {("demo/synth.py", "images"), ("pipeline/clothing.py", "images"), ("wdr/checkpoint.py", "config.json")}

@@ -1,4 +1,4 @@
-"""What is in a store: splits, row counts, failures, feature configs, label stats and sizes."""
+"""What is in a store: splits, row counts, failures, feature and embedding configs, label stats and sizes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +36,7 @@ def store_info(store: StoreLike) -> dict:
 
     info: dict = {"path": str(store.root), "schema_version": store.schema_version,
                   "label_map": store.label_map_path.exists(), "labels": int(len(label_space(store))),
-                  "splits": {}, "features": [], "stats": {}, "bytes": _du(store.root)}
+                  "splits": {}, "features": [], "embeddings": [], "stats": {}, "bytes": _du(store.root)}
     for split in sorted(set(store.splits()) | set(store.image_splits())):
         index = store.index_path(split)
         d = store.images_dir(split)
@@ -61,6 +61,13 @@ def store_info(store: StoreLike) -> dict:
                   for s in sorted(root.iterdir()) if s.is_dir()}
         info["features"].append({"key": key, "config": doc.get("config", {}), "summary": config_summary(doc),
                                  "shards": shards, "bytes": _du(root)})
+    for key in store.embedding_keys():  # wdr-pipe embed: the same shape as a feature key
+        doc = read_json(store.embedding_config_path(key))
+        root = store.embeddings_root(key)
+        shards = {s.name: len([p for p in s.iterdir() if SHARD_RE.match(p.name) and commit_path(p).exists()])
+                  for s in sorted(root.iterdir()) if s.is_dir()}
+        info["embeddings"].append({"key": key, "config": doc.get("config", {}), "summary": config_summary(doc),
+                                   "shards": shards, "bytes": _du(root)})
     for split in store.stats_splits():
         d = store.stats_dir(split)
         cfg = store.stats_config_path(split)

@@ -164,6 +164,10 @@ def store_info_cmd(store, as_json):
     for f in info["features"]:
         shards = ", ".join(f"{k} {v}" for k, v in f["shards"].items()) or "no shards"
         click.echo(f"  {f['key']}  {f['summary']}\n      shards: {shards}; {_size(f['bytes'])}")
+    click.echo("embeddings:" + ("" if info["embeddings"] else " none (run 'wdr-pipe embed')"))
+    for f in info["embeddings"]:
+        shards = ", ".join(f"{k} {v}" for k, v in f["shards"].items()) or "no shards"
+        click.echo(f"  {f['key']}  {f['summary']}\n      shards: {shards}; {_size(f['bytes'])}")
     click.echo("label stats:" + ("" if info["stats"] else " none (run 'wdr-pipe stats')"))
     for name, s in info["stats"].items():
         state = "complete" if s["complete"] else "INCOMPLETE (rerun 'wdr-pipe stats')"
