@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import build_store
-from wdr_pipe.cache import Store, commit_path, load_labels
+from wdr_pipe.cache import Store, commit_path, store_info
 from wdr_pipe.cache.atomic import TMP_PREFIX
 from wdr_pipe.cli import cli
 from wdr_pipe.demo import synth
@@ -28,7 +28,7 @@ from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings, resolve
 from wdr_pipe.wdr.embed_data import make_embedding_loader
 from wdr_pipe.wdr.search import SearchIndex, similar
 from wdr_pipe.wdr.train import train
-from wdr_pipe.wdr.trainconfig import TrainConfig
+from wdr_pipe.wdr.trainconfig import TrainConfig, settings_diff
 
 PX = 64
 SPEC = EmbedSpec(pretrained=True, image_size=PX)
@@ -66,6 +66,8 @@ def test_shards_are_row_aligned_committed_and_a_rerun_does_nothing(embedded):
     doc = json.loads(store.embedding_config_path(key).read_text())
     assert doc["config"]["size"] == PX and doc["dim"] == 1280 and doc["source"]["pretrained"] is True
     assert (store.embeddings_root(key) / "result.json").exists()
+    (listed,) = store_info(root)["embeddings"]
+    assert listed["key"] == key and listed["shards"] == {"test": 1, "train": 2, "validation": 1}
     before = marker_mtimes(root, key)
     again = compute_embeddings(root, SPEC)
     assert (again.key, again.ran, again.reused) == (key, 0, 4) and marker_mtimes(root, key) == before
@@ -170,6 +172,14 @@ def test_run_embeddings_are_keyed_by_its_checkpoint_and_init_reuses_them(embedde
     assert json.loads(RunDir(phase2.out).config.read_text())["embedding_key"] == result.key
     with pytest.raises(UserError, match="the run .* trained tf_efficientnet_lite0; leave --backbone out"):
         resolve(EmbedSpec(run=run.out, backbone="resnet18"))
+
+
+def test_runs_made_before_stream_images_existed_still_resume(tmp_path):
+    cfg = small_cfg("s", tmp_path, deep="fixed")
+    older = {k: v for k, v in cfg.settings().items() if k != "stream_images"}
+    assert settings_diff(older, cfg.settings()) == []
+    assert settings_diff(older, small_cfg("s", tmp_path, deep="fixed", stream_images=True).settings()) == [
+        "--stream-images True (the run has False)"]
 
 
 def test_embedding_loader_streams_the_image_loaders_rows_in_the_same_order(embedded):

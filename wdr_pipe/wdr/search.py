@@ -85,18 +85,22 @@ def build_index(store, key: Optional[str] = None, split: str = "train", rebuild:
                                counts={"ok": doc["rows"]}, details={"split": split, "dim": doc["dim"]})
     files["manifest"].unlink(missing_ok=True)  # uncommit while the files change
     faiss = _faiss()
-    mats, ids, shard, rows = [], [], [], []
+    dim = pq.read_schema(pairs[0][1]).field("embedding").type.list_size
+    x = np.empty((sum(pq.read_metadata(e).num_rows for _, e in pairs), dim), np.float32)  # one copy, filled
+    ids, shard, rows, n = [], [], [], 0
     for _, path in pairs:
-        image_ids, x, ok = _read_vectors(path)
+        image_ids, vectors, ok = _read_vectors(path)
         keep = np.flatnonzero(ok)
-        mats.append(normalise(x[keep]))
+        x[n:n + len(keep)] = vectors[keep]
+        n += len(keep)
         ids.append(image_ids.take(pa.array(keep)))
         shard += [path.name] * len(keep)
         rows.append(keep.astype(np.int32))
-    x = np.concatenate(mats)
-    if not len(x):
+    x = x[:n]
+    if not n:
         raise UserError(f"{store.embeddings_dir(key, split)}: no image of split {split!r} has an embedding "
                         "(every one failed to decode); nothing to search")
+    faiss.normalize_L2(x)  # in place; all-zero rows stay zero
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     with atomic_path(files["index"]) as tmp:
