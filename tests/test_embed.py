@@ -132,7 +132,7 @@ def test_deep_fixed_trains_from_cached_embeddings_and_decodes_no_image(embedded,
         first = train(cfg)  # no embeddings yet: computed first
     assert "training from the cached embeddings" in caplog.text and "computed 64 images' vectors first" in caplog.text
     key = json.loads(RunDir(cfg.out).config.read_text())["embedding_key"]
-    assert key == embedded[1].key and first.counts["samples"] == 48
+    assert key == embedded[1].key == first.details["embedding_key"] and first.counts["samples"] == 48
 
     def no_decode(*a, **k):
         raise AssertionError("an image was decoded")

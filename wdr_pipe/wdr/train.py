@@ -254,7 +254,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
         counts={"steps": step, "samples": samples, "skipped": sum(train_loader.skipped.values())},
         details={"best_val_f1": best, "best_step": best_step, "epochs": cfg.epochs, "labels": len(data.label_ids),
                  "val_images": int(scored["labels"].shape[0]), **tuned, "weights_digest": digest,
-                 "world_size": dist.world, "device": str(device),
+                 "world_size": dist.world, "device": str(device), "embedding_key": data.embedding_key,
                  "images_per_s": rows[-1]["images_per_s"] if rows else None})
     if main:
         run.write_result(result)
