@@ -64,8 +64,9 @@ def test_every_fault_ends_with_its_status_within_the_bound(server, tmp_path):
     got = {r["image_id"]: "ok" for r in ok} | {r["image_id"]: r["status"] for r in failed}
     assert got == {**EXPECTED, **{f"good{i}": "ok" for i in range(2, 8)}, "bad-scheme": "bad_url"}
     assert summary.ok == len(ok) and summary.failed == len(failed)
-    # liveness, not speed: drip and slow-headers are cut by the 5 s deadline / 2 s read timeout
-    assert elapsed < 60
+    # liveness, not speed: drip and slow-headers are cut by the per-image deadline, and the 8 threads
+    # take the faults side by side, so the run is bounded by a few deadlines, not by their sum
+    assert elapsed < 4 * FAST.deadline
     for r in ok:
         im = Image.open(io.BytesIO(r["jpeg"]))
         assert min(im.size) == 96 and (r["width"], r["height"]) == im.size and r["labels"] in ([1], [2, 3])
@@ -115,14 +116,15 @@ def test_duplicate_content_is_reported(server, tmp_path):
     assert [sorted(d["image_ids"]) for d in dups] == [["a", "b"]]
 
 
-def test_two_worker_local_cluster_matches_inline(server, tmp_path):
+def test_fetch_on_a_two_worker_cluster_by_address_matches_inline(server, dask_cluster, tmp_path):
     rows = [(str(i), server.url(f"images/train/{i}.jpg"), [i % 3 + 1]) for i in range(1, 13)]
     index = write_csv(tmp_path / "train.csv", rows)
     opts = FetchOptions(shard_size=4, download=FAST)
     fetch(tmp_path / "a", [index], FetchConfig(size=64), opts, scheduler="inline")
     seen = []
-    summary = fetch(tmp_path / "b", [index], FetchConfig(size=64), opts, workers=2, progress=seen.append)
-    assert summary.ok == 12 and seen[-1].done == 12 and seen[-1].total == 12
+    summary = fetch(tmp_path / "b", [index], FetchConfig(size=64), opts, scheduler=dask_cluster, progress=seen.append)
+    assert summary.ok == 12 and summary.splits["train"]["shards_run"] == 3
+    assert seen[-1].done == 12 and seen[-1].total == 12
     a, _ = read_split(tmp_path / "a", "train")
     b, _ = read_split(tmp_path / "b", "train")
     assert [r["image_id"] for r in a] == [r["image_id"] for r in b]
@@ -230,18 +232,7 @@ def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(server, tmp_pat
     assert "no space left on device; free some space and run the same command again" in res.output
     folder = tiny_disk / "s" / "images" / "train"
     assert not list(folder.glob(".tmp-*"))
-    for p in folder.glob("part-?????.parquet"):  # whatever looks committed is whole
-        if commit_path(p).exists():
-            assert pq.read_table(p).num_rows == json.loads(commit_path(p).read_text())["ok"]
-
-
-def test_fetch_on_an_existing_cluster_by_address(server, tmp_path):
-    from distributed import LocalCluster
-
-    index = write_csv(tmp_path / "train.csv", [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(1, 9)])
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        summary = fetch(tmp_path / "s", [index], FetchConfig(size=64), FetchOptions(shard_size=3, download=FAST),
-                        scheduler=cluster.scheduler_address)
-    assert summary.ok == 8 and summary.splits["train"]["shards_run"] == 3
-    ok, _ = read_split(tmp_path / "s", "train")
-    assert [r["image_id"] for r in ok] == [str(i) for i in range(1, 9)]
+    committed = [p for p in folder.glob("part-?????.parquet") if commit_path(p).exists()]
+    assert committed, "the shards that fitted before the disk filled up are kept"
+    for p in committed:  # whatever looks committed is whole
+        assert pq.read_table(p).num_rows == json.loads(commit_path(p).read_text())["ok"]

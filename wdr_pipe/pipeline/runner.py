@@ -91,6 +91,18 @@ def run_tasks(fn: TaskFn, tasks: Sequence[Any], *, stage: str, total: Optional[i
     return _run_dask(fn, tasks, totals, scheduler, workers, timeout, final)
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at a ``tcp://HOST:PORT`` address (dask's client would
+    retry a refused connection until its whole timeout has passed)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address.startswith("tcp://"):
+        parts = urlsplit(address)
+        if parts.hostname and parts.port:
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+
+
 def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) -> List[Any]:
     from distributed import Client, LocalCluster, as_completed
 
@@ -98,6 +110,7 @@ def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) ->
     try:
         if scheduler:
             try:
+                _probe(scheduler)
                 client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as e:
                 raise UserError(
