@@ -41,6 +41,6 @@ def main() -> None:  # console script entry point
     cli(prog_name="wdr-pipe")
 
 
-from . import data, dev, model  # noqa: E402,F401  (register the commands)
+from . import data, dev, model, run  # noqa: E402,F401  (register the commands)
 
 __all__ = ["cli", "main"]

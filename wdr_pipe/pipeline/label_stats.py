@@ -169,8 +169,9 @@ def split_stats(image_ids: np.ndarray, x: sp.csr_matrix, space: np.ndarray,
 
 
 def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfig = StatsConfig(),
-                  progress: Hook = None) -> StageResult:
-    """Write ``stats/<split>/`` for each labelled split (default: every split of the store).
+                  progress: Hook = None, rebuild: bool = False) -> StageResult:
+    """Write ``stats/<split>/`` for each labelled split (default: every split of the store);
+    ``rebuild`` recomputes them even when they are up to date.
 
     The result's ``splits`` holds ``{split: {"status": "computed" | "cached" | "skipped", ...}}``.
     """
@@ -186,7 +187,7 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     summary: Dict[str, dict] = {}
     report(progress, Progress("stats", total=len(splits)))
     for i, split in enumerate(splits):
-        summary[split] = _one_split(store, split, cfg, key, space)
+        summary[split] = _one_split(store, split, cfg, key, space, rebuild)
         report(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
     counts = collections.Counter(s["status"] for s in summary.values())
     result = StageResult("stats", key, str(store.stats_root), time.monotonic() - start, ran=counts["computed"],
@@ -196,13 +197,13 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     return result
 
 
-def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.ndarray) -> dict:
+def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.ndarray, rebuild: bool) -> dict:
     out = store.stats_dir(split)
     if not store.image_shards(split):
         log.info("stats: skipping %s (no committed image shards)", split)
         return {"status": "skipped", "reason": "no committed image shards"}
     digest = inputs_digest(store, split, space)
-    if _is_current(store, split, key, digest):
+    if not rebuild and _is_current(store, split, key, digest):
         log.info("stats: %s is up to date (%s)", split, out)
         return {"status": "cached", "dir": str(out), "key": key}
     t = read_columns(store.image_shards(split), ["image_id", "labels"])
