@@ -241,3 +241,15 @@ def test_library_checks_workers_and_scheduler_before_any_work(tmp_path):
     assert not (tmp_path / "s").exists()
     for good in [None, "inline", "tcp://10.0.0.5:8786", "127.0.0.1:8786", "tls://[::1]:8786", "ws://host-1:80"]:
         assert scheduler_problem(good) is None, good
+
+
+def test_docs_cli_lists_every_range_as_the_code_has_it():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[2].strip(): line.split("|")[3].strip() for line in text.splitlines()
+            if line.startswith("|") and line.count("|") >= 4 and line.split("|")[2].strip().startswith("`--")}
+    for table in CONFIGS:
+        for bound in getattr(checks, table).values():
+            if bound.option.startswith("--"):
+                assert rows.get(f"`{bound.option}`", "").startswith(bound.text()), (bound.option, bound.text())
+    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 130 |"):
+        assert code in text

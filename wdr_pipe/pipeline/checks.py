@@ -18,6 +18,11 @@ from ..errors import UserError
 Number = Union[int, float]
 
 
+def _number(v: Number) -> str:
+    """``4,096``, ``1,000,000``, ``0.5``: whole numbers with thousands separators, never ``1e+06``."""
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+
+
 @dataclass(frozen=True)
 class Bound:
     """An accepted range ``lo .. hi`` (``lo_open``: ``lo`` itself excluded) of an int or float setting."""
@@ -30,11 +35,11 @@ class Bound:
     unit: str = ""
 
     def text(self) -> str:
-        """The accepted range in words: ``8 to 4096``, ``more than 0 up to 3600 s``."""
+        """The accepted range in words: ``8 to 4,096 px``, ``more than 0 up to 3,600 s``."""
         unit = f" {self.unit}" if self.unit else ""
         if self.lo_open:
-            return f"more than {self.lo:g} up to {self.hi:g}{unit}"
-        return f"{self.lo:g} to {self.hi:g}{unit}"
+            return f"more than {_number(self.lo)} up to {_number(self.hi)}{unit}"
+        return f"{_number(self.lo)} to {_number(self.hi)}{unit}"
 
     def problem(self, value) -> Optional[str]:
         """Why ``value`` is refused, or ``None``."""
