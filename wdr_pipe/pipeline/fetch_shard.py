@@ -29,7 +29,6 @@ from ..cache import config_dict, config_key, failures_path, commit_path
 from ..cache.atomic import publish, stage_parquet
 from ..cache.schema import FAILURES, IMAGES
 from ..errors import UserError
-from ..progress import log
 from .checks import OPTION_BOUNDS, check_all
 from .download import DownloadConfig, DownloadFailed, Downloader
 from .imageops import FetchConfig, ImageRejected, process
