@@ -224,7 +224,8 @@ def test_every_config_refuses_each_end_of_its_ranges_by_option_value_and_range(t
         for value in outside:
             with pytest.raises(UserError) as e:
                 cls(**{field: value})
-            assert f"{bound.option} {value!r}" in str(e.value) and bound.text() in str(e.value), str(e.value)
+            assert f"{field} {value!r}" in str(e.value) and bound.option in str(e.value), str(e.value)
+            assert bound.text() in str(e.value), str(e.value)
             assert "\n" not in str(e.value)
         for value in [bound.hi, bound.lo + step if bound.lo_open else bound.lo]:
             cls(**{field: value})  # both ends are accepted

@@ -182,7 +182,7 @@ def test_stats_command(image_store):
     assert res.exit_code == 1 and "--split valid: no such split" in res.output
     res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--alpha", "2"])
     assert res.exit_code == 2 and "'--alpha': 2.0 is not in the range 0<=x<=1" in res.output
-    with pytest.raises(UserError, match=r"stats config: --alpha 2.0: use 0 to 1"):  # the library says the same
+    with pytest.raises(UserError, match=r"stats config: alpha 2.0 \(--alpha\): use 0 to 1"):  # the library says the same
         StatsConfig(alpha=2.0)
 
 

@@ -3,7 +3,7 @@
 Every numeric setting of a stage has one ``Bound`` here: the config checks itself with it
 in ``__post_init__`` (for library users) and the CLI builds its click type from the same
 bound, so both refuse the same values with a message that names the option, the value
-and the accepted range: ``fetch config: --size 5: use 8 to 4096``. (This module imports
+and the accepted range: ``fetch config: size 5 (--size): use 8 to 4,096 px``. (This module imports
 nothing heavy, so the CLI reads the ranges without loading the stages.)
 """
 from __future__ import annotations
@@ -52,17 +52,20 @@ class Bound:
             return f"use {self.text()}"
         return None
 
-    def check(self, what: str, value) -> None:
-        """``UserError('WHAT: OPTION VALUE: use LO to HI')`` when ``value`` is out of range."""
+    def check(self, what: str, value, field: str = "") -> None:
+        """``UserError('WHAT: FIELD VALUE (OPTION): use LO to HI')`` when ``value`` is out of range
+        (the option is left out where it is the field's own name)."""
         problem = self.problem(value)
         if problem:
-            raise UserError(f"{what}: {self.option} {value!r}: {problem}")
+            name = field or self.option
+            also = f" ({self.option})" if self.option != name else ""
+            raise UserError(f"{what}: {name} {value!r}{also}: {problem}")
 
 
 def check_all(what: str, obj, bounds: dict) -> None:
     """Check every ``{field: Bound}`` of a config object."""
     for name, bound in bounds.items():
-        bound.check(what, getattr(obj, name))
+        bound.check(what, getattr(obj, name), name)
 
 
 def check_choice(what: str, option: str, value, choices) -> None:

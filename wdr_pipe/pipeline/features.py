@@ -84,7 +84,7 @@ class FeatureConfig:
         if not isinstance(self.ignore_background, bool):
             raise UserError(f"feature config: ignore_background {self.ignore_background!r}: use True or False")
         if self.hog_size < self.cell * self.block:
-            raise UserError(f"feature config: --hog-size {self.hog_size} is smaller than one block "
+            raise UserError(f"feature config: hog_size {self.hog_size} (--hog-size) is smaller than one block "
                             f"({self.block} cells of {self.cell} px); use {self.cell * self.block} or more")
 
     @property
