@@ -208,7 +208,7 @@ def _store_with_labels(synth_data, root, labels):
 def _limit_memory():
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a run that allocates by the largest id dies fast
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a run that allocates by the largest id dies fast
 
 
 def test_a_far_label_id_without_a_label_map_needs_no_matrix_of_its_size(synth_data, tmp_path):
