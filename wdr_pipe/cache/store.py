@@ -13,12 +13,15 @@ Layout (see docs/store.md)::
     STORE/features/<key>/config.json
     STORE/features/<key>/<split>/part-NNNNN.parquet (+ .stats.json)
     STORE/stats/<split>/*.parquet
+    STORE/_logs/<stage>-<time>-<pid>.log         the traceback of a task that failed unexpectedly
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -124,6 +127,11 @@ class Store:
         return self.stats_config_path(split).exists() and all(
             self.stats_file(split, n).exists() for n in STATS_TABLES)
 
+    def log_path(self, stage: str) -> Path:
+        """A new ``_logs/<stage>-<time>-<pid>.log``: where a run puts the traceback of a task that failed."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return self.root / "_logs" / f"{stage}-{stamp}-{os.getpid()}.log"
+
     # -- listings --------------------------------------------------------
     def splits(self) -> List[str]:
         """Splits that have an index, sorted."""
@@ -179,8 +187,12 @@ class Store:
         """The committed feature shard of ``image_shard``, checked to have as many rows (footers only).
         A ``UserError`` naming the shard and the fix when it is missing or not row-aligned."""
         path = self.features_dir(key, split) / Path(image_shard).name
-        if not commit_path(path).exists():
+        marker = read_commit(path)
+        if marker is None:
             raise UserError(f"{path}: no committed feature shard for {image_shard}; "
+                            f"run 'wdr-pipe features --store {self.root} --split {split}'")
+        if "source" in marker and marker["source"] != shard_identity(image_shard):
+            raise UserError(f"{path}: computed from an earlier version of {image_shard} (fetched again since); "
                             f"run 'wdr-pipe features --store {self.root} --split {split}'")
         rows, image_rows = pq.read_metadata(path).num_rows, pq.read_metadata(image_shard).num_rows
         if rows != image_rows:
@@ -197,7 +209,7 @@ class Store:
         """
         images = self.require_images(split)
         if not complete:
-            images = [p for p in images if commit_path(self.features_dir(key, split) / p.name).exists()]
+            images = [p for p in images if _current(read_commit(self.features_dir(key, split) / p.name), p)]
             if not images:
                 raise UserError(f"{self.features_dir(key, split)}: no committed feature shards for split "
                                 f"{split!r}; run 'wdr-pipe features --store {self.root} --split {split}'")
@@ -208,6 +220,11 @@ class Store:
         what a stage that reads those images is keyed on."""
         parts = [shard_identity(p) for p in self.image_shards(split)]
         return hashlib.sha256(canonical_json([parts, *extra]).encode()).hexdigest()[:16]
+
+
+def _current(marker: Optional[dict], image_shard: Path) -> bool:
+    """A derived shard's commit marker exists and names the image shard as it is now."""
+    return marker is not None and ("source" not in marker or marker["source"] == shard_identity(image_shard))
 
 
 def shard_name(n: int) -> str:

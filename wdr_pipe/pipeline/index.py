@@ -30,7 +30,7 @@ from ..cache.atomic import write_parquet_atomic
 from ..cache.schema import LABEL_MAP
 from ..errors import UserError
 from . import clothing
-from .index_formats import (ACCEPTED, read_csv_columns, read_delimited, read_fgvc5, read_parquet,
+from .index_formats import (ACCEPTED, is_gzip, read_csv_columns, read_delimited, read_fgvc5, read_parquet,
                             read_parquet_table, to_int)
 
 log = logging.getLogger("wdr_pipe")
@@ -39,6 +39,9 @@ SEPARATORS = {".csv": ",", ".tsv": "\t"}
 PARQUET = (".parquet", ".pq")
 SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LABEL_MAP_HELP = "a label map .csv with the header labelId,taskId,labelName,taskName"
+GZIP_OK = (".json", ".csv", ".tsv")
+# Without a label map the label space is 1 .. the largest id (docs/store.md): larger ids need one.
+MAX_LABEL_ID = 99_999
 
 
 # -- public API ----------------------------------------------------------------
@@ -52,9 +55,12 @@ def read_index(path, split: Optional[str] = None) -> List[Tuple[str, pa.Table]]:
     path = Path(path)
     if path.is_dir():
         return [(_split_name(path, split or clothing.DEFAULT_SPLIT), clothing.read_clothing(path))]
-    suffix = path.suffix.lower()
+    suffix, stem = _format(path)
     _check_file(path)
-    name = _split_name(path, split or path.stem)
+    if is_gzip(path) and suffix not in GZIP_OK:
+        raise UserError(f"{path}: a gzipped {suffix or 'file'} is not read; gzip only .json, .csv and .tsv "
+                        f"indexes (Parquet compresses itself), or give it unpacked")
+    name = _split_name(path, split or stem)
     if suffix == ".json":
         table = read_fgvc5(path)
     elif suffix in SEPARATORS:
@@ -62,7 +68,7 @@ def read_index(path, split: Optional[str] = None) -> List[Tuple[str, pa.Table]]:
     elif suffix in PARQUET:
         table = read_parquet(path)
     else:
-        raise UserError(f"{path}: unknown extension {path.suffix!r}; give {ACCEPTED}")
+        raise UserError(f"{path}: unknown extension {suffix!r}; give {ACCEPTED}")
     labelled = table["labels"].null_count < len(table)
     log.info("%s: split %r, %d images, %s", path, name, len(table), "labelled" if labelled else "unlabelled")
     return [(name, table)]
@@ -72,13 +78,15 @@ def read_label_map(path) -> pa.Table:
     """A label map (``labelId,taskId,labelName,taskName``; CSV, TSV or Parquet) in the ``LABEL_MAP`` schema."""
     path = Path(path)
     _check_file(path, LABEL_MAP_HELP)
-    suffix = path.suffix.lower()
+    suffix, _ = _format(path)
+    if is_gzip(path) and suffix not in SEPARATORS:
+        raise UserError(f"{path}: a gzipped {suffix or 'file'} is not read; give {LABEL_MAP_HELP} (or .csv.gz)")
     if suffix in SEPARATORS:
         cols, record = read_csv_columns(path, SEPARATORS[suffix], LABEL_MAP_HELP), (lambda i: f"row {i + 1}")
     elif suffix in PARQUET:
         cols, record = read_parquet_table(path).to_pydict(), (lambda i: f"row {i + 1}")
     else:
-        raise UserError(f"{path}: unknown extension {path.suffix!r}; give {LABEL_MAP_HELP} (or .tsv, .parquet)")
+        raise UserError(f"{path}: unknown extension {suffix!r}; give {LABEL_MAP_HELP} (or .tsv, .parquet)")
     if "labelId" not in cols:
         raise UserError(f"{path}: no labelId column (found {', '.join(map(str, cols)) or 'none'}); "
                         f"give {LABEL_MAP_HELP}")
@@ -137,6 +145,8 @@ def ingest(store: Store, paths, split: Optional[str] = None, label_map=None) -> 
         _check_labels_known(found, *label_source)
     elif store.label_map_path.exists():
         _check_labels_known(found, store.label_map_path, pq.read_table(store.label_map_path))
+    else:
+        _check_label_bound(found)
 
     writes = []
     for name in names:
@@ -200,6 +210,26 @@ def _check_labels_known(found: Dict[str, Tuple[Path, pa.Table]], map_path: Path,
             raise UserError(f"{src}: image {table['image_id'][row].as_py()!r}: label "
                             f"{pc.list_flatten(labels)[k].as_py()} is not in the label map {map_path}; "
                             "add it to the label map or fix the index")
+
+
+def _check_label_bound(found: Dict[str, Tuple[Path, pa.Table]]) -> None:
+    """Without a label map, label ids must be at most ``MAX_LABEL_ID`` (the label space is 1 .. max id)."""
+    for src, table in found.values():
+        labels = table["labels"].combine_chunks()
+        flat = pc.list_flatten(labels)
+        over = pc.greater(flat, MAX_LABEL_ID)
+        if len(flat) and pc.any(over).as_py():
+            k = pc.index(over, True).as_py()
+            row = pc.list_parent_indices(labels)[k].as_py()
+            raise UserError(f"{src}: image {table['image_id'][row].as_py()!r}: label {flat[k].as_py()} is over "
+                            f"{MAX_LABEL_ID:,}, the largest label id accepted without a label map; pass "
+                            "--label-map FILE with one row per label (labelId,taskId,labelName,taskName)")
+
+
+def _format(path: Path) -> Tuple[str, str]:
+    """``(suffix, stem)`` of an input file, through a ``.gz``: ``train.json.gz`` -> ``(".json", "train")``."""
+    base = Path(path.name[:-3]) if is_gzip(path) else Path(path.name)
+    return base.suffix.lower(), base.stem
 
 
 def _first_duplicate(values) -> Optional[object]:
