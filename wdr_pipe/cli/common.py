@@ -160,9 +160,15 @@ def store_option(create: bool = False):
                         help="Store folder" + (" (created if missing)." if create else "."))
 
 
+def _check_workers(ctx, param, value):
+    if value is not None and value > max_workers():
+        raise click.BadParameter(f"{value} is more than {max_workers()} (4 per core of this machine)")
+    return value
+
+
 def workers_option(f):
-    return click.option("--workers", type=click.IntRange(1, max_workers()), default=None,
-                        help=f"Local worker processes, 1 to {max_workers()} [default: one per core].")(f)
+    return click.option("--workers", type=click.IntRange(min=1), default=None, callback=_check_workers,
+                        help="Local worker processes, at most 4 per core [default: one per core].")(f)
 
 
 def _check_scheduler(ctx, param, value):

@@ -12,10 +12,10 @@ from .common import CONTEXT, ProgressBar, echo_result, user_errors, workers_opti
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--train", default=200, show_default=True, help="Images in the train split.")
-@click.option("--validation", default=50, show_default=True, help="Images in the validation split.")
-@click.option("--test", default=50, show_default=True, help="Images in the (unlabelled) test split.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same images.")
+@click.option("--train", type=click.IntRange(0, 1_000_000), default=200, show_default=True, help="Images in the train split.")
+@click.option("--validation", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Images in the validation split.")
+@click.option("--test", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Images in the (unlabelled) test split.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Same seed, same images.")
 @click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
               help="Server the JSON URLs point at (see 'wdr-pipe serve').")
 def synth(out: str, train: int, validation: int, test: int, seed: int, base_url: str) -> None:
@@ -43,7 +43,7 @@ def synth(out: str, train: int, validation: int, test: int, seed: int, base_url:
 @cli.command(context_settings=CONTEXT)
 @click.argument("root", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0: any free port).")
 def serve(root: str, host: str, port: int) -> None:
     """Serve the files under ROOT over HTTP until Ctrl-C.
 

@@ -27,11 +27,13 @@ def _commands(group: click.Group, prefix=()):
 def render() -> str:
     """The help of every command, as Markdown (terminal width fixed, so the text is stable)."""
     from . import cli
+    from .common import CONTEXT
 
+    root = click.Context(cli, info_name="wdr-pipe", terminal_width=100, **CONTEXT)  # as a command line has it
     parts = [BEGIN, ""]
     for path, cmd in _commands(cli):
         name = " ".join(("wdr-pipe",) + path)
-        ctx = click.Context(cmd, info_name=name, terminal_width=100, max_content_width=100)
+        ctx = click.Context(cmd, info_name=name, parent=root)
         parts += [f"### `{name}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(parts + [END])
 
