@@ -89,6 +89,10 @@ class Store:
     def images_root(self) -> Path:
         return self.root / "images"
 
+    def holdout_path(self, split: str) -> Path:
+        """``index/<split>.holdout.json``: how a held-out split was cut from another (``fetch --holdout``)."""
+        return self.root / "index" / f"{split}.holdout.json"
+
     def images_dir(self, split: str) -> Path:
         return self.images_root / split
 

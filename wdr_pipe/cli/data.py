@@ -10,6 +10,20 @@ from .common import (CONTEXT, EXIT_MAX_FAILED, Failure, FiniteFloatRange, bounde
                      not_empty, progress_bar, scheduler_option, store_option, user_errors, workers_option)
 
 
+def _holdout(value):
+    """``NAME=FRACTION`` -> (NAME, FRACTION) with 0 < FRACTION < 1."""
+    if value is None:
+        return None
+    name, _, fraction = value.partition("=")
+    try:
+        f = float(fraction)
+    except ValueError:
+        f = -1.0
+    if not name or not 0 < f < 1:
+        raise click.BadParameter(f"{value!r}: give NAME=FRACTION with 0 < FRACTION < 1, e.g. validation=0.33")
+    return name, f
+
+
 # -- fetch ---------------------------------------------------------------------
 # The ranges are the library configs' own (pipeline/checks.py): the command line refuses
 # exactly the values the configs refuse, when it parses them.
@@ -46,12 +60,16 @@ from .common import (CONTEXT, EXIT_MAX_FAILED, Failure, FiniteFloatRange, bounde
               help="Largest body accepted per image.")
 @click.option("--limit", type=click.IntRange(min=1), help="Fetch only the first N rows of each split.")
 @click.option("--retry-failed", is_flag=True, help="Also fetch again the failed rows of finished shards.")
+@click.option("--holdout", callback=lambda ctx, param, value: _holdout(value), metavar="NAME=FRACTION",
+              help="Cut split NAME from the one labelled input split: that fraction of its rows, chosen by a "
+                   "hash of the image id (e.g. validation=0.33 for the Clothing Attributes folder).")
 @click.option("--max-failed", type=FiniteFloatRange(0, 1), default=None, metavar="FRACTION",
               help="Exit with code 3 when more than this fraction of the fetched rows failed (e.g. 0.05) "
                    "[default: never; failures are reported and the exit code is 0].")
 @json_option
 def fetch(indexes, store, split, label_map, size, resize_mode, quality, min_size, shard_size, workers, threads,
-          per_host, scheduler, timeout, deadline, retries, max_bytes, limit, retry_failed, max_failed, as_json):
+          per_host, scheduler, timeout, deadline, retries, max_bytes, limit, retry_failed, holdout, max_failed,
+          as_json):
     """Download and resize the images of URL INDEXES into Parquet shards under STORE/images/.
 
     INDEXES are FGVC5 JSON files (train.json ...), CSV/TSV/Parquet files with image_id and url
@@ -64,6 +82,7 @@ def fetch(indexes, store, split, label_map, size, resize_mode, quality, min_size
       wdr-pipe fetch train.json validation.json --store store/
       wdr-pipe fetch urls.csv --store store/ --size 299 --limit 1000
       wdr-pipe fetch train.json --store store/ --retry-failed --scheduler tcp://10.0.0.5:8786
+      wdr-pipe fetch ClothingAttributeDataset/ --split train --holdout validation=0.33 --store clothing/
       wdr-pipe fetch train.json.gz --store store/ --max-failed 0.05
     """
     from ..pipeline.download import DownloadConfig
@@ -76,7 +95,8 @@ def fetch(indexes, store, split, label_map, size, resize_mode, quality, min_size
         opts = FetchOptions(shard_size=shard_size, threads=threads, per_host=per_host, download=dl)
         with progress_bar("fetch") as bar:
             result = run_fetch(store, indexes, cfg, opts, split=split, label_map=label_map, limit=limit,
-                               retry_failed=retry_failed, workers=workers, scheduler=scheduler, progress=bar)
+                               retry_failed=retry_failed, workers=workers, scheduler=scheduler, progress=bar,
+                               holdout=holdout)
     if not as_json:
         for name, s in result.splits.items():
             reasons = ", ".join(f"{k} {v}" for k, v in s["by_status"].items()) or "none"

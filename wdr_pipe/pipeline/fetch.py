@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Tuple, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,15 +121,16 @@ def _split_totals(store: Store, split: str, s: dict) -> None:
 def fetch(store_root, indexes: Sequence, cfg: FetchConfig = FetchConfig(), opts: FetchOptions = FetchOptions(), *,
           split: Optional[str] = None, label_map=None, limit: Optional[int] = None, retry_failed: bool = False,
           workers: Optional[int] = None, scheduler: Optional[str] = None, progress: Hook = None,
-          timeout: Optional[float] = None) -> StageResult:
-    """Fetch every split named by ``indexes`` into the store at ``store_root``; see the module doc."""
+          timeout: Optional[float] = None, holdout: Optional[Tuple[str, float]] = None) -> StageResult:
+    """Fetch every split named by ``indexes`` into the store at ``store_root``; see the module doc.
+    ``holdout=(NAME, FRACTION)`` cuts split NAME from the one labelled input split (``index.ingest``)."""
     t0 = time.monotonic()
     check_workers(workers)
     check_scheduler(scheduler)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"--limit {limit!r}: use 1 or more (or leave it out for every row)")
     store = Store(store_root, create=True)
-    splits = index_mod.ingest(store, indexes, split=split, label_map=label_map)
+    splits = index_mod.ingest(store, indexes, split=split, label_map=label_map, holdout=holdout)
     tasks: List[ShardTask] = []
     summaries = {}
     for name in splits:

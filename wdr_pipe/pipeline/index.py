@@ -15,6 +15,8 @@ writes anything, so a bad second file leaves the store untouched.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -26,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..cache import Store
-from ..cache.atomic import write_parquet_atomic
+from ..cache.atomic import write_parquet_atomic, write_text_atomic
 from ..cache.schema import LABEL_MAP
 from ..errors import UserError
 from . import clothing
@@ -114,13 +116,49 @@ def read_label_map(path) -> pa.Table:
                                 schema=LABEL_MAP)
 
 
-def ingest(store: Store, paths, split: Optional[str] = None, label_map=None) -> List[str]:
+def holdout_mask(image_ids: pa.Array, fraction: float) -> np.ndarray:
+    """True for the rows held out: the first 8 bytes of sha256(image_id) as a fraction of 2^64,
+    below ``fraction``. Deterministic, independent of row order and of the other rows."""
+    ids = image_ids.to_pylist()
+    draws = np.fromiter((int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") for i in ids),
+                        dtype=np.uint64, count=len(ids))
+    return draws < np.uint64(min(fraction, 1.0) * 2.0 ** 64 - 1)
+
+
+def _hold_out(found: Dict[str, Tuple[Path, pa.Table]], names: List[str], holdout: Tuple[str, float]) -> str:
+    """Split the one labelled input split: ``holdout[1]`` of its rows become split ``holdout[0]``."""
+    target, fraction = holdout
+    if target in found:
+        raise UserError(f"--holdout {target}={fraction}: the inputs already give a split {target!r}; "
+                        "hold out into another name or drop --holdout")
+    labelled = [n for n in names if found[n][1].column("labels").null_count < len(found[n][1])]
+    if len(labelled) != 1:
+        raise UserError(f"--holdout {target}={fraction}: needs exactly one labelled input split to split "
+                        f"(got {', '.join(labelled) or 'none'}); fetch that one alone with --holdout")
+    source = labelled[0]
+    src, table = found[source]
+    held = holdout_mask(table.column("image_id").combine_chunks(), fraction)
+    if held.all() or not held.any():
+        raise UserError(f"--holdout {target}={fraction}: leaves split {source!r} or {target!r} empty "
+                        f"({len(table)} rows); use a fraction that leaves rows on both sides")
+    found[source] = (src, table.filter(pa.array(~held)))
+    found[target] = (src, table.filter(pa.array(held)))
+    names.append(target)
+    log.info("%s: held out %d of %d rows of %r as split %r (sha256 of image_id < %.3f)", src, int(held.sum()),
+             len(table), source, target, fraction)
+    return source
+
+
+def ingest(store: Store, paths, split: Optional[str] = None, label_map=None,
+           holdout: Optional[Tuple[str, float]] = None) -> List[str]:
     """Read every input and write ``STORE/index/<split>.parquet`` (and ``label_map.parquet``).
 
     Everything is read and checked before anything is written. An index that is already
     in the store with the same content is left alone; a different one is refused.
     The label map comes from ``label_map`` or else from a Clothing Attributes folder among
-    the inputs. Returns the split names in input order.
+    the inputs. ``holdout=(NAME, FRACTION)`` splits the one labelled input split: a
+    deterministic FRACTION of its rows (by a hash of the image id) becomes split NAME, and
+    the store records it. Returns the split names in input order.
     """
     if not isinstance(store, Store):
         store = Store(store, create=True)
@@ -140,6 +178,7 @@ def ingest(store: Store, paths, split: Optional[str] = None, label_map=None) -> 
             label_source = (p, clothing.label_map_table())
     if label_map is not None:
         label_source = (Path(label_map), read_label_map(label_map))
+    held_from = _hold_out(found, names, holdout) if holdout is not None else None
 
     if label_source is not None:
         _check_labels_known(found, *label_source)
@@ -166,6 +205,10 @@ def ingest(store: Store, paths, split: Optional[str] = None, label_map=None) -> 
     for table, target in writes:
         write_parquet_atomic(table, target)
         log.info("wrote %s (%d rows)", target, len(table))
+    if held_from is not None:
+        record = {"split": holdout[0], "from": held_from, "fraction": holdout[1],
+                  "rule": "first 8 bytes of sha256(image_id), big-endian, / 2^64 < fraction"}
+        write_text_atomic(store.holdout_path(holdout[0]), json.dumps(record, indent=2) + "\n")
     return names
 
 

@@ -43,7 +43,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FETCH_KEYS = {"indexes", "split", "label_map", "size", "resize_mode", "quality", "min_size", "shard_size",
+FETCH_KEYS = {"indexes", "split", "label_map", "holdout", "size", "resize_mode", "quality", "min_size", "shard_size",
               "threads", "per_host", "timeout", "deadline", "retries", "max_bytes", "limit", "retry_failed"}
 FEATURE_KEYS = {"hog_size", "orientations", "bins", "keep_background", "dtype", "splits"}
 STATS_KEYS = {"dim", "alpha", "epochs", "seed", "pos_weight_clip", "splits"}

@@ -72,6 +72,12 @@ def _fetch_step(cfg: RunConfig) -> Step:
                         **({"connect_timeout": timeout, "read_timeout": timeout} if timeout is not None else {}))
     opts = FetchOptions(**{k: f.pop(k) for k in ("shard_size", "threads", "per_host") if k in f}, download=dl)
     indexes = f.pop("indexes")
+    if "holdout" in f:  # "validation=0.33", as on the command line
+        name, _, fraction = str(f["holdout"]).partition("=")
+        try:
+            f["holdout"] = (name, float(fraction))
+        except ValueError:
+            raise UserError(f"{cfg.path}: [fetch] holdout = {f['holdout']!r}: give \"NAME=FRACTION\"") from None
 
     def action(progress: Hook, force: bool) -> StageResult:
         return fetch(cfg.store, indexes, image, opts, workers=cfg.workers, scheduler=cfg.scheduler,
