@@ -1,6 +1,6 @@
 """The layout's rules, checked on the source: data flows down, the store layer alone knows paths.
 
-cli -> demo -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result.
+cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result.
 """
 import ast
 import importlib
@@ -12,8 +12,9 @@ import wdr_pipe
 ROOT = Path(wdr_pipe.__file__).parent
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
-    "cli": {"cli", "demo", "pipeline", "wdr", "cache", "imaging", "errors", "progress", "result", ""},
-    "demo": {"demo", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
+    "cli": {"cli", "demo", "workflow", "pipeline", "wdr", "cache", "imaging", "errors", "progress", "result", ""},
+    "demo": {"demo", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
+    "workflow": {"workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "cache", "imaging", "errors", "progress", "result", ""},
     "wdr": {"wdr", "cache", "imaging", "errors", "progress", "result", ""},
     "cache": {"cache", "errors", "result", ""},

@@ -16,12 +16,15 @@ Layout (see docs/store.md)::
     STORE/embeddings/<key>/config.json
     STORE/embeddings/<key>/<split>/part-NNNNN.parquet (+ .stats.json)
     STORE/embeddings/<key>/<split>/_search/{index.faiss, ids.parquet, manifest.json}
+    STORE/_logs/<stage>-<time>-<pid>.log         the traceback of a task that failed unexpectedly
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -89,6 +92,10 @@ class Store:
     def images_root(self) -> Path:
         return self.root / "images"
 
+    def holdout_path(self, split: str) -> Path:
+        """``index/<split>.holdout.json``: how a held-out split was cut from another (``fetch --holdout``)."""
+        return self.root / "index" / f"{split}.holdout.json"
+
     def images_dir(self, split: str) -> Path:
         return self.images_root / split
 
@@ -126,6 +133,11 @@ class Store:
     def stats_complete(self, split: str) -> bool:
         return self.stats_config_path(split).exists() and all(
             self.stats_file(split, n).exists() for n in STATS_TABLES)
+
+    def log_path(self, stage: str) -> Path:
+        """A new ``_logs/<stage>-<time>-<pid>.log``: where a run puts the traceback of a task that failed."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return self.root / "_logs" / f"{stage}-{stamp}-{os.getpid()}.log"
 
     # -- listings --------------------------------------------------------
     def splits(self) -> List[str]:
@@ -193,7 +205,7 @@ class Store:
         """
         images = self.require_images(split)
         if not complete:
-            images = [p for p in images if commit_path(self.features_dir(key, split) / p.name).exists()]
+            images = [p for p in images if _current(read_commit(self.features_dir(key, split) / p.name), p)]
             if not images:
                 raise UserError(f"{self.features_dir(key, split)}: no committed feature shards for split "
                                 f"{split!r}; run 'wdr-pipe features --store {self.root} --split {split}'")
@@ -253,14 +265,24 @@ class Store:
 
 
 def _aligned(path: Path, image_shard: Path, what: str, fix: str) -> Path:
-    """``path``, a derived shard of ``image_shard``: committed and with as many rows (footers only)."""
-    if not commit_path(path).exists():
+    """``path``, a derived shard of ``image_shard``: committed, computed from the image shard as it is
+    now, and with as many rows (footers only); a ``UserError`` naming ``fix`` otherwise."""
+    marker = read_commit(path)
+    if marker is None:
         raise UserError(f"{path}: no committed {what} shard for {image_shard}; run '{fix}'")
+    if "source" in marker and marker["source"] != shard_identity(image_shard):
+        raise UserError(f"{path}: computed from an earlier version of {image_shard} (fetched again since); "
+                        f"run '{fix}'")
     rows, image_rows = pq.read_metadata(path).num_rows, pq.read_metadata(image_shard).num_rows
     if rows != image_rows:
         raise UserError(f"{path}: {rows} rows but its image shard has {image_rows}; the shards are not "
                         f"row-aligned; rerun '{fix} --rebuild'")
     return path
+
+
+def _current(marker: Optional[dict], image_shard: Path) -> bool:
+    """A derived shard's commit marker exists and names the image shard as it is now."""
+    return marker is not None and ("source" not in marker or marker["source"] == shard_identity(image_shard))
 
 
 def shard_name(n: int) -> str:

@@ -22,9 +22,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
-from ..errors import UserError
+from .checks import FETCH_BOUNDS, RESIZE_MODES, check_all, check_choice
 
-RESIZE_MODES = ("shorter", "longer", "center_crop", "pad")
 HEADROOM = 1.3  # Pillow path: JPEG draft at least this much larger than the target
 FAST_MAX = 1.35  # shrinks up to this factor use blur + cubic, larger ones Pillow's bicubic
 # EXIF orientation -> numpy ops on an (H, W, 3) array, as Pillow's exif_transpose does them
@@ -59,16 +58,8 @@ class FetchConfig:
     version: int = 2              # 2: DCT-scaled decode at full or half scale (_dct_min_size)
 
     def __post_init__(self):
-        checks = [
-            (self.resize_mode in RESIZE_MODES, f"--resize-mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}"),
-            (self.size >= 8, f"--size {self.size}: use 8 or more"),
-            (1 <= self.quality <= 100, f"--quality {self.quality}: use 1 to 100"),
-            (self.min_size >= 1, f"--min-size {self.min_size}: use 1 or more"),
-            (self.max_pixels >= 1, f"max_pixels {self.max_pixels}: use 1 or more"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"fetch config: {msg}")
+        check_choice("fetch config", "--resize-mode", self.resize_mode, RESIZE_MODES)
+        check_all("fetch config", self, FETCH_BOUNDS)
 
 
 def target_size(w: int, h: int, size: int, mode: str) -> Tuple[int, int]:

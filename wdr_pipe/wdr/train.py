@@ -97,8 +97,6 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     train_loader = make_loader(store, cfg.train_split, cfg.batch_size, train=True, drop_last=True,
                                weighted=cfg.weighting == "sample", **loader_args)
     val_loader = make_loader(store, cfg.val_split, cfg.batch_size, train=False, **loader_args)
-    for loader in (train_loader, val_loader):  # making an iterator must not draw from torch's generator
-        loader.dataloader.generator = torch.Generator().manual_seed(cfg.seed)
     batches = len(train_loader)
     if batches == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {train_loader.dataset.plan.num_rows} "

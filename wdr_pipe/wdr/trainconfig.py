@@ -9,6 +9,32 @@ command line gives as text: ``parts`` may be ``"deep,wide"``, ``pos_weight``
 The model's own fields (backbone .. label_embeddings) are handed to
 ``wdr_pipe.wdr.model.ModelConfig`` unchanged (``model_config()``), which
 checks them too.
+
+What some settings mean:
+
+- ``checkpoint_every`` / ``eval_every``: in optimizer steps; 0 = only at each
+  epoch end (where both always happen). A step is ``grad_accum`` batches; an
+  epoch's last step may take fewer (its loss is averaged over those).
+- ``sched``: timm's schedule, stepped per update; warmup starts at lr / 100.
+  ``step`` decays by 0.1 every ``epochs // 3`` epochs, ``multistep`` at 1/3 and
+  2/3 of the epochs; ``none`` keeps ``lr``.
+- ``ema``: ``timm.utils.ModelEmaV3`` with warmup (its decay ramps up to
+  ``ema_decay``); validation, the best checkpoint and thresholds then use it.
+- ``amp``: ``auto`` = bf16 autocast on CUDA, float32 elsewhere; ``bf16``
+  forces autocast (CPU too); ``off`` never.
+- ``loss``: ``bce``, or ``asl`` (timm's AsymmetricLossMultiLabel, gamma_neg 4,
+  gamma_pos 1, clip 0.05), both averaged over labels and images.
+- ``weighting``: ``loss`` multiplies each image's loss by its stored weight,
+  ``sample`` draws images in proportion to it, ``none`` neither.
+- ``pos_weight``: K (every label's positives weigh K) or ``stats`` (per label,
+  ``stats/<train split>/label_weights.parquet``); also with ``asl``.
+- ``labels``: ``top:N`` trains, scores and tunes thresholds on the N most
+  frequent training labels only (ties: the lower id).
+- ``init``: another run folder; its best weights of the same name and shape
+  are loaded (the backbone always, the head only for the same labels).
+- ``thresholds``: ``tune`` (per label, Fan-Lin, on the validation split),
+  ``cv`` (the same, plus its 5-fold out-of-fold micro-F1 in the result) or
+  ``none`` (0.5); labels under ``min_positives`` positives get the global one.
 """
 from __future__ import annotations
 
