@@ -33,7 +33,11 @@ def render() -> str:
     parts = [BEGIN, ""]
     for path, cmd in _commands(cli):
         name = " ".join(("wdr-pipe",) + path)
-        ctx = click.Context(cmd, info_name=name, parent=root)
+        parent, group = root, cli
+        for word in path[:-1]:  # a subcommand's usage line names its group too: wdr-pipe store info
+            group = group.commands[word]
+            parent = click.Context(group, info_name=word, parent=parent)
+        ctx = click.Context(cmd, info_name=path[-1], parent=parent)
         parts += [f"### `{name}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(parts + [END])
 
