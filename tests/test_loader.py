@@ -136,6 +136,18 @@ def test_same_seed_same_stream_other_epoch_or_seed_another(store7):
     assert sorted(run(0, 1)[0]) == sorted(ids_a)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_iterating_leaves_torchs_global_random_stream_alone(store7, workers):
+    """A new iterator seeds its workers from the loader's own generator: dropout after a validation
+    pass draws what it would have drawn without one (exact resume relies on it)."""
+    loader = make_loader(store7, "train", batch_size=16, num_workers=workers, config=SMALL)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    for _ in range(2):  # a persistent worker's second epoch too
+        next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_no_shuffle_keeps_store_order_per_worker(store7):
     loader = make_loader(store7, "train", batch_size=50, num_workers=0, config=SMALL, train=False)
     assert epoch_ids(loader) == train_ids(store7)

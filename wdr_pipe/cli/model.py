@@ -1,4 +1,4 @@
-"""Model commands: ``train`` (and ``train --resume``).
+"""Model commands: ``train`` (and ``train --resume``), ``thresholds`` (re-tune a finished run's).
 
 The flags of ``train`` are the fields of ``wdr_pipe.wdr.trainconfig.TrainConfig``
 (dashes for underscores); ``TrainConfig`` checks them all and names the flag
@@ -32,6 +32,8 @@ HELP = {
     "label_embeddings": "Recurrent inputs: frozen or trainable (pre-trained, from stats/) or random.",
     "feature_key": "Feature config of the Wide part [default: the store's only one].",
     "image_size": "Training image size [default: the backbone's].",
+    "stream_images": "With --deep fixed: decode and augment images every batch instead of training from the "
+                     "cached embeddings (wdr-pipe embed; computed first when missing).",
     "labels": "all, or top:N to train on the N most frequent training labels.",
     "epochs": "Epochs.", "batch_size": "Images per step (per process).", "lr": "Learning rate.",
     "optimizer": "Any timm optimizer (nadam as in the paper, adamw, sgd...).",
@@ -85,7 +87,9 @@ def train(store, out, resume_run, as_json, **settings):
 
     Rerun the same command and a finished run is reused, an unfinished one continues from
     its last checkpoint (to the sample); other settings in the same OUT are refused.
-    Under torchrun every process trains one share of each batch (DDP).
+    Under torchrun every process trains one share of each batch (DDP). With --deep fixed the
+    backbone's vectors come from the store's cached embeddings (computed first when missing,
+    as 'wdr-pipe embed' would), so no image is decoded; --stream-images decodes and augments instead.
 
     \b
     Examples:
@@ -105,3 +109,40 @@ def train(store, out, resume_run, as_json, **settings):
                 raise click.UsageError("pass --store and --out (or --resume RUN)")
             result = run_train(TrainConfig(store=store, out=out, **settings), progress=bar)
     echo_result(result, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A finished run folder (the --out of 'wdr-pipe train').")
+@click.option("--thresholds", "mode", type=click.Choice(["tune", "cv"]), default="tune", show_default=True,
+              help="tune: per-class thresholds; cv: also report their out-of-fold gain (5 folds).")
+@click.option("--min-positives", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Labels with fewer validation positives get the one global threshold.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader worker processes [default: the run's].")
+@json_option
+def thresholds(run_dir, mode, min_positives, device, workers, as_json):
+    """Tune a finished run's per-class thresholds again on its validation split.
+
+    The run's best checkpoint predicts the validation split once; thresholds are tuned on
+    those scores (Fan and Lin's cyclic optimisation for micro-F1) and replace RUN/thresholds.json
+    and the threshold figures in RUN/result.json. Weights and settings are left alone.
+
+    \b
+    Examples:
+      wdr-pipe thresholds --run runs/wdr
+      wdr-pipe thresholds --run runs/wdr --thresholds cv --min-positives 10
+    """
+    from ..wdr.retune import retune_thresholds
+
+    with user_errors(), progress_bar("thresholds", unit="batch") as bar:
+        result = retune_thresholds(run_dir, mode=mode, min_positives=min_positives, device=device, workers=workers,
+                                   progress=bar)
+    echo_result(result, as_json)
+    if not as_json:
+        d = result.details
+        line = (f"validation micro-F1: {d['val_f1_at_0.5']:.4f} at 0.5, {d['val_f1_global']:.4f} at one threshold "
+                f"{d['global_threshold']:.3f}, {d['val_f1_tuned']:.4f} per class")
+        if "val_f1_tuned_out_of_fold" in d:
+            line += f" ({d['val_f1_tuned_out_of_fold']:.4f} out of fold)"
+        click.echo(line)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
-from ..imaging import (FAST_MAX, HEADROOM, RESIZE_MODES, ImageRejected, decode_resized, process,  # noqa: F401
-                       target_size)
+from ..imaging import FAST_MAX, HEADROOM, ImageRejected, decode_resized, process, target_size  # noqa: F401
+from .checks import FETCH_BOUNDS, RESIZE_MODES, check_all, check_choice
 
 
 @dataclass(frozen=True)
@@ -29,16 +28,8 @@ class FetchConfig:
     version: int = 2              # 2: DCT-scaled decode at full or half scale (_dct_min_size)
 
     def __post_init__(self):
-        checks = [
-            (self.resize_mode in RESIZE_MODES, f"--resize-mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}"),
-            (self.size >= 8, f"--size {self.size}: use 8 or more"),
-            (1 <= self.quality <= 100, f"--quality {self.quality}: use 1 to 100"),
-            (self.min_size >= 1, f"--min-size {self.min_size}: use 1 or more"),
-            (self.max_pixels >= 1, f"max_pixels {self.max_pixels}: use 1 or more"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"fetch config: {msg}")
+        check_choice("fetch config", "--resize-mode", self.resize_mode, RESIZE_MODES)
+        check_all("fetch config", self, FETCH_BOUNDS)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

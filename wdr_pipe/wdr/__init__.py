@@ -10,6 +10,7 @@ _WHERE = {
     "DataConfig": "transforms", "EvalTransform": "transforms", "Normalize": "transforms",
     "TrainTransform": "transforms", "data_config": "transforms", "make_transform": "transforms",
     "ModelConfig": "model", "WDRModel": "model", "build_model": "model", "create_backbone": "backbone",
+    "retune_thresholds": "retune",
 }
 
 __all__ = sorted(_WHERE)

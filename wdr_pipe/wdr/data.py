@@ -257,7 +257,10 @@ class Loader:
             dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if workers else None, persistent_workers=persistent_workers and workers > 0,
             timeout=timeout if workers else 0,
-            multiprocessing_context=multiprocessing_context if workers else None)
+            multiprocessing_context=multiprocessing_context if workers else None,
+            # a new iterator draws a base seed from this generator, not from torch's global one,
+            # so iterating (a validation pass too) never moves the caller's random stream
+            generator=torch.Generator().manual_seed(dataset.seed))
         if self.device is not None:
             self.normalize = self.normalize.to(self.device)
         self.epoch = 0

@@ -9,6 +9,32 @@ command line gives as text: ``parts`` may be ``"deep,wide"``, ``pos_weight``
 The model's own fields (backbone .. label_embeddings) are handed to
 ``wdr_pipe.wdr.model.ModelConfig`` unchanged (``model_config()``), which
 checks them too.
+
+What some settings mean:
+
+- ``checkpoint_every`` / ``eval_every``: in optimizer steps; 0 = only at each
+  epoch end (where both always happen). A step is ``grad_accum`` batches; an
+  epoch's last step may take fewer (its loss is averaged over those).
+- ``sched``: timm's schedule, stepped per update; warmup starts at lr / 100.
+  ``step`` decays by 0.1 every ``epochs // 3`` epochs, ``multistep`` at 1/3 and
+  2/3 of the epochs; ``none`` keeps ``lr``.
+- ``ema``: ``timm.utils.ModelEmaV3`` with warmup (its decay ramps up to
+  ``ema_decay``); validation, the best checkpoint and thresholds then use it.
+- ``amp``: ``auto`` = bf16 autocast on CUDA, float32 elsewhere; ``bf16``
+  forces autocast (CPU too); ``off`` never.
+- ``loss``: ``bce``, or ``asl`` (timm's AsymmetricLossMultiLabel, gamma_neg 4,
+  gamma_pos 1, clip 0.05), both averaged over labels and images.
+- ``weighting``: ``loss`` multiplies each image's loss by its stored weight,
+  ``sample`` draws images in proportion to it, ``none`` neither.
+- ``pos_weight``: K (every label's positives weigh K) or ``stats`` (per label,
+  ``stats/<train split>/label_weights.parquet``); also with ``asl``.
+- ``labels``: ``top:N`` trains, scores and tunes thresholds on the N most
+  frequent training labels only (ties: the lower id).
+- ``init``: another run folder; its best weights of the same name and shape
+  are loaded (the backbone always, the head only for the same labels).
+- ``thresholds``: ``tune`` (per label, Fan-Lin, on the validation split),
+  ``cv`` (the same, plus its 5-fold out-of-fold micro-F1 in the result) or
+  ``none`` (0.5); labels under ``min_positives`` positives get the global one.
 """
 from __future__ import annotations
 
@@ -62,6 +88,7 @@ class TrainConfig:
     # data
     feature_key: Optional[str] = None
     image_size: Optional[int] = None
+    stream_images: bool = False     # --deep fixed: images every batch instead of the cached embeddings
     labels: str = "all"
     # optimisation
     epochs: int = 10
@@ -129,6 +156,8 @@ class TrainConfig:
               "is the training split too; validate on another split")
         check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(self.device))), "device",
               "use auto, cpu, cuda or cuda:N")
+        check(not self.stream_images or self.deep == "fixed", "stream_images",
+              "only --deep fixed trains from cached embeddings; the other modes always stream images")
         check(self.feature_key is None or "wide" in self.parts, "feature_key",
               "only the wide part reads image features; add wide to --parts or leave --feature-key out")
         import timm.optim
@@ -182,12 +211,14 @@ class TrainConfig:
 
 
 def settings_diff(run: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """``["--lr 0.001 (the run has 0.0003)", ...]`` for every setting that differs."""
+    """``["--lr 0.001 (the run has 0.0003)", ...]`` for every setting that differs. A setting added to
+    wdr-pipe after a run was made counts as its default there."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     out = []
     for k in sorted(set(run) | set(new)):
         if k in NOT_SETTINGS:
             continue
-        a, b = run.get(k), new.get(k)
+        a, b = run.get(k, defaults.get(k)), new.get(k)
         if _norm(a) != _norm(b):
             out.append(f"{flag(k)} {_show(b)} (the run has {_show(a)})")
     return out
