@@ -137,6 +137,19 @@ def test_tta_flip_and_last_checkpoint(store, runs):
     assert again.reused == 1 and again.details["micro_f1"] == r.details["micro_f1"]  # same weights: reused
 
 
+def test_a_run_trained_from_cached_embeddings_is_scored_from_them(store, tmp_path):
+    run = tmp_path / "fixed"
+    trained = train(TrainConfig(store=str(store), out=str(run), deep="fixed", **SMALL)).details
+    assert trained["embedding_key"]
+    r = evaluate(EvalConfig(store=str(store), run=str(run), saliency=0, **FAST))
+    meta = json.loads(pq.read_schema(run / "eval" / "validation" / "predictions.parquet").metadata[b"wdr_pipe"])
+    assert meta["source"]["input"] == f"embeddings {trained['embedding_key']}"
+    assert r.details["micro_f1"] == pytest.approx(trained["val_f1_tuned"])  # what training validated
+    flip = evaluate(EvalConfig(store=str(store), run=str(run), saliency=0, tta="flip", **FAST))  # needs the images
+    meta = json.loads(pq.read_schema(run / "eval" / "validation" / "predictions.parquet").metadata[b"wdr_pipe"])
+    assert meta["source"]["input"] == "images" and flip.details["micro_f1"] > 0
+
+
 # -- predict -------------------------------------------------------------------------------------
 def test_submission_has_every_index_row_with_the_fallback_for_failures(store, runs, tmp_path):
     out, probs = tmp_path / "sub" / "submission.csv", tmp_path / "probs.parquet"

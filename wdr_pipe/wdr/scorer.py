@@ -10,6 +10,11 @@ autocast and channels_last there, as in training); only the probabilities are
 kept, never the images. ``tta="flip"`` averages the probabilities of each
 image and its mirror image (the wide features are those of the image itself).
 
+A ``--deep fixed`` run that trained from the store's cached embeddings (its
+``config.json`` names their key) is scored from them too when the store has
+them for the split and no TTA is asked for: no image is decoded, and the
+probabilities are those the run was validated and its thresholds tuned with.
+
 A split's probabilities are reused from ``RUN/eval/<split>/predictions.parquet``
 when that file was written from the same checkpoint weights, TTA, split and
 store content (its ``source``): an ensemble over evaluated runs does not
@@ -104,12 +109,32 @@ class ModelScorer:
                 p = (p + torch.sigmoid(self.model(torch.flip(image, dims=[3]), wide).float())) / 2
         return p.float()
 
+    @torch.inference_mode()
+    def head_probs(self, embedding: torch.Tensor, wide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L) probabilities from the backbone's cached pooled vectors (the head alone)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return torch.sigmoid(self.model.forward_head(embedding.float(), wide).float()).float()
+
     # -- a store split ------------------------------------------------------------------------
+    def embedding_key(self, store: Store, split: str) -> Optional[str]:
+        """The cached embeddings to score ``split`` from (a run trained from them, no TTA), or None."""
+        key = self.run.doc.get("embedding_key")
+        if not key or self.tta != "none" or key not in store.embedding_keys():
+            return None
+        try:
+            store.embedding_shards(key, split)
+        except UserError as e:
+            log.info("%s: scoring from images (%s)", self.run.root, e)
+            return None
+        return key
+
     def source(self, store: Store, split: str) -> Dict[str, Any]:
         """What a split's probabilities depend on (compared before reusing a predictions file)."""
+        key = self.embedding_key(store, split)
         return {"run": str(self.run.root), "checkpoint": self.checkpoint, "step": self.step, "weights": self.digest,
                 "tta": self.tta, "split": split, "store": str(store.root),
-                "store_fingerprint": store.fingerprint(split, self.run.feature_key)}
+                "store_fingerprint": store.fingerprint(split, self.run.feature_key),
+                "input": f"embeddings {key}" if key else "images"}
 
     def cached(self, store: Store, split: str) -> Optional[Scored]:
         path = self.run.eval_dir(split) / "predictions.parquet"
@@ -133,9 +158,15 @@ class ModelScorer:
         hit = self.cached(store, split) if reuse else None
         if hit is not None:
             return hit
-        loader = make_loader(store, split, self.batch_size, num_workers=self.workers, train=False,
-                             feature_key=self.run.feature_key, config=self.data_config, device=self.device,
-                             persistent_workers=False)
+        args = dict(num_workers=self.workers, train=False, feature_key=self.run.feature_key, config=self.data_config,
+                    device=self.device, persistent_workers=False)
+        key = self.embedding_key(store, split)
+        if key:
+            from .embed_data import make_embedding_loader
+
+            loader = make_embedding_loader(store, split, self.batch_size, embedding_key=key, **args)
+        else:
+            loader = make_loader(store, split, self.batch_size, **args)
         total = loader.dataset.plan.num_rows
         ids: List[str] = []
         probs, labels = [], []
@@ -144,8 +175,11 @@ class ModelScorer:
         for batch in loader:
             if not batch["image_id"]:
                 continue
-            image = batch["image"].contiguous(memory_format=torch.channels_last)
-            probs.append(self.probs(image, batch.get("wide")).cpu().numpy())
+            if "embedding" in batch:
+                probs.append(self.head_probs(batch["embedding"], batch.get("wide")).cpu().numpy())
+            else:
+                image = batch["image"].contiguous(memory_format=torch.channels_last)
+                probs.append(self.probs(image, batch.get("wide")).cpu().numpy())
             if columns is not None:
                 labels.append(batch["labels"].cpu().numpy()[:, columns].astype(np.uint8))
             ids += batch["image_id"]
