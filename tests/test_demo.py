@@ -1,4 +1,5 @@
 """The one-command demo, end to end (data stages and the ablation), and its no-work rerun."""
+import re
 import tomllib
 
 from click.testing import CliRunner
@@ -19,12 +20,17 @@ def test_demo_end_to_end_then_rerun_reuses_everything(tmp_path):
     assert (store.stats_dir("train") / "sample_weights.parquet").exists()
     config = tomllib.loads((tmp_path / "d" / "demo.toml").read_text())  # the user can edit and rerun it
     assert set(config["train"]) == {"deep_fixed", "deep_half", "deep_tune", "wdr", "wdr_weighted"}
-    rows = [line for line in first.output.splitlines() if line.startswith("| Deep")]
-    assert len(rows) == 5 and all(0 <= float(cell) <= 1 for r in rows for cell in r.split("|")[2:4])
-    for name in config["train"]:
+    rows = [line for line in first.output.splitlines() if line.startswith(("| Deep", "| Ensembled"))]
+    assert len(rows) == 6 and all(0 <= float(cell) <= 1 for r in rows for cell in r.split("|")[2:4])
+    for name in [*config["train"], "ensemble"]:
         assert (tmp_path / "d" / "runs" / name / "result.json").exists()
+    submission = (tmp_path / "d" / "submission.csv").read_text().splitlines()
+    assert submission[0] == "image_id,label_id" and len(submission) == 1 + 6  # every test image
+    assert (tmp_path / "d" / "runs" / "wdr" / "eval" / "validation" / "report.html").exists()
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     assert "38 ok, 0 failed; ran 0, reused 3" in again.output and "train: cached" in again.output
-    assert again.output.count("; ran 0, reused") == 3 + 5  # fetch, features, stats and every run: no work
-    assert [line for line in again.output.splitlines() if line.startswith("| Deep")] == rows
+    stages = [line for line in again.output.splitlines()
+              if re.match(r"(fetch|features|stats|train) [0-9a-f]{12}: ", line) and "; ran " in line]
+    assert len(stages) == 3 + 5 and all("; ran 0, reused" in line for line in stages)  # no data or training work
+    assert [line for line in again.output.splitlines() if line.startswith(("| Deep", "| Ensembled"))] == rows

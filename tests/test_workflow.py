@@ -50,6 +50,8 @@ def test_cli_dry_run_and_result_table(copy_store, tmp_path):
     ("bogus = 1\n", r"run.toml:\d+: unknown key \[train.wdr\] 'bogus'"),
     ('[fetch]\nsize = 64\n', r"\[fetch\] needs indexes"),
     ('lr = -1\n', r"\[train.wdr\]: --lr -1"),
+    ('[ensemble.e]\nruns = ["fixed", "nope"]\n', r"\[ensemble.e\] runs = .*\(nope is none\)"),
+    ('[predict]\nrun = "nope"\nout = "s.csv"\n', r"\[predict\] run = 'nope': name a \[train.NAME\] or \[ensemble.NAME\]"),
 ])
 def test_bad_files_are_one_line_naming_the_place(copy_store, tmp_path, extra, message):
     cfg = write(tmp_path, copy_store, extra)

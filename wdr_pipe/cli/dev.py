@@ -132,4 +132,5 @@ def demo(out, n_train, n_validation, n_test, size, image_size, epochs, workers):
     for row in res.table():
         tuned = "-" if row["f1_tuned"] is None else f"{row['f1_tuned']:.3f}"
         click.echo(f"| {row['row']:<36} | {row['f1_at_0.5']:>9.3f} | {tuned:>20} |")
-    click.echo(f"\nstore: {res.store}; runs: {res.store.parent / 'runs'}; config: {res.config}")
+    click.echo(f"\nreport: {res.output_of('report')}\nsubmission: {res.output_of('predict')}")
+    click.echo(f"store: {res.store}; runs: {res.store.parent / 'runs'}; config: {res.config}")

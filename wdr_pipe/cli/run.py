@@ -31,10 +31,12 @@ def run_cmd(config, force, dry_run, as_json):
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..workflow import execute, load_config, make_plan
+    from ..wdr.compare import compare_runs, format_table
+    from ..workflow import execute, load_config, make_plan, run_folders
 
     with user_errors():
-        plan = make_plan(load_config(config))
+        cfg = load_config(config)
+        plan = make_plan(cfg)
         if dry_run:
             for step in plan.steps:
                 deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
@@ -61,3 +63,7 @@ def run_cmd(config, force, dry_run, as_json):
     click.echo(f"{'step':<22}{'status':<8}{'seconds':>9}  result")
     for o in outcomes:
         click.echo(f"{o.step.name:<22}{o.status + ('*' if o.forced else ''):<8}{o.seconds:>9.1f}  {o.result.line()}")
+    folders = run_folders(cfg)
+    if folders:
+        with user_errors():
+            click.echo("\n" + format_table(*compare_runs(folders, (cfg.evaluate or {}).get("split", "validation"))))

@@ -35,6 +35,24 @@ ROWS = [
 ]
 COMMON = {"backbone": "tf_efficientnet_lite0", "pretrained": True, "batch_size": 16, "lr": 1e-3,
           "thresholds": "tune"}
+# after the runs: the paper's ensemble row, evaluation of every run, the submission and the report
+TAIL = """
+# the paper's "Ensembled" row: the mean of the fine-tuned runs, thresholds tuned on the mean
+[ensemble.ensemble]
+runs = ["deep_tune", "wdr", "wdr_weighted"]
+method = "mean"
+
+[evaluate]
+split = "validation"
+
+[predict]
+run = "ensemble"
+split = "test"
+out = "submission.csv"
+
+[report]
+run = "wdr"
+"""
 
 
 def _toml_value(v) -> str:
@@ -47,14 +65,18 @@ class DemoResult:
     config: Path
     outcomes: List[Outcome] = field(default_factory=list)
 
+    def output_of(self, step: str) -> Optional[str]:
+        return next((o.result.output for o in self.outcomes if o.step.name == step), None)
+
     def table(self) -> List[Dict[str, object]]:
         """The ablation in the paper's form: one row per run, validation micro-F1 at 0.5 and tuned."""
-        names = {name: row for name, row, _ in ROWS}
+        names = {**{name: row for name, row, _ in ROWS}, "ensemble": "Ensembled"}
         rows = []
         for o in self.outcomes:
-            if o.step.name.startswith("train."):
+            kind, _, name = o.step.name.partition(".")
+            if kind in ("train", "ensemble"):
                 d = o.result.details
-                rows.append({"run": o.step.name[6:], "row": names.get(o.step.name[6:], o.step.name[6:]),
+                rows.append({"run": name, "row": names.get(name, name),
                              "f1_at_0.5": d.get("val_f1_at_0.5"), "f1_tuned": d.get("val_f1_tuned"),
                              "seconds": o.result.seconds})
         return rows
@@ -84,7 +106,7 @@ def demo_config(size: int = 160, image_size: int = 128, epochs: int = 4, loader_
             f'# Edit and run: wdr-pipe run demo.toml\nstore = "store"\nruns = "runs"\n\n'
             f'[fetch]\nindexes = ["data/train.json", "data/validation.json", "data/test.json"]\n'
             f'label_map = "data/label_map.csv"\nsize = {size}\nshard_size = 100\n\n'
-            f'[features]\n\n[stats]\n{runs}')
+            f'[features]\n\n[stats]\n{runs}{TAIL}')
 
 
 def run_demo(out, n_train: int = 480, n_validation: int = 120, n_test: int = 60, size: int = 160,

@@ -221,6 +221,22 @@ def _members(cfg: EnsembleConfig) -> List[Run]:
     return runs
 
 
+def _finished(cfg: EnsembleConfig, out: Path) -> Optional[StageResult]:
+    """The stored result when ``out`` holds this very ensemble (same settings), made after its
+    members last finished; None when there is none. Members trained since: a one-line error."""
+    done = RunDir(out).read_result() if (out / "result.json").exists() else None
+    if done is None or done.stage != "ensemble" or done.key != config_key(cfg):
+        return None
+    made = (out / "result.json").stat().st_mtime
+    newer = [r for r in cfg.runs if (Path(r) / "result.json").exists() and (Path(r) / "result.json").stat().st_mtime > made]
+    if newer:
+        raise UserError(f"--out {out}: an ensemble of runs that changed since ({', '.join(newer)}); "
+                        "pass a new --out for the new ensemble")
+    log.info("%s: this ensemble is already made; nothing to do", out)
+    done.reused, done.ran, done.seconds = done.ran, 0, 0.0
+    return done
+
+
 def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
     """Score the members on the fit split, combine, tune, and write the ensemble run folder."""
     from .metrics import summary
@@ -228,6 +244,9 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
 
     t0 = time.time()
     out = Path(cfg.out).expanduser().resolve()
+    done = _finished(cfg, out)
+    if done is not None:
+        return done
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not an empty folder; pass a new folder for the ensemble")
     runs = _members(cfg)

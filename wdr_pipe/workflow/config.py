@@ -47,7 +47,12 @@ FETCH_KEYS = {"indexes", "split", "label_map", "holdout", "size", "resize_mode",
               "threads", "per_host", "timeout", "deadline", "retries", "max_bytes", "limit", "retry_failed"}
 FEATURE_KEYS = {"hog_size", "orientations", "bins", "keep_background", "dtype", "splits"}
 STATS_KEYS = {"dim", "alpha", "epochs", "seed", "pos_weight_clip", "splits"}
-TOP_KEYS = {"store", "runs", "workers", "scheduler", "fetch", "features", "stats", "train"}
+TOP_KEYS = {"store", "runs", "workers", "scheduler", "fetch", "features", "stats", "train", "evaluate", "ensemble",
+            "predict", "report"}
+EVALUATE_KEYS = {"split", "checkpoint", "tta", "saliency", "saliency_labels", "batch_size"}
+ENSEMBLE_KEYS = {"runs", "method", "split", "folds", "seed", "C", "min_positives", "checkpoint", "tta", "batch_size"}
+PREDICT_KEYS = {"run", "split", "out", "probs", "checkpoint", "tta", "batch_size"}
+REPORT_KEYS = {"run", "split"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -70,6 +75,10 @@ class RunConfig:
     features: Optional[Dict[str, Any]] = None
     stats: Optional[Dict[str, Any]] = None
     train: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    evaluate: Optional[Dict[str, Any]] = None        # evaluate every run and ensemble with these settings
+    ensemble: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    predict: Optional[Dict[str, Any]] = None
+    report: Optional[Dict[str, Any]] = None
 
     def run_order(self) -> List[str]:
         """Training runs in dependency order (``init`` names another run of the file)."""
@@ -129,7 +138,8 @@ def load_config(path) -> RunConfig:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     base = path.resolve().parent
     _check_keys(path, text, "", doc, TOP_KEYS)
-    for name, keys in (("fetch", FETCH_KEYS), ("features", FEATURE_KEYS), ("stats", STATS_KEYS)):
+    for name, keys in (("fetch", FETCH_KEYS), ("features", FEATURE_KEYS), ("stats", STATS_KEYS),
+                       ("evaluate", EVALUATE_KEYS), ("predict", PREDICT_KEYS), ("report", REPORT_KEYS)):
         if name in doc and not isinstance(doc[name], dict):
             raise UserError(f"{path}:{_line_of(text, name)}: {name} must be a table [{name}]")
         _check_keys(path, text, name, doc.get(name, {}), keys)
@@ -143,6 +153,29 @@ def load_config(path) -> RunConfig:
         if not RUN_NAME.match(name):
             raise UserError(f"{path}: [train.{name}]: a run name is letters, digits, '_', '.' or '-'")
         _check_keys(path, text, f"train.{name}", flags, allowed)
+    ensembles = doc.get("ensemble", {})
+    if not isinstance(ensembles, dict) or any(not isinstance(v, dict) for v in ensembles.values()):
+        raise UserError(f"{path}: ensembles are tables [ensemble.NAME] with runs = [\"run\", ...]")
+    for name, flags in ensembles.items():
+        if not RUN_NAME.match(name) or name in train:
+            raise UserError(f"{path}: [ensemble.{name}]: give it a name of letters, digits, '_', '.' or '-' "
+                            "that no [train.NAME] has")
+        _check_keys(path, text, f"ensemble.{name}", flags, ENSEMBLE_KEYS)
+        unknown = [r for r in flags.get("runs", []) if r not in train]
+        if len(flags.get("runs", [])) < 2 or unknown:
+            raise UserError(f"{path}: [ensemble.{name}] runs = {flags.get('runs')}: name two or more [train.NAME] "
+                            f"runs of this file" + (f" ({', '.join(map(str, unknown))} is none)" if unknown else ""))
+    for name in ("predict", "report"):
+        target = doc.get(name, {}).get("run")
+        if name in doc and target not in set(train) | set(ensembles):
+            raise UserError(f"{path}: [{name}] run = {target!r}: name a [train.NAME] or [ensemble.NAME] of this file")
+    predict = dict(doc["predict"]) if "predict" in doc else None
+    if predict is not None:
+        for key in ("out", "probs"):
+            if key in predict:
+                predict[key] = _abs(base, predict[key], f"[predict] {key}", path)
+        if "out" not in predict:
+            raise UserError(f"{path}: [predict] needs out = \"submission.csv\"")
     fetch = dict(doc["fetch"]) if "fetch" in doc else None
     if fetch is not None:
         if not fetch.get("indexes"):
@@ -158,7 +191,8 @@ def load_config(path) -> RunConfig:
     cfg = RunConfig(path=path, store=Path(_abs(base, doc["store"], "store", path)),
                     runs=Path(_abs(base, doc.get("runs", "runs"), "runs", path)), workers=doc.get("workers"),
                     scheduler=doc.get("scheduler"), fetch=fetch, features=doc.get("features"),
-                    stats=doc.get("stats"), train=runs)
+                    stats=doc.get("stats"), train=runs, evaluate=doc.get("evaluate"), ensemble=ensembles,
+                    predict=predict, report=doc.get("report"))
     for name, flags in runs.items():  # init: another run of this file, or a run folder
         init = flags.get("init")
         if init is not None and init not in runs:

@@ -23,7 +23,7 @@ log = logging.getLogger("wdr_pipe")
 
 @dataclass
 class Step:
-    name: str                                 # "fetch", "features", "stats", "train.NAME"
+    name: str                     # "fetch", "features", "stats", "train.NAME", "ensemble.NAME", "evaluate.NAME", ...
     deps: List[str]
     action: Callable[[Hook, bool], StageResult]  # (progress hook, force) -> result
     what: str = ""                             # one line for --dry-run
@@ -135,14 +135,65 @@ def _train_step(cfg: RunConfig, name: str, deps: List[str], feature_key: Optiona
         raise UserError(f"{cfg.path}: [train.{name}]: {e}") from None
 
     def action(progress: Hook, force: bool) -> StageResult:
-        if force and os.path.isdir(tc.out):  # keep the old run beside, never delete it
-            aside = f"{tc.out}.before-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.rename(tc.out, aside)
-            log.info("train.%s: forced; the previous run is kept in %s", name, aside)
+        if force:
+            _set_aside(tc.out)
         return train(tc, progress=progress)
 
     return Step(f"train.{name}", deps, action,
                 f"train {name}: {tc.backbone}, deep {tc.deep}, parts {','.join(tc.parts)}, {tc.epochs} epochs")
+
+
+def _set_aside(folder: str) -> None:
+    """A forced step's old output folder is renamed beside it, never deleted."""
+    if os.path.isdir(folder):
+        aside = f"{folder}.before-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(folder, aside)
+        log.info("forced: the previous %s is kept in %s", folder, aside)
+
+
+def _evaluate_step(cfg: RunConfig, name: str, deps: List[str]) -> Step:
+    from ..wdr.evaluate import EvalConfig, evaluate
+
+    ec = EvalConfig(store=str(cfg.store), run=str(cfg.runs / name), **(cfg.evaluate or {}))
+    return Step(f"evaluate.{name}", deps, lambda progress, force: evaluate(ec, progress=progress),
+                f"evaluate {name} on {ec.split}")
+
+
+def _ensemble_step(cfg: RunConfig, name: str) -> Step:
+    from ..wdr.ensemble import EnsembleConfig, make_ensemble
+
+    flags = dict(cfg.ensemble[name])
+    members = [str(cfg.runs / r) for r in flags.pop("runs")]
+    ec = EnsembleConfig(runs=tuple(members), out=str(cfg.runs / name), store=str(cfg.store), **flags)
+    def action(progress: Hook, force: bool) -> StageResult:
+        if force:
+            _set_aside(ec.out)
+        return make_ensemble(ec, progress=progress)
+
+    return Step(f"ensemble.{name}", [f"train.{r}" for r in cfg.ensemble[name]["runs"]], action,
+                f"ensemble {name}: {ec.method} of {', '.join(cfg.ensemble[name]['runs'])}")
+
+
+def _producer(cfg: RunConfig, name: str) -> str:
+    return f"ensemble.{name}" if name in cfg.ensemble else f"train.{name}"
+
+
+def _predict_step(cfg: RunConfig) -> Step:
+    from ..wdr.predict import PredictConfig, predict_split
+
+    flags = dict(cfg.predict)
+    name = flags.pop("run")
+    pc = PredictConfig(store=str(cfg.store), run=str(cfg.runs / name), **flags)
+    return Step("predict", [_producer(cfg, name)], lambda progress, force: predict_split(pc, progress=progress),
+                f"predict {pc.split} with {name} -> {pc.out}")
+
+
+def _report_step(cfg: RunConfig, deps: List[str]) -> Step:
+    from ..report import build_report
+
+    name, split = cfg.report["run"], cfg.report.get("split", (cfg.evaluate or {}).get("split", "validation"))
+    return Step("report", deps, lambda progress, force: build_report(str(cfg.runs / name), split, str(cfg.store)),
+                f"report of {name} on {split}")
 
 
 def make_plan(cfg: RunConfig) -> Plan:
@@ -163,7 +214,23 @@ def make_plan(cfg: RunConfig) -> Plan:
         init = cfg.train[name].get("init")
         plan.steps.append(_train_step(cfg, name, after_data + ([f"train.{init}"] if init in cfg.train else []),
                                       feature_key))
+    for name in cfg.ensemble:
+        plan.steps.append(_ensemble_step(cfg, name))
+    if cfg.evaluate is not None:
+        for name in [*cfg.run_order(), *cfg.ensemble]:
+            plan.steps.append(_evaluate_step(cfg, name, [_producer(cfg, name)]))
+    if cfg.predict is not None:
+        plan.steps.append(_predict_step(cfg))
+    if cfg.report is not None:
+        target = cfg.report["run"]
+        deps = [f"evaluate.{target}"] if cfg.evaluate is not None else [_producer(cfg, target)]
+        plan.steps.append(_report_step(cfg, deps))
     return plan
+
+
+def run_folders(cfg: RunConfig) -> List[str]:
+    """The run and ensemble folders of ``cfg`` that exist, in plan order (for ``compare``)."""
+    return [str(cfg.runs / n) for n in [*cfg.run_order(), *cfg.ensemble] if (cfg.runs / n / "result.json").exists()]
 
 
 def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str], Hook] = lambda name: None
@@ -184,4 +251,4 @@ def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str],
     return outcomes
 
 
-__all__ = ["Outcome", "Plan", "Step", "execute", "make_plan"]
+__all__ = ["Outcome", "Plan", "Step", "execute", "make_plan", "run_folders"]
