@@ -15,7 +15,7 @@ ROOT = Path(wdr_pipe.__file__).parent
 ALLOWED = {
     "cli": {"cli", "demo", "workflow", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
     "demo": {"demo", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
-    "workflow": {"workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
+    "workflow": {"workflow", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "cache", "imaging", "errors", "progress", "result", ""},
     "wdr": {"wdr", "cache", "imaging", "errors", "progress", "result", ""},
     "report": {"report", "wdr", "cache", "errors", "result", ""},
