@@ -18,6 +18,16 @@ SPLITS = {"train": 48, "validation": 16, "test": 8}
 
 
 @pytest.fixture(scope="session")
+def dask_cluster():
+    """One 2-worker dask ``LocalCluster`` for the whole test run; tests pass its address as
+    ``scheduler=`` (a stage on an existing cluster). The demo test starts a cluster of its own."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """(folder, records) of a small generated data set; images are 600-1000 px JPEGs."""
     root = tmp_path_factory.mktemp("synth")

@@ -1,6 +1,7 @@
 """The layout's rules, checked on the source: data flows down, the store layer alone knows paths.
 
-cli -> demo -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result.
+cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result;
+the report (report) reads the model side's and the store's files.
 """
 import ast
 import importlib
@@ -12,16 +13,19 @@ import wdr_pipe
 ROOT = Path(wdr_pipe.__file__).parent
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
-    "cli": {"cli", "demo", "pipeline", "wdr", "cache", "imaging", "errors", "progress", "result", ""},
-    "demo": {"demo", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
+    "cli": {"cli", "demo", "workflow", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
+    "demo": {"demo", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
+    "workflow": {"workflow", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "cache", "imaging", "errors", "progress", "result", ""},
     "wdr": {"wdr", "cache", "imaging", "errors", "progress", "result", ""},
+    "report": {"report", "wdr", "cache", "errors", "result", ""},
     "cache": {"cache", "errors", "result", ""},
     "imaging": set(), "errors": set(), "progress": set(), "result": set(), "__init__": set(),
 }
 # file and folder names of the store (docs/store.md): only wdr_pipe/cache may spell them in code
 STORE_NAMES = {"index", "images", "features", "stats", "_store.json", "_fetch.json", "_duplicates.parquet",
-               "label_map.parquet", ".stats.json", ".failures.parquet", "config.json"}
+               "label_map.parquet", ".stats.json", ".failures.parquet", "config.json",
+               "embeddings", "_search", "index.faiss", "ids.parquet", "manifest.json"}
 # input data sets (not stores) have an images/ folder of their own
 # and a run folder (not a store) has a config.json of its own
 INPUT_FOLDERS = {("demo/synth.py", "images"), ("pipeline/clothing.py", "images"), ("wdr/checkpoint.py", "config.json")}

@@ -30,3 +30,12 @@ def test_every_command_appears_in_the_readme_or_a_doc():
     text = (DOCS / "README.md").read_text() + "".join(p.read_text() for p in (DOCS / "docs").glob("*.md"))
     missing = [" ".join(p) for p in commands() if f"wdr-pipe {' '.join(p)}" not in text]
     assert not missing, f"commands documented nowhere: {missing}"
+
+
+def test_docs_cli_md_holds_every_commands_current_help():
+    from wdr_pipe.cli.helpdoc import BEGIN, END, render
+
+    text = (DOCS / "docs" / "cli.md").read_text()
+    assert BEGIN in text and END in text
+    current = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert current == render(), "docs/cli.md is out of date: run 'python -m wdr_pipe.cli.helpdoc docs/cli.md'"

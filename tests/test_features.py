@@ -154,12 +154,12 @@ def test_unknown_split_is_a_user_error(image_store):
         run(image_store, splits=["nope"])
 
 
-def test_local_cluster_of_two_workers_equals_inline(image_store, tmp_path):
+def test_two_worker_cluster_equals_inline(image_store, dask_cluster, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(image_store, other)
     run(image_store, splits=["train", "validation"])
     seen = []
-    summary = compute_features(other, ["train", "validation"], workers=2, progress=seen.append)
+    summary = compute_features(other, ["train", "validation"], scheduler=dask_cluster, progress=seen.append)
     assert summary.ran == 4 and (summary.ok + summary.failed) == 64
     assert seen and seen[-1].done == 64 and seen[-1].total == 64
     for split in ("train", "validation"):
@@ -193,5 +193,33 @@ def test_cli_features(image_store):
     res = runner.invoke(cli, ["features", "--store", str(image_store), "--split", "nope"])
     assert res.exit_code == 1 and "Error:" in res.output and "no committed image shards" in res.output
     res = runner.invoke(cli, ["features", "--store", str(image_store), "--hog-size", "8"])
-    assert res.exit_code == 2 and "'--hog-size': 8 is not in the range x>=16" in res.output
-    assert "Example" in runner.invoke(cli, ["features", "--help"]).output
+    assert res.exit_code == 2 and "'--hog-size': 8 is not in the range 16<=x<=512" in res.output
+
+
+def test_a_failed_rebuild_keeps_the_old_shards_committed_and_readable(image_store):
+    from wdr_pipe.cache import load_features
+
+    run(image_store, splits=["validation"])
+    before = load_features(image_store, "validation")
+    files = snapshot(image_store, FeatureConfig().key)
+    with pytest.raises(UserError, match="cannot reach dask scheduler"):
+        compute_features(image_store, ["validation"], rebuild=True, scheduler="tcp://127.0.0.1:9")
+    assert snapshot(image_store, FeatureConfig().key) == files  # nothing deleted, nothing uncommitted
+    after = load_features(image_store, "validation")
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    summary, work = run(image_store, splits=["validation"], rebuild=True)  # a rebuild that runs replaces them
+    assert work["shards_computed"] == 1 and not list((image_store / "features").rglob(".tmp-*"))
+
+
+def test_a_stale_feature_shard_is_not_read_as_current(image_store):
+    from wdr_pipe.cache import load_split
+
+    run(image_store, splits=["validation"])
+    marker = commit_path(image_store / "images" / "validation" / "part-00000.parquet")
+    marker.write_text(marker.read_text().replace('"ok"', '"ok" ', 1))  # the image shard was fetched again
+    with pytest.raises(UserError, match="computed from an earlier version of .*part-00000.parquet"):
+        Store(image_store).feature_shards(FeatureConfig().key, "validation")  # what training reads
+    with pytest.raises(UserError, match="no committed feature shards for split 'validation'"):
+        load_split(image_store, "validation")  # readers of finished shards skip it
+    run(image_store, splits=["validation"])
+    assert len(load_split(image_store, "validation")["image_id"]) == 16

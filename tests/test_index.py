@@ -336,7 +336,7 @@ def test_ingest_refuses_two_inputs_for_one_split_and_writes_nothing(tmp_path):
     store = Store(tmp_path / "store", create=True)
     a = write_json(tmp_path / "train.json", FGVC5)
     b = tmp_path / "train.csv"
-    b.write_text("image_id,url\n1,u\n")
+    b.write_text("image_id,url\n1,https://x/1.jpg\n")
     with pytest.raises(UserError, match="gives split 'train', as does .*train.json"):
         ingest(store, [a, b])
     bad = tmp_path / "validation.json"
@@ -371,3 +371,80 @@ def test_docs_list_the_clothing_table():
     documented = [(int(lid), int(task), name.strip("`"), attr) for attr, _, lid, name, task in rows]
     assert documented == clothing.LABEL_MAP_ROWS
     assert {(attr, int(value)): int(lid) for attr, value, lid, _, _ in rows} == clothing.LABEL_IDS
+
+
+# -- URLs, compressed indexes and label ids, checked when read ------------------------
+
+def test_csv_url_with_a_space_is_an_error_naming_the_row(tmp_path):
+    p = tmp_path / "shop.csv"
+    p.write_text("image_id,url\n1,https://x/1.jpg\n2,https://x/summer dress.jpg\n")
+    with pytest.raises(UserError, match=r"shop.csv: row 2 \(image '2'\): 'dress.jpg' is not a URL .*%20") as e:
+        read_index(p)
+    assert "\n" not in str(e.value)
+
+
+def test_a_bare_local_path_becomes_a_file_url_and_a_relative_one_is_refused(tmp_path):
+    p = tmp_path / "local.csv"
+    p.write_text("image_id,url\n1,/data/img/1.jpg\n2,file:///data/img/2.jpg|/data/my%img.jpg\n")
+    _, rows = only(read_index(p))
+    assert [r["urls"] for r in rows] == [["file:///data/img/1.jpg"], ["file:///data/img/2.jpg",
+                                                                       "file:///data/my%25img.jpg"]]
+    p.write_text("image_id,url\n1,img/1.jpg\n")
+    with pytest.raises(UserError, match=r"row 1 \(image '1'\): 'img/1.jpg' is not a URL .*absolute path or a file://"):
+        read_index(p)
+    j = write_json(tmp_path / "train.json", {"images": [{"url": "www.example.com/1.jpg", "imageId": "1"}]})
+    with pytest.raises(UserError, match=r"images\[0\] \(image '1'\): 'www.example.com/1.jpg' is not a URL"):
+        read_index(j)
+
+
+def test_json_and_list_urls_are_one_url_each_so_spaces_are_encoded(tmp_path):
+    j = write_json(tmp_path / "train.json", {"images": [
+        {"url": " https://x/summer dress.jpg\n", "imageId": "1"},
+        {"url": ["https://x/a b.jpg", "/local/c d.jpg"], "imageId": "2"}]})
+    _, rows = only(read_index(j))
+    assert [r["urls"] for r in rows] == [["https://x/summer%20dress.jpg"],
+                                          ["https://x/a%20b.jpg", "file:///local/c%20d.jpg"]]
+    p = tmp_path / "val.parquet"
+    pq.write_table(pa.table({"image_id": ["a"], "urls": [["https://x/a\tb.jpg"]]}), p)
+    assert only(read_index(p))[1][0]["urls"] == ["https://x/a%09b.jpg"]
+
+
+def test_gzipped_json_and_csv_read_like_their_plain_forms(tmp_path):
+    import gzip
+
+    (tmp_path / "plain").mkdir()
+    plain = write_json(tmp_path / "plain" / "train.json", FGVC5)
+    packed = tmp_path / "train.json.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert only(read_index(packed)) == only(read_index(plain))
+    csv = tmp_path / "shop.csv.gz"
+    csv.write_bytes(gzip.compress(b"image_id,url,labels\n1,https://x/1.jpg,3 2\n"))
+    assert only(read_index(csv)) == ("shop", [{"image_id": "1", "urls": ["https://x/1.jpg"], "labels": [2, 3]}])
+    tsv = tmp_path / "test.tsv.gz"
+    tsv.write_bytes(gzip.compress(b"image_id\turl\n1\thttps://x/1.jpg\n"))
+    assert only(read_index(tsv))[0] == "test"
+    bad = tmp_path / "broken.json.gz"
+    bad.write_bytes(gzip.compress(plain.read_bytes())[:40])  # truncated
+    with pytest.raises(UserError, match=r"broken.json.gz: not a readable gzip file"):
+        read_index(bad)
+    (tmp_path / "x.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    with pytest.raises(UserError, match=r"gzipped .parquet is not read"):
+        read_index(tmp_path / "x.parquet.gz")
+    store = Store(tmp_path / "store", create=True)
+    assert ingest(store, [packed]) == ["train"]
+
+
+def test_label_ids_are_bounded_without_a_label_map(tmp_path):
+    store = Store(tmp_path / "store", create=True)
+    p = tmp_path / "train.csv"
+    p.write_text("image_id,url,labels\n1,https://x/1.jpg,3 99999\n2,https://x/2.jpg,100000\n")
+    with pytest.raises(UserError, match=r"train.csv: image '2': label 100000 is over 99,999, the largest label id "
+                                        r"accepted without a label map; pass --label-map"):
+        ingest(store, [p])
+    assert not store.index_path("train").exists()
+    lm = tmp_path / "labels.csv"
+    lm.write_text("labelId,taskId,labelName,taskName\n3,1,a,x\n99999,1,b,x\n100000,1,c,x\n")
+    assert ingest(store, [p], label_map=lm) == ["train"]  # a label map says which ids exist
+    p2 = tmp_path / "validation.csv"
+    p2.write_text("image_id,url,labels\n1,https://x/1.jpg,99999\n")
+    assert ingest(Store(tmp_path / "other", create=True), [p2]) == ["validation"]

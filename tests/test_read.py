@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from wdr_pipe.cache import (Store, config_key, failures_path, label_space, load_features, load_labels, load_split,
+from wdr_pipe.cache import (Store, config_dict, config_key, failures_path, label_space, load_features, load_labels, load_split,
                             open_store, commit_path, store_info, write_config)
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES, LABEL_MAP, features_schema
@@ -191,3 +191,44 @@ def test_store_info_command_text_and_json(feature_store):
     res = CliRunner().invoke(cli, ["store", "info", str(root), "--json"])
     assert res.exit_code == 0
     assert json.loads(res.output)["splits"]["validation"]["ok"] == 16
+
+
+def test_store_info_tells_fetched_failed_and_not_yet_attempted_rows(synth_data, tmp_path):
+    from wdr_pipe.pipeline.features import FeatureConfig, compute_features
+    from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
+
+    data_root, records = synth_data
+    train = [r for r in records if r.split == "train"][:40]
+    index = tmp_path / "train.csv"
+    index.write_text("image_id,url,labels\n" + "".join(
+        f"{r.image_id},{(data_root / r.path).as_uri() if r.image_id != '3' else 'file:///nowhere/3.jpg'},"
+        f"{' '.join(map(str, r.labels))}\n" for r in train))
+    root = tmp_path / "store"
+    res = CliRunner().invoke(cli, ["fetch", str(index), "--store", str(root), "--limit", "10", "--shard-size", "4",
+                                   "--size", "48", "--resize-mode", "center_crop", "--scheduler", "inline"])
+    assert res.exit_code == 0, res.output
+    compute_features(root, cfg=FeatureConfig(hog_size=32, bins=3), scheduler="inline")
+    compute_stats(root, cfg=StatsConfig(epochs=5, dim=3))
+    info = store_info(root)
+    tr = info["splits"]["train"]
+    assert (tr["index_rows"], tr["ok"], tr["failed"], tr["not_attempted"]) == (40, 9, 1, 30)
+    assert (tr["committed_shards"], tr["shards"], tr["shard_size"]) == (3, 10, 4)
+    assert tr["image"] == "48x48 centre crop, JPEG q95" and tr["fetch_config"]["resize_mode"] == "center_crop"
+    (f,) = info["features"]
+    assert f["config"] == config_dict(FeatureConfig(hog_size=32, bins=3))
+    assert f["summary"].endswith(f"version={FeatureConfig().version})")  # whole, never cut
+    st = info["stats"]["train"]
+    assert st["config"] == config_dict(StatsConfig(epochs=5, dim=3)) and st["images"] == 9
+    res = CliRunner().invoke(cli, ["store", "info", str(root)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    train_line = next(line for line in lines if line.startswith("train"))
+    assert train_line.split()[:6] == ["train", "40", "9", "1", "30", "3/10"] and "48x48 centre crop" in train_line
+    assert any("not yet: index rows no fetch has tried" in line for line in lines)
+    long = [line for line in lines if len(line) > 100 and str(root) not in line]  # paths are as long as they are
+    assert not long, long
+    text = " ".join(line.strip() for line in lines)
+    assert "background_min_v=0.9" in text and "version=" in text and "..." not in text
+    doc = json.loads(CliRunner().invoke(cli, ["store", "info", str(root), "--json"]).output)
+    assert doc["features"][0]["config"]["type"] == "FeatureConfig" and doc["stats"]["train"]["config"]["dim"] == 3
+    assert doc["splits"]["train"]["not_attempted"] == 30

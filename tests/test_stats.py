@@ -1,12 +1,18 @@
 """Label statistics: counts, co-occurrence, GloVe-style embeddings, loss weights, caching."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+
+import wdr_pipe
 
 from wdr_pipe.cache import (Store, cooccurrence_matrix, label_counts, label_embeddings, label_space, label_weights,
                             load_labels, sample_weights, commit_path)
@@ -16,7 +22,7 @@ from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.glove import fit_glove
 from wdr_pipe.pipeline.label_stats import (StatsConfig, compute_stats, cooccurrence, multi_hot_csr, per_image_weights,
-                                     per_label_weights, pos_weights)
+                                     per_label_weights, pos_weights, split_stats)
 
 FAST = StatsConfig(epochs=300)
 
@@ -175,4 +181,95 @@ def test_stats_command(image_store):
     res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--split", "valid"])
     assert res.exit_code == 1 and "--split valid: no such split" in res.output
     res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--alpha", "2"])
-    assert res.exit_code == 1 and "--alpha 2.0: use a value in [0, 1]" in res.output
+    assert res.exit_code == 2 and "'--alpha': 2.0 is not in the range 0<=x<=1" in res.output
+    with pytest.raises(UserError, match=r"stats config: alpha 2.0 \(--alpha\): use 0 to 1"):  # the library says the same
+        StatsConfig(alpha=2.0)
+
+
+# -- label ids far apart, label 0, and a rerun that fails ----------------------------
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
+                                                     os.environ.get("PYTHONPATH", "")])}
+
+
+def _store_with_labels(synth_data, root, labels):
+    """A store of len(labels) generated images fetched by file:// URL, image i labelled labels[i]."""
+    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
+
+    data_root, records = synth_data
+    train = [r for r in records if r.split == "train"][:len(labels)]
+    index = root / "train.csv"
+    index.write_text("image_id,url,labels\n" + "".join(
+        f"{r.image_id},{(data_root / r.path).as_uri()},{' '.join(map(str, lab))}\n" for r, lab in zip(train, labels)))
+    fetch(root / "store", [index], FetchConfig(size=48), FetchOptions(shard_size=4, threads=2), scheduler="inline")
+    return root / "store"
+
+
+def _limit_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a run that allocates by the largest id dies fast
+
+
+def test_a_far_label_id_without_a_label_map_needs_no_matrix_of_its_size(synth_data, tmp_path):
+    store = _store_with_labels(synth_data, tmp_path, [[1, 5], [5, 99999], [1, 5, 99999], [5]])
+    proc = subprocess.run([sys.executable, "-m", "wdr_pipe.cli", "stats", "--store", str(store), "--epochs", "50"],
+                          capture_output=True, text=True, timeout=300, env=ENV, preexec_fn=_limit_memory)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "train: 4 images, 99999 labels" in proc.stdout
+    labels, counts = label_counts(store, "train")
+    assert len(labels) == 99999 and {int(a): int(n) for a, n in zip(labels, counts) if n} == {1: 2, 5: 4, 99999: 2}
+    co = pq.read_table(store / "stats" / "train" / "cooccurrence.parquet").to_pylist()
+    assert sorted((r["label_a"], r["label_b"], r["count"]) for r in co) == [(1, 5, 2), (1, 99999, 1), (5, 99999, 2)]
+    lab, vec = label_embeddings(store, "train")
+    assert vec.shape == (99999, 20) and np.isfinite(vec).all()
+    with pytest.raises(UserError, match="99999 labels would make a 99999 x 99999 matrix; read that table"):
+        cooccurrence_matrix(store, "train")
+
+
+def test_dense_statistics_equal_those_over_the_whole_label_space():
+    space = np.arange(1, 41, dtype=np.int32)
+    lists = [[3, 7], [7, 9, 3], [9], [], None, [3], [7, 9]]
+    x = multi_hot_csr(pa.array(lists, pa.list_(pa.int32())), space)
+    tables, _ = split_stats(np.array([str(i) for i in range(len(lists))]), x, space, StatsConfig(epochs=50))
+    full = cooccurrence(x)  # the (40, 40) matrix the dense path never builds
+    assert tables["label_counts"]["count"].to_pylist() == np.diag(full).tolist()
+    a, b = np.nonzero(np.triu(full, k=1))
+    assert sorted(zip(tables["cooccurrence"]["label_a"].to_pylist(), tables["cooccurrence"]["label_b"].to_pylist(),
+                      tables["cooccurrence"]["count"].to_pylist())) == \
+        sorted(zip(space[a].tolist(), space[b].tolist(), full[a, b].tolist()))
+    vectors = np.array(tables["label_embeddings"]["vector"].to_pylist())
+    whole, _ = fit_glove(full, dim=20, epochs=50)  # a fit over the whole space: the same vectors
+    np.testing.assert_allclose(vectors, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_label_zero_without_a_label_map_is_in_the_label_space(synth_data, tmp_path):
+    store = _store_with_labels(synth_data, tmp_path, [[0, 2], [2], [0]])
+    assert label_space(store).tolist() == [0, 1, 2]
+    summary = compute_stats(store, cfg=FAST)
+    assert summary.splits["train"]["status"] == "computed"
+    assert label_counts(store, "train")[1].tolist() == [2, 0, 2]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_stats_rerun_that_fails_keeps_the_old_stats_complete(image_store, small_disk):
+    store = small_disk / "store"
+    shutil.copytree(image_store, store, ignore=shutil.ignore_patterns("test", "validation"))
+    compute_stats(store, ["train"], cfg=StatsConfig(dim=2, epochs=10))
+    before = {p.name: p.read_bytes() for p in (store / "stats" / "train").iterdir()}
+    free = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 64 * 1024))  # 64 KiB left
+    with pytest.raises(UserError, match="no space left on device"):  # 1024-float vectors do not fit
+        compute_stats(store, ["train"], cfg=StatsConfig(dim=1024, epochs=1))
+    assert {p.name: p.read_bytes() for p in (store / "stats" / "train").iterdir()} == before
+    assert label_embeddings(store, "train")[1].shape[1] == 2  # still complete and readable

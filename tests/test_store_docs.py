@@ -12,10 +12,13 @@ from test_read import _add_failures
 from wdr_pipe.cache import STATS_TABLES, Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import (COOCCURRENCE, FAILURES, IMAGES, INDEX, LABEL_COUNTS, LABEL_MAP, LABEL_WEIGHTS,
-                                   SAMPLE_WEIGHTS, embeddings_schema, features_schema)
+                                   SAMPLE_WEIGHTS, SEARCH_IDS, embeddings_schema, features_schema,
+                                   image_embeddings_schema)
 from wdr_pipe.pipeline import label_stats as stats
 from wdr_pipe.demo import synth
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
+from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
+from wdr_pipe.wdr.search import similar
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store.md"
 STORE_LINE = 'STORE = Path("store")'
@@ -55,6 +58,7 @@ def doc_store(_image_store_template, tmp_path_factory):
     compute_features(store, cfg=FeatureConfig(hog_size=32, bins=4), scheduler="inline")
     _add_failures(image_store)
     stats.compute_stats(store, ["train"], cfg=stats.StatsConfig(epochs=100))
+    compute_embeddings(store, EmbedSpec(pretrained=True, image_size=32), ["train"], device="cpu")
     return store
 
 
@@ -73,11 +77,11 @@ def run(name, store):
 def test_every_table_and_column_is_documented():
     text = DOC.read_text(encoding="utf-8")
     tables = [INDEX, IMAGES, FAILURES, LABEL_MAP, features_schema(3, 2), LABEL_COUNTS, COOCCURRENCE,
-              LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema(4)]
+              LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema(4), image_embeddings_schema(4), SEARCH_IDS]
     missing = [f.name for t in tables for f in t if f"`{f.name}`" not in text]
     assert not missing, f"columns not in docs/store.md: {missing}"
     for name in ["_store.json", "label_map.parquet", "failures.parquet", "stats.json", "config.json",
-                 *[f"{n}.parquet" for n in STATS_TABLES]]:
+                 "index.faiss", "ids.parquet", "manifest.json", *[f"{n}.parquet" for n in STATS_TABLES]]:
         assert name in text
 
 
@@ -130,6 +134,11 @@ def check_polars_join(result, store, synth_data):
 
 def check_pandas_cooccurrence(result, store, synth_data):
     assert np.array_equal(result, cooccurrence_matrix(store, "train"))
+
+
+def check_numpy_nearest_images(result, store, synth_data):
+    first = pq.read_table(store.image_shards("train")[0], columns=["image_id"]).column(0)[0].as_py()
+    assert list(result) == [r["image_id"] for r in similar(store, first, k=5).results]
 
 
 CHECKS = {name[len("check_"):].replace("_", "-"): fn for name, fn in dict(globals()).items()

@@ -29,12 +29,17 @@ def config_key(cfg: Any, *extra: Any, length: int = 12) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
+def config_text(cfg: Any, **more: Any) -> str:
+    """The readable config (with its key and ``more`` fields) as the text of a ``config.json``."""
+    doc = {"key": config_key(cfg), "config": config_dict(cfg), **more}
+    return json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_config(path: Path, cfg: Any, **more: Any) -> None:
     """Write the readable config (with its key) beside a stage's output, atomically."""
     from .atomic import write_text_atomic
 
-    doc = {"key": config_key(cfg), "config": config_dict(cfg), **more}
-    write_text_atomic(Path(path), json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(Path(path), config_text(cfg, **more))
 
 
 def read_json(path: Path) -> dict:

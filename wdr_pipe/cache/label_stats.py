@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 from ..errors import UserError
 from .store import StoreLike, as_store
 
+MAX_DENSE = 16384  # labels: the largest dense co-occurrence matrix handed out (2 GiB of int64)
+
 
 def _stats_table(store: StoreLike, split: str, name: str, columns=None) -> pa.Table:
     store = as_store(store)
@@ -29,6 +31,9 @@ def label_counts(store: StoreLike, split: str) -> Tuple[np.ndarray, np.ndarray]:
 def cooccurrence_matrix(store: StoreLike, split: str) -> np.ndarray:
     """Dense symmetric (L, L) int64 matrix: [i, j] = images with both labels, [i, i] = label count."""
     labels, counts = label_counts(store, split)
+    if len(labels) > MAX_DENSE:
+        raise UserError(f"{as_store(store).stats_file(split, 'cooccurrence')}: {len(labels)} labels would make a "
+                        f"{len(labels)} x {len(labels)} matrix; read that table (sparse pairs) instead")
     t = _stats_table(store, split, "cooccurrence")
     a = np.searchsorted(labels, t.column("label_a").to_numpy())
     b = np.searchsorted(labels, t.column("label_b").to_numpy())

@@ -20,19 +20,20 @@ from .store import Store, StoreLike, as_store, read_columns
 
 def label_space(store: StoreLike) -> np.ndarray:
     """The label ids, sorted (int32): from ``label_map.parquet`` if there is one,
-    else ``1 .. max id`` seen in any split's index or image shards."""
+    else ``1 .. max id`` seen in any split's index or image shards (``0 .. max id`` when 0 is used)."""
     store = as_store(store)
     if store.label_map_path.exists():
         ids = pq.read_table(store.label_map_path, columns=["labelId"]).column("labelId").to_numpy()
         return np.unique(ids).astype(np.int32)
-    top, files = 0, []
+    top, bottom, files = 0, 1, []
     for split in sorted(set(store.splits()) | set(store.image_splits())):
         index = store.index_path(split)  # image shards copy the index's labels: read them only without one
         files += [index] if index.exists() else store.image_shards(split)
     for f in files:
-        m = pc.max(pc.list_flatten(pq.read_table(f, columns=["labels"]).column("labels"))).as_py()
-        top = max(top, m or 0)
-    return np.arange(1, top + 1, dtype=np.int32)
+        m = pc.min_max(pc.list_flatten(pq.read_table(f, columns=["labels"]).column("labels"))).as_py()
+        if m["max"] is not None:
+            top, bottom = max(top, m["max"]), min(bottom, m["min"])
+    return np.arange(bottom, top + 1, dtype=np.int32)
 
 
 def label_columns(labels: Union[pa.Array, pa.ChunkedArray], space: np.ndarray,

@@ -73,3 +73,21 @@ SAMPLE_WEIGHTS = pa.schema([pa.field("image_id", pa.string(), nullable=False), (
 
 def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema([("label", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
+
+
+# -- image embeddings (embeddings/<key>/<split>/, written by wdr/embed.py) ---------------
+def image_embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """Schema of an embedding shard: the backbone's pooled vector per image, row-aligned with its image shard."""
+    t = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(t, dim)),   # null where the image failed to decode
+            pa.field("error", pa.string()),             # null when ok
+        ]
+    )
+
+
+# the search index's row table (embeddings/<key>/<split>/_search/ids.parquet): index row -> image
+SEARCH_IDS = pa.schema([pa.field("image_id", pa.string(), nullable=False), ("shard", pa.string()),
+                        ("row", pa.int32())])

@@ -13,12 +13,18 @@ Layout (see docs/store.md)::
     STORE/features/<key>/config.json
     STORE/features/<key>/<split>/part-NNNNN.parquet (+ .stats.json)
     STORE/stats/<split>/*.parquet
+    STORE/embeddings/<key>/config.json
+    STORE/embeddings/<key>/<split>/part-NNNNN.parquet (+ .stats.json)
+    STORE/embeddings/<key>/<split>/_search/{index.faiss, ids.parquet, manifest.json}
+    STORE/_logs/<stage>-<time>-<pid>.log         the traceback of a task that failed unexpectedly
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -86,6 +92,10 @@ class Store:
     def images_root(self) -> Path:
         return self.root / "images"
 
+    def holdout_path(self, split: str) -> Path:
+        """``index/<split>.holdout.json``: how a held-out split was cut from another (``fetch --holdout``)."""
+        return self.root / "index" / f"{split}.holdout.json"
+
     def images_dir(self, split: str) -> Path:
         return self.images_root / split
 
@@ -123,6 +133,11 @@ class Store:
     def stats_complete(self, split: str) -> bool:
         return self.stats_config_path(split).exists() and all(
             self.stats_file(split, n).exists() for n in STATS_TABLES)
+
+    def log_path(self, stage: str) -> Path:
+        """A new ``_logs/<stage>-<time>-<pid>.log``: where a run puts the traceback of a task that failed."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return self.root / "_logs" / f"{stage}-{stamp}-{os.getpid()}.log"
 
     # -- listings --------------------------------------------------------
     def splits(self) -> List[str]:
@@ -178,15 +193,8 @@ class Store:
     def feature_shard(self, key: str, split: str, image_shard: Path) -> Path:
         """The committed feature shard of ``image_shard``, checked to have as many rows (footers only).
         A ``UserError`` naming the shard and the fix when it is missing or not row-aligned."""
-        path = self.features_dir(key, split) / Path(image_shard).name
-        if not commit_path(path).exists():
-            raise UserError(f"{path}: no committed feature shard for {image_shard}; "
-                            f"run 'wdr-pipe features --store {self.root} --split {split}'")
-        rows, image_rows = pq.read_metadata(path).num_rows, pq.read_metadata(image_shard).num_rows
-        if rows != image_rows:
-            raise UserError(f"{path}: {rows} rows but its image shard has {image_rows}; the shards are not "
-                            f"row-aligned; rerun 'wdr-pipe features --store {self.root} --split {split} --rebuild'")
-        return path
+        fix = f"wdr-pipe features --store {self.root} --split {split}"
+        return _aligned(self.features_dir(key, split) / Path(image_shard).name, image_shard, "feature", fix)
 
     def feature_shards(self, key: str, split: str, complete: bool = True) -> List[Tuple[Path, Path]]:
         """``(image shard, feature shard)`` pairs of ``split``, checked to be row-aligned.
@@ -197,17 +205,84 @@ class Store:
         """
         images = self.require_images(split)
         if not complete:
-            images = [p for p in images if commit_path(self.features_dir(key, split) / p.name).exists()]
+            images = [p for p in images if _current(read_commit(self.features_dir(key, split) / p.name), p)]
             if not images:
                 raise UserError(f"{self.features_dir(key, split)}: no committed feature shards for split "
                                 f"{split!r}; run 'wdr-pipe features --store {self.root} --split {split}'")
         return [(p, self.feature_shard(key, split, p)) for p in images]
+
+    # -- embeddings (wdr-pipe embed) -------------------------------------
+    def embeddings_root(self, key: str) -> Path:
+        return self.root / "embeddings" / key
+
+    def embeddings_dir(self, key: str, split: str) -> Path:
+        return self.embeddings_root(key) / split
+
+    def embedding_config_path(self, key: str) -> Path:
+        return self.embeddings_root(key) / "config.json"
+
+    def embedding_keys(self) -> List[str]:
+        d = self.root / "embeddings"
+        return sorted(p.name for p in d.iterdir() if (p / "config.json").exists()) if d.is_dir() else []
+
+    def resolve_embedding_key(self, key: Optional[str] = None) -> str:
+        """``key``, checked; ``None`` takes the store's only embedding config."""
+        keys = self.embedding_keys()
+        if key is None and len(keys) == 1:
+            return keys[0]
+        if key is None or key not in keys:
+            what = (f"no embeddings {key!r}" if key is not None else
+                    f"several embedding keys ({', '.join(keys)}); pass one with --embeddings" if keys else
+                    "no embeddings yet")
+            fix = f"; the store has: {', '.join(keys)}" if keys and key is not None else \
+                ("" if keys else f"; run 'wdr-pipe embed --store {self.root} --pretrained' first")
+            raise UserError(f"{self.root}: {what}{fix}")
+        return key
+
+    def embedding_shard(self, key: str, split: str, image_shard: Path) -> Path:
+        """The committed embedding shard of ``image_shard``, checked to have as many rows (footers only)."""
+        fix = f"wdr-pipe embed --store {self.root} --split {split}"
+        return _aligned(self.embeddings_dir(key, split) / Path(image_shard).name, image_shard, "embedding", fix)
+
+    def embedding_shards(self, key: str, split: str) -> List[Tuple[Path, Path]]:
+        """``(image shard, embedding shard)`` pairs of every committed image shard of ``split``."""
+        return [(p, self.embedding_shard(key, split, p)) for p in self.require_images(split)]
+
+    def search_dir(self, key: str, split: str) -> Path:
+        """``embeddings/<key>/<split>/_search/``: the cached similarity index of a split."""
+        return self.embeddings_dir(key, split) / "_search"
+
+    def search_files(self, key: str, split: str) -> Dict[str, Path]:
+        """``index`` (faiss), ``ids`` (index row -> image) and ``manifest`` (written last: the commit)."""
+        d = self.search_dir(key, split)
+        return {"index": d / "index.faiss", "ids": d / "ids.parquet", "manifest": d / "manifest.json"}
 
     def fingerprint(self, split: str, *extra) -> str:
         """One digest of the committed image shards of ``split`` (and of ``extra`` inputs):
         what a stage that reads those images is keyed on."""
         parts = [shard_identity(p) for p in self.image_shards(split)]
         return hashlib.sha256(canonical_json([parts, *extra]).encode()).hexdigest()[:16]
+
+
+def _aligned(path: Path, image_shard: Path, what: str, fix: str) -> Path:
+    """``path``, a derived shard of ``image_shard``: committed, computed from the image shard as it is
+    now, and with as many rows (footers only); a ``UserError`` naming ``fix`` otherwise."""
+    marker = read_commit(path)
+    if marker is None:
+        raise UserError(f"{path}: no committed {what} shard for {image_shard}; run '{fix}'")
+    if "source" in marker and marker["source"] != shard_identity(image_shard):
+        raise UserError(f"{path}: computed from an earlier version of {image_shard} (fetched again since); "
+                        f"run '{fix}'")
+    rows, image_rows = pq.read_metadata(path).num_rows, pq.read_metadata(image_shard).num_rows
+    if rows != image_rows:
+        raise UserError(f"{path}: {rows} rows but its image shard has {image_rows}; the shards are not "
+                        f"row-aligned; rerun '{fix} --rebuild'")
+    return path
+
+
+def _current(marker: Optional[dict], image_shard: Path) -> bool:
+    """A derived shard's commit marker exists and names the image shard as it is now."""
+    return marker is not None and ("source" not in marker or marker["source"] == shard_identity(image_shard))
 
 
 def shard_name(n: int) -> str:

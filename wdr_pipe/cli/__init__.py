@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import click
 
@@ -30,17 +31,20 @@ def cli(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("wdr_pipe").setLevel(min(logging.INFO, max(level, logging.DEBUG)))
-    # dask logs every worker start and stop at INFO: keep it quiet unless asked (-vv). distributed
+    # dask's own messages (worker starts and stops, workers lost on Ctrl-C, port warnings) stay off the
+    # terminal unless asked: errors only by default, warnings with -v, everything with -vv. distributed
     # sets its loggers' levels from its config when first imported, so say it there (workers inherit it).
-    if verbose < 2:
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    dask_level = logging.DEBUG if verbose >= 2 else logging.WARNING if verbose == 1 else logging.ERROR
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(dask_level).lower())
+    logging.getLogger("distributed").setLevel(dask_level)
+    if verbose < 1:
+        warnings.filterwarnings("ignore", module=r"distributed(\.|$)")
 
 
 def main() -> None:  # console script entry point
     cli(prog_name="wdr-pipe")
 
 
-from . import data, dev, model  # noqa: E402,F401  (register the commands)
+from . import data, dev, embed, evaluate, model, run  # noqa: E402,F401  (register the commands)
 
 __all__ = ["cli", "main"]

@@ -12,10 +12,10 @@ from .common import CONTEXT, ProgressBar, echo_result, user_errors, workers_opti
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--train", default=200, show_default=True, help="Images in the train split.")
-@click.option("--validation", default=50, show_default=True, help="Images in the validation split.")
-@click.option("--test", default=50, show_default=True, help="Images in the (unlabelled) test split.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same images.")
+@click.option("--train", type=click.IntRange(0, 1_000_000), default=200, show_default=True, help="Images in the train split.")
+@click.option("--validation", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Images in the validation split.")
+@click.option("--test", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Images in the (unlabelled) test split.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Same seed, same images.")
 @click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
               help="Server the JSON URLs point at (see 'wdr-pipe serve').")
 def synth(out: str, train: int, validation: int, test: int, seed: int, base_url: str) -> None:
@@ -43,7 +43,7 @@ def synth(out: str, train: int, validation: int, test: int, seed: int, base_url:
 @cli.command(context_settings=CONTEXT)
 @click.argument("root", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0: any free port).")
 def serve(root: str, host: str, port: int) -> None:
     """Serve the files under ROOT over HTTP until Ctrl-C.
 
@@ -72,47 +72,65 @@ def serve(root: str, host: str, port: int) -> None:
 
 @cli.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the generated data and the store.")
-@click.option("--train", "n_train", default=240, show_default=True, help="Generated training images.")
-@click.option("--validation", "n_validation", default=60, show_default=True, help="Generated validation images.")
-@click.option("--test", "n_test", default=60, show_default=True, help="Generated test images.")
-@click.option("--size", default=160, show_default=True, help="Stored image size (shorter side).")
+              help="Folder for the generated data, the store, the runs and demo.toml.")
+@click.option("--train", "n_train", type=click.IntRange(min=8), default=480, show_default=True,
+              help="Generated training images.")
+@click.option("--validation", "n_validation", type=click.IntRange(min=4), default=120, show_default=True,
+              help="Generated validation images.")
+@click.option("--test", "n_test", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Generated test images.")
+@click.option("--size", type=click.IntRange(min=32), default=160, show_default=True,
+              help="Stored image size (shorter side).")
+@click.option("--image-size", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Training image size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Epochs of each fine-tuned run (Deep fixed gets twice as many).")
 @workers_option
-def demo(out, n_train, n_validation, n_test, size, workers):
+def demo(out, n_train, n_validation, n_test, size, image_size, epochs, workers):
     """Run the whole pipeline on generated garment photos served on 127.0.0.1.
 
-    Draws an FGVC5-style data set (with a few broken URLs), serves it on loopback, then
-    fetches, computes features and label statistics into OUT/store. A rerun reuses all
-    finished work.
+    Draws an FGVC5-style data set (with a few broken URLs), serves it on loopback, writes
+    OUT/demo.toml and runs it: fetch, features, label statistics, then the WDR paper's
+    ablation (Deep fixed / half / tuned, Deep + Wide + Recurrent, with the poster's
+    weighting) with ImageNet transfer learning, and prints the table. A rerun reuses all
+    finished work; edit OUT/demo.toml and use 'wdr-pipe run' on it.
 
     \b
     Example:
-      wdr-pipe demo --out demo-out && wdr-pipe store info demo-out/store
+      wdr-pipe demo --out demo-out && wdr-pipe run demo-out/demo.toml
     """
-    from ..demo.demo import run_demo
-
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ..demo.demo import run_demo
 
     bars = []
 
     def progress_for(stage):
         if bars:
             bars[-1].close()  # the previous stage is over
-        bars.append(ProgressBar(stage, unit="split" if stage == "stats" else "img"))
+        bars.append(ProgressBar(stage, unit="step" if stage.startswith("train") else "img"))
         return bars[-1]
 
     try:
         with user_errors(), logging_redirect_tqdm():
-            res = run_demo(out, n_train, n_validation, n_test, size=size, workers=workers, progress_for=progress_for)
+            res = run_demo(out, n_train, n_validation, n_test, size=size, image_size=image_size, epochs=epochs,
+                           workers=workers, progress_for=progress_for)
     finally:
         for bar in bars:
             bar.close()
-    fetched = res.stages[0]
-    for name, s in fetched.splits.items():
+    results = {o.step.name: o.result for o in res.outcomes}
+    for name, s in results["fetch"].splits.items():
         reasons = ", ".join(f"{k} {v}" for k, v in s["by_status"].items()) or "none"
         click.echo(f"fetch    {name}: {s['ok']} ok, {s['failed']} failed ({reasons})")
-    for result in res.stages:
-        echo_result(result)
-    for split, st in res.stages[-1].splits.items():
+    for o in res.outcomes:
+        echo_result(o.result)
+    for split, st in results["stats"].splits.items():
         click.echo(f"stats    {split}: {st['status']}")
-    click.echo(f"store ready: {res.store}  (next: wdr-pipe store info {res.store})")
+    click.echo("\nValidation micro-F1 (the WDR paper's table, on generated data):\n")
+    click.echo(f"| {'model':<36} | {'F1 at 0.5':>9} | {'per-class thresholds':>20} |")
+    click.echo(f"|{'-' * 38}|{'-' * 10}:|{'-' * 21}:|")
+    for row in res.table():
+        tuned = "-" if row["f1_tuned"] is None else f"{row['f1_tuned']:.3f}"
+        click.echo(f"| {row['row']:<36} | {row['f1_at_0.5']:>9.3f} | {tuned:>20} |")
+    click.echo(f"\nreport: {res.output_of('report')}\nsubmission: {res.output_of('predict')}")
+    click.echo(f"store: {res.store}; runs: {res.store.parent / 'runs'}; config: {res.config}")

@@ -32,6 +32,8 @@ HELP = {
     "label_embeddings": "Recurrent inputs: frozen or trainable (pre-trained, from stats/) or random.",
     "feature_key": "Feature config of the Wide part [default: the store's only one].",
     "image_size": "Training image size [default: the backbone's].",
+    "stream_images": "With --deep fixed: decode and augment images every batch instead of training from the "
+                     "cached embeddings (wdr-pipe embed; computed first when missing).",
     "labels": "all, or top:N to train on the N most frequent training labels.",
     "epochs": "Epochs.", "batch_size": "Images per step (per process).", "lr": "Learning rate.",
     "optimizer": "Any timm optimizer (nadam as in the paper, adamw, sgd...).",
@@ -85,7 +87,9 @@ def train(store, out, resume_run, as_json, **settings):
 
     Rerun the same command and a finished run is reused, an unfinished one continues from
     its last checkpoint (to the sample); other settings in the same OUT are refused.
-    Under torchrun every process trains one share of each batch (DDP).
+    Under torchrun every process trains one share of each batch (DDP). With --deep fixed the
+    backbone's vectors come from the store's cached embeddings (computed first when missing,
+    as 'wdr-pipe embed' would), so no image is decoded; --stream-images decodes and augments instead.
 
     \b
     Examples:

@@ -28,6 +28,7 @@ from urllib3.exceptions import (HTTPError, LocationParseError, MaxRetryError, Ne
                                ProtocolError, TimeoutError as Urllib3Timeout)
 
 from ..errors import UserError
+from .checks import DOWNLOAD_BOUNDS, check_all
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -46,15 +47,9 @@ class DownloadConfig:
     user_agent: str = "wdr-pipe (+https://github.com/wdr-pipe)"
 
     def __post_init__(self):
-        checks = [(self.connect_timeout > 0 and self.read_timeout > 0, f"--timeout {self.read_timeout}: use more than 0 s"),
-                  (self.deadline > 0, f"--deadline {self.deadline}: use more than 0 s"),
-                  (self.retries >= 0, f"--retries {self.retries}: use 0 or more"),
-                  (self.max_bytes >= 1, f"--max-bytes {self.max_bytes}: use 1 or more"),
-                  (self.backoff >= 0 and self.max_backoff >= 0 and self.max_redirects >= 0 and self.pool_size >= 1,
-                   "backoff, max_backoff and max_redirects must be >= 0 and pool_size >= 1")]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"download config: {msg}")
+        check_all("download config", self, DOWNLOAD_BOUNDS)
+        if not isinstance(self.user_agent, str) or not self.user_agent.strip():
+            raise UserError(f"download config: user_agent {self.user_agent!r}: give a non-empty string")
 
 
 class DownloadFailed(Exception):
@@ -124,7 +119,10 @@ class Downloader:
         raise last or DownloadFailed("bad_url", "the image has no URL")
 
     def _get_one(self, url: str, deadline: float) -> bytes:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError as e:  # e.g. "http://[::1/x": an unclosed IPv6 bracket
+            raise DownloadFailed("bad_url", f"malformed URL ({e})") from e
         if scheme == "file":
             return self._read_file(url)
         if scheme not in ("http", "https"):

@@ -34,15 +34,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..cache import Store, as_store, commit_path, config_key, read_commit, shard_identity, write_config, write_result
-from ..cache.atomic import atomic_path, remove_stale_tmp, write_text_atomic
+from ..cache.atomic import publish, remove_stale_tmp, staged_path
 from ..cache.schema import features_schema
 from ..errors import UserError
 from ..progress import Hook
 from ..result import StageResult
+from .checks import FEATURE_BOUNDS, check_all, check_choice
 from .color import COLOR_SPACES, color_hist_batch
 from .hog import BLOCK_NORMS, hog_batch, hog_dim
 from ..imaging import decode_rgb, image_task
-from .runner import run_tasks
+from .runner import check_scheduler, check_workers, run_tasks
 
 log = logging.getLogger("wdr_pipe")
 
@@ -75,19 +76,16 @@ class FeatureConfig:
     version: int = FEATURE_CODE_VERSION
 
     def __post_init__(self):
-        checks = [
-            (self.block_norm in BLOCK_NORMS, f"block_norm {self.block_norm!r}: use one of {', '.join(BLOCK_NORMS)}"),
-            (self.color_space in COLOR_SPACES, f"color_space {self.color_space!r}: use one of {', '.join(COLOR_SPACES)}"),
-            (self.dtype in DTYPES, f"dtype {self.dtype!r}: use float32 or float16"),
-            (self.resize == "area", f"resize {self.resize!r}: only 'area' is implemented"),
-            (1 <= self.orientations <= 180, f"orientations {self.orientations}: use 1 to 180"),
-            (1 <= self.bins <= 64, f"bins {self.bins}: use 1 to 64"),
-            (self.cell >= 1 and self.block >= 1 and self.hog_size >= self.cell * self.block,
-             f"hog_size {self.hog_size} is smaller than one block ({self.block} cells of {self.cell} px)"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"feature config: {msg}")
+        check_choice("feature config", "block_norm", self.block_norm, BLOCK_NORMS)
+        check_choice("feature config", "color_space", self.color_space, COLOR_SPACES)
+        check_choice("feature config", "--dtype", self.dtype, DTYPES)
+        check_choice("feature config", "resize", self.resize, ("area",))
+        check_all("feature config", self, FEATURE_BOUNDS)
+        if not isinstance(self.ignore_background, bool):
+            raise UserError(f"feature config: ignore_background {self.ignore_background!r}: use True or False")
+        if self.hog_size < self.cell * self.block:
+            raise UserError(f"feature config: hog_size {self.hog_size} (--hog-size) is smaller than one block "
+                            f"({self.block} cells of {self.cell} px); use {self.cell * self.block} or more")
 
     @property
     def hog_dim(self) -> int:
@@ -161,7 +159,7 @@ def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
     counts = {"done": 0, "ok": 0, "failed": 0, "nbytes": 0}
     with image_task():
         source = pq.ParquetFile(task.image_shard)
-        with atomic_path(Path(task.out)) as tmp:
+        with staged_path(Path(task.out)) as tmp:  # beside the old shard, which stays readable until publish
             with pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
                 for batch in source.iter_batches(batch_size=BATCH, columns=["image_id", "jpeg"]):
                     jpegs = batch.column(1).to_pylist()
@@ -183,7 +181,7 @@ def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
                     on_progress(counts)
     stats = {"rows": counts["done"], "errors": counts["failed"], "seconds": round(time.monotonic() - start, 3),
              "key": cfg.key, "source": task.source}
-    write_text_atomic(commit_path(Path(task.out)), json.dumps(stats, indent=2) + "\n")
+    publish({Path(task.out): tmp}, commit_path(Path(task.out)), json.dumps(stats, indent=2) + "\n")
     return {"split": task.split, **stats}
 
 
@@ -243,9 +241,9 @@ def plan(store: Store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool
                 s["rows"] += stats["rows"]
                 s["errors"] += stats["errors"]
                 continue
-            if stats is not None:
+            if stats is not None and not rebuild:
                 log.info("%s: image shard changed since it was computed; recomputing", out)
-            commit_path(out).unlink(missing_ok=True)  # uncommit first: a killed run never leaves a stale pair
+            # the old shard stays committed (and readable) until the task publishes the new one
             tasks.append(ShardTask(split, str(shard), str(out), source, cfg))
             todo += pq.read_metadata(shard).num_rows
     return tasks, summary, todo
@@ -260,6 +258,8 @@ def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: Feature
     (seconds, default 120 + 0.1 per image to compute) bounds the whole run.
     """
     start = time.monotonic()
+    check_workers(workers)
+    check_scheduler(scheduler)
     store = as_store(store)
     splits = list(splits) if splits else store.image_splits()
     if not splits:
@@ -274,7 +274,8 @@ def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: Feature
              sum(s["shards_reused"] for s in summary.values()))
     results = run_tasks(features_task, tasks, stage="features", total=todo, scheduler=scheduler,
                         workers=workers, progress=progress, timeout=timeout,
-                        final=lambda r: {"done": r["rows"], "ok": r["rows"] - r["errors"], "failed": r["errors"]})
+                        final=lambda r: {"done": r["rows"], "ok": r["rows"] - r["errors"], "failed": r["errors"]},
+                        describe=lambda t: f"the features of {t.image_shard}", log_path=store.log_path("features"))
     for r in results:
         s = summary[r["split"]]
         s["shards_computed"] += 1

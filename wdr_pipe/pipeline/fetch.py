@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Tuple, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +29,7 @@ from ..result import StageResult
 from . import index as index_mod
 from .fetch_shard import FetchConfig, FetchOptions, ShardTask, fetch_shard
 from .imageops import RESIZE_MODES
-from .runner import run_tasks
+from .runner import check_scheduler, check_workers, run_tasks
 
 __all__ = ["FetchConfig", "FetchOptions", "fetch", "RESIZE_MODES"]
 
@@ -121,11 +121,16 @@ def _split_totals(store: Store, split: str, s: dict) -> None:
 def fetch(store_root, indexes: Sequence, cfg: FetchConfig = FetchConfig(), opts: FetchOptions = FetchOptions(), *,
           split: Optional[str] = None, label_map=None, limit: Optional[int] = None, retry_failed: bool = False,
           workers: Optional[int] = None, scheduler: Optional[str] = None, progress: Hook = None,
-          timeout: Optional[float] = None) -> StageResult:
-    """Fetch every split named by ``indexes`` into the store at ``store_root``; see the module doc."""
+          timeout: Optional[float] = None, holdout: Optional[Tuple[str, float]] = None) -> StageResult:
+    """Fetch every split named by ``indexes`` into the store at ``store_root``; see the module doc.
+    ``holdout=(NAME, FRACTION)`` cuts split NAME from the one labelled input split (``index.ingest``)."""
     t0 = time.monotonic()
+    check_workers(workers)
+    check_scheduler(scheduler)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"--limit {limit!r}: use 1 or more (or leave it out for every row)")
     store = Store(store_root, create=True)
-    splits = index_mod.ingest(store, indexes, split=split, label_map=label_map)
+    splits = index_mod.ingest(store, indexes, split=split, label_map=label_map, holdout=holdout)
     tasks: List[ShardTask] = []
     summaries = {}
     for name in splits:
@@ -136,8 +141,8 @@ def fetch(store_root, indexes: Sequence, cfg: FetchConfig = FetchConfig(), opts:
     log.info("fetch: %d shards to run (%d images), %d already done", len(tasks), total,
              sum(s["shards"] for s in summaries.values()) - len(tasks))
     results = run_tasks(fetch_shard, tasks, stage="fetch", total=total, scheduler=scheduler, workers=workers,
-                        progress=progress, timeout=timeout,
-                        final=lambda st: st["this_run"])
+                        progress=progress, timeout=timeout, final=lambda st: st["this_run"],
+                        describe=lambda t: f"shard {t.path}", log_path=store.log_path("fetch"))
     for task, st in zip(tasks, results):
         summaries[task.split]["bytes_downloaded"] += st["bytes_downloaded"]
     for name, s in summaries.items():

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..cache import config_dict, config_key, failures_path, commit_path
-from ..cache.atomic import write_parquet_atomic, write_text_atomic
+from ..cache.atomic import publish, stage_parquet
 from ..cache.schema import FAILURES, IMAGES
 from ..errors import UserError
-from ..progress import log
+from .checks import OPTION_BOUNDS, check_all
 from .download import DownloadConfig, DownloadFailed, Downloader
 from .imageops import FetchConfig, ImageRejected, process
 from ..imaging import image_task
@@ -47,9 +47,9 @@ class FetchOptions:
     download: DownloadConfig = field(default_factory=DownloadConfig)
 
     def __post_init__(self):
-        for name in ("shard_size", "threads", "per_host"):
-            if getattr(self, name) < 1:
-                raise UserError(f"fetch options: --{name.replace('_', '-')} {getattr(self, name)}: use 1 or more")
+        check_all("fetch options", self, OPTION_BOUNDS)
+        if not isinstance(self.download, DownloadConfig):
+            raise UserError(f"fetch options: download {self.download!r}: give a DownloadConfig")
 
 
 @dataclass
@@ -69,7 +69,10 @@ class ShardTask:
 
 
 def _host(urls: Sequence[str]) -> str:
-    return urlsplit(urls[0]).netloc if urls else ""
+    try:
+        return urlsplit(urls[0]).netloc if urls else ""
+    except ValueError:  # e.g. an unclosed IPv6 bracket: the download reports it as bad_url
+        return ""
 
 
 def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], threads: int, per_host: int) -> None:
@@ -77,7 +80,8 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
 
     Items wait in one queue per host (in index order); a free thread takes the
     next item of the first host, in round-robin order, that has a free slot, so
-    one slow host cannot occupy every thread while others wait.
+    one slow host cannot occupy every thread while others wait. If ``fn`` raises,
+    no new item starts, and the first exception is raised here once the running ones end.
     """
     queues: Dict[str, collections.deque] = {}
     for i in range(n):
@@ -85,10 +89,11 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
     ring = collections.deque(queues)  # hosts with pending items, round-robin
     active: Dict[str, int] = collections.Counter()
     cond = threading.Condition()
+    errors: List[BaseException] = []
 
     def take() -> Optional[int]:
         with cond:
-            while ring:
+            while ring and not errors:
                 for _ in range(len(ring)):
                     host = ring[0]
                     ring.rotate(-1)
@@ -107,6 +112,10 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
         while (i := take()) is not None:
             try:
                 fn(i)
+            except BaseException as e:  # stop the pool; the caller re-raises it
+                with cond:
+                    errors.append(e)
+                    cond.notify_all()
             finally:
                 with cond:
                     active[hosts[i]] -= 1
@@ -117,6 +126,8 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
         t.start()
     for t in workers:
         t.join()
+    if errors:
+        raise errors[0]
 
 
 def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
@@ -145,9 +156,8 @@ def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
             failure = dict(image_id=image_id, url=e.url or url, status=e.status, error=str(e))
         except ImageRejected as e:
             failure = dict(image_id=image_id, url=url, status=e.status, error=str(e))
-        except Exception as e:  # a bug for one image must not lose the shard
-            log.exception("unexpected error on %s", image_id)
-            failure = dict(image_id=image_id, url=url, status="error", error=f"{type(e).__name__}: {e}")
+        # anything else is a bug or a broken setup, not a failure of this image: it fails the
+        # shard task (run_per_host stops and re-raises it), and nothing of the shard is committed
         with lock:
             if failure is None:
                 ok_rows[i] = row
@@ -187,9 +197,13 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
         old_f = pq.read_table(failures_path(path), schema=FAILURES)
         still = old_f.filter(pc.invert(pc.is_in(old_f["image_id"], value_set=pa.array(task.retry_ids))))
         failures = pa.concat_tables([still, failures])
-        commit_path(path).unlink(missing_ok=True)  # uncommit while the files change
-    write_parquet_atomic(images, path, row_group_size=ROW_GROUP)
-    write_parquet_atomic(failures, failures_path(path))
+    # both files complete beside the old ones first; the old shard stays committed until they are
+    staged = {path: stage_parquet(images, path, row_group_size=ROW_GROUP)}
+    try:
+        staged[failures_path(path)] = stage_parquet(failures, failures_path(path))
+    except BaseException:
+        staged[path].unlink(missing_ok=True)
+        raise
     by_status = collections.Counter(failures["status"].to_pylist())
     examples: Dict[str, list] = {}
     for r in failures.to_pylist():
@@ -208,5 +222,5 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
                     "download": asdict(task.opts.download)},
         "wdr_pipe_version": __version__, "written_at": time.time(),
     }
-    write_text_atomic(commit_path(path), json.dumps(stats, indent=1) + "\n")  # the commit marker, last
+    publish(staged, commit_path(path), json.dumps(stats, indent=1) + "\n")  # the commit marker, last
     return stats

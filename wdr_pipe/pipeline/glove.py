@@ -17,7 +17,7 @@ deterministic: the same matrix and settings give the same vectors.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -32,19 +32,37 @@ def glove_weights(C: np.ndarray, x_max: float = 100.0, power: float = 0.75) -> n
 
 
 def fit_glove(C: np.ndarray, dim: int = 20, epochs: int = 1000, lr: float = 0.05, x_max: float = 100.0,
-              seed: int = 0) -> Tuple[np.ndarray, List[float]]:
+              seed: int = 0, rows: Optional[np.ndarray] = None,
+              n_labels: Optional[int] = None) -> Tuple[np.ndarray, List[float]]:
     """Fit embeddings to the symmetric count matrix ``C`` (L, L).
 
     Returns ``(vectors float32 (L, dim), losses)`` where ``losses[e]`` is the
     weighted mean squared error before epoch ``e`` and ``losses[-1]`` the final one.
+
+    ``rows`` (sorted positions in a label space of ``n_labels``) says that ``C`` holds only
+    those labels (the ones that occur): the start vectors are drawn for the whole space, the
+    fit runs on ``C`` alone, and the result has ``n_labels`` rows, the others keeping their
+    start vector, as they would in a fit on the whole (mostly zero) matrix.
     """
     C = np.asarray(C, dtype=np.float64)
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise ValueError(f"co-occurrence matrix must be square, got shape {C.shape}")
     n = C.shape[0]
+    total = n if rows is None else int(n_labels)
     rng = np.random.default_rng(seed)
-    U = (rng.random((n, dim)) - 0.5) / dim
-    V = (rng.random((n, dim)) - 0.5) / dim
+    U0 = (rng.random((total, dim)) - 0.5) / dim
+    V0 = (rng.random((total, dim)) - 0.5) / dim
+    if rows is None:
+        vectors, losses = _fit(C, U0, V0, epochs, lr, x_max)
+        return vectors, losses
+    vectors = ((U0 + V0) / 2).astype(np.float32)
+    vectors[rows], losses = _fit(C, U0[rows], V0[rows], epochs, lr, x_max)
+    return vectors, losses
+
+
+def _fit(C: np.ndarray, U: np.ndarray, V: np.ndarray, epochs: int, lr: float,
+         x_max: float) -> Tuple[np.ndarray, List[float]]:
+    n = C.shape[0]
     b = np.zeros(n)
     c = np.zeros(n)
     f = glove_weights(C, x_max)

@@ -1,50 +1,19 @@
-"""Bytes of a downloaded image -> a resized RGB JPEG, fast and safe.
+"""The fetch image settings (``FetchConfig``) over the shared resize in ``wdr_pipe.imaging``.
 
-``process(data, spec)`` returns ``(jpeg_bytes, (width, height), (src_w, src_h))``
-or raises :class:`ImageRejected` with a status and reason. The fast path is a
-JPEG decoded by libjpeg-turbo (simplejpeg) straight at a reduced scale (DCT
-domain, 1/2, 1/4, 1/8) no smaller than the target, then one high-quality
-resize. Anything else (PNG, WebP, CMYK JPEG, ...) goes through Pillow with
-``draft``. Before any pixel is decoded the header's size is checked against
-``max_pixels`` (decompression bombs); EXIF orientation is applied; palette,
-alpha, grayscale and CMYK images become RGB (alpha composited on white).
+``process(data, spec)`` (decode, orient, convert, resize, re-encode) and
+``decode_resized`` live in ``wdr_pipe.imaging``, below both the data stages
+and the model side, so that ``wdr-pipe predict IMAGE`` resizes a new photo
+exactly as fetch stored the training images; they are re-exported here.
 """
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Tuple
 
-import cv2
 import numpy as np
-import simplejpeg
-from PIL import Image, ImageOps
 
-from ..errors import UserError
-
-RESIZE_MODES = ("shorter", "longer", "center_crop", "pad")
-HEADROOM = 1.3  # Pillow path: JPEG draft at least this much larger than the target
-FAST_MAX = 1.35  # shrinks up to this factor use blur + cubic, larger ones Pillow's bicubic
-# EXIF orientation -> numpy ops on an (H, W, 3) array, as Pillow's exif_transpose does them
-_ORIENT = {
-    2: lambda a: a[:, ::-1],                          # mirror left-right
-    3: lambda a: a[::-1, ::-1],                       # rotate 180
-    4: lambda a: a[::-1],                             # mirror top-bottom
-    5: lambda a: a.transpose(1, 0, 2),                # transpose
-    6: lambda a: np.rot90(a, -1),                     # rotate 90 clockwise
-    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],    # transverse
-    8: lambda a: np.rot90(a, 1),                      # rotate 90 counter-clockwise
-}
-
-
-class ImageRejected(Exception):
-    """An image we will not store; ``status`` is one of the fetch failure statuses."""
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status = status
+from ..imaging import FAST_MAX, HEADROOM, ImageRejected, decode_resized, process, target_size  # noqa: F401
+from .checks import FETCH_BOUNDS, RESIZE_MODES, check_all, check_choice
 
 
 @dataclass(frozen=True)
@@ -59,166 +28,8 @@ class FetchConfig:
     version: int = 2              # 2: DCT-scaled decode at full or half scale (_dct_min_size)
 
     def __post_init__(self):
-        checks = [
-            (self.resize_mode in RESIZE_MODES, f"--resize-mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}"),
-            (self.size >= 8, f"--size {self.size}: use 8 or more"),
-            (1 <= self.quality <= 100, f"--quality {self.quality}: use 1 to 100"),
-            (self.min_size >= 1, f"--min-size {self.min_size}: use 1 or more"),
-            (self.max_pixels >= 1, f"max_pixels {self.max_pixels}: use 1 or more"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"fetch config: {msg}")
-
-
-def target_size(w: int, h: int, size: int, mode: str) -> Tuple[int, int]:
-    """Size the image is resized to before any crop or pad."""
-    if mode in ("shorter", "center_crop"):
-        scale = size / min(w, h)
-    elif mode in ("longer", "pad"):
-        scale = size / max(w, h)
-    else:
-        raise ValueError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:
-        return 1
-
-
-def _open(data: bytes) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("too_many_pixels", str(e)) from e
-    except Exception as e:
-        head = data[:32].lstrip().lower()
-        kind = "an HTML page" if head.startswith((b"<!doctype", b"<html")) else f"{len(data)} bytes"
-        raise ImageRejected("not_image", f"not a decodable image ({kind})") from e
-
-
-def _check_size(w: int, h: int, spec: FetchConfig) -> None:
-    if w * h > spec.max_pixels:
-        raise ImageRejected("too_many_pixels", f"{w}x{h} pixels is over the limit of {spec.max_pixels}")
-    if min(w, h) < spec.min_size:
-        raise ImageRejected("too_small", f"{w}x{h} is under the minimum side of {spec.min_size}")
-
-
-def _decode_fast(data: bytes, need_w: int, need_h: int) -> np.ndarray:
-    """libjpeg-turbo decode at the smallest DCT scale that is still >= the needed size."""
-    return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=need_w, min_height=need_h)
-
-
-def _decode_pil(im: Image.Image, need_w: int, need_h: int) -> np.ndarray:
-    """Pillow decode (with JPEG draft where possible) to an RGB array, alpha on white."""
-    if im.format == "JPEG":
-        im.draft("RGB", (need_w, need_h))
-    im.load()
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGB", im.size, (255, 255, 255))
-        bg.paste(im, mask=im.getchannel("A"))
-        im = bg
-    elif im.mode == "I;16" or im.mode == "I":
-        im = ImageOps.autocontrast(im.convert("I").point(lambda v: v / 256).convert("L"))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
-
-
-def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Resize to (w, h) with antialiasing.
-
-    Enlarging: Lanczos. Shrinking by up to ``FAST_MAX`` (the usual case after a
-    DCT-scaled decode, e.g. 400x500 -> 299x374): a Gaussian pre-blur with
-    sigma = 0.5 * sqrt(r^2 - 1) then OpenCV's cubic, 0.4 ms. Larger shrinks:
-    Pillow's antialiased bicubic, 1.5-2 ms. Both stay >= 40 dB PSNR against a
-    full decode + Lanczos (tests/test_imageops.py).
-    """
-    if (arr.shape[1], arr.shape[0]) == (w, h):
-        return arr
-    if w > arr.shape[1]:
-        return cv2.resize(arr, (w, h), interpolation=cv2.INTER_LANCZOS4)
-    r = max(arr.shape[1] / w, arr.shape[0] / h)
-    if r <= FAST_MAX:
-        sigma = 0.5 * math.sqrt(r * r - 1)
-        if sigma > 0.05:  # sigma <= 0.45 here, so a 3x3 kernel holds the whole Gaussian
-            arr = cv2.GaussianBlur(arr, (3, 3), sigma)
-        return cv2.resize(arr, (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.asarray(Image.fromarray(arr).resize((w, h), Image.BICUBIC))
-
-
-def _dct_min_size(data: bytes, need_w: int, need_h: int) -> Tuple[int, int]:
-    """Minimum size that makes libjpeg-turbo decode at full or half scale.
-
-    Half scale whenever it stays at or above the target. Only those two: the
-    other M/8 scales measured 30-38 dB against a full decode + Lanczos on some
-    sizes (the odd ones and 1/4, 1/8 for small targets), these 40-48 dB.
-    """
-    full_h, full_w = simplejpeg.decode_jpeg_header(data)[:2]
-    f = 2 if full_w / 2 >= need_w and full_h / 2 >= need_h else 1
-    return math.ceil(full_w / f), math.ceil(full_h / f)
-
-
-def _finish(arr: np.ndarray, spec: FetchConfig) -> np.ndarray:
-    """Crop or pad to a square for the modes that ask for one."""
-    s = spec.size
-    h, w = arr.shape[:2]
-    if spec.resize_mode == "center_crop":
-        y, x = (h - s) // 2, (w - s) // 2
-        return arr[y:y + s, x:x + s]
-    if spec.resize_mode == "pad":
-        out = np.full((s, s, 3), 255, np.uint8)
-        y, x = (s - h) // 2, (s - w) // 2
-        out[y:y + h, x:x + w] = arr
-        return out
-    return arr
-
-
-def process(data: bytes, spec: FetchConfig) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
-    """Decode, orient, convert and resize ``data``; returns (jpeg, (w, h), (src_w, src_h))."""
-    arr, src = decode_resized(data, spec)
-    jpeg = simplejpeg.encode_jpeg(arr, quality=spec.quality, colorspace="RGB", colorsubsampling="420")
-    return jpeg, (arr.shape[1], arr.shape[0]), src
-
-
-def decode_resized(data: bytes, spec: FetchConfig) -> Tuple[np.ndarray, Tuple[int, int]]:
-    """The RGB uint8 pixels ``process`` encodes, and the upright source size."""
-    im = _open(data)
-    sw, sh = im.size  # stored size, before EXIF rotation
-    _check_size(sw, sh, spec)
-    orient = _orientation(im) if im.format == "JPEG" else 1
-    rotated = orient in (5, 6, 7, 8)
-    src_w, src_h = (sh, sw) if rotated else (sw, sh)
-    tw, th = target_size(src_w, src_h, spec.size, spec.resize_mode)
-    need_w, need_h = (th, tw) if rotated else (tw, th)  # in stored orientation
-    try:
-        arr = None
-        if im.format == "JPEG" and im.mode in ("RGB", "L"):
-            try:
-                arr = _decode_fast(data, *_dct_min_size(data, need_w, need_h))
-            except ValueError:
-                arr = None  # let Pillow try (and give the precise error)
-        if arr is None:
-            if im.format != "JPEG":
-                orient = 1  # Pillow applies EXIF for non-JPEG below
-                im = ImageOps.exif_transpose(im) or im
-            arr = _decode_pil(im, math.ceil(need_w * HEADROOM), math.ceil(need_h * HEADROOM))
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageRejected("too_many_pixels", str(e)) from e
-    except Exception as e:
-        raise ImageRejected("decode_error", f"corrupt or truncated image: {e}") from e
-    if orient in _ORIENT:
-        arr = _ORIENT[orient](arr)
-    arr = _finish(_resize(np.ascontiguousarray(arr), tw, th), spec)
-    return np.ascontiguousarray(arr), (src_w, src_h)
+        check_choice("fetch config", "--resize-mode", self.resize_mode, RESIZE_MODES)
+        check_all("fetch config", self, FETCH_BOUNDS)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

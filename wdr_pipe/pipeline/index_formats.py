@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import gzip
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -22,10 +24,12 @@ import pyarrow.parquet as pq
 
 from ..cache.schema import INDEX
 from ..errors import UserError
+from .urls import check_urls
 
 log = logging.getLogger("wdr_pipe")
 
-ACCEPTED = "an FGVC5 .json, a .csv/.tsv/.parquet with image_id,url[,labels] or a Clothing Attributes folder"
+ACCEPTED = ("an FGVC5 .json, a .csv/.tsv/.parquet with image_id,url[,labels] (.json.gz, .csv.gz, .tsv.gz too) "
+            "or a Clothing Attributes folder")
 LABEL_TYPE = INDEX.field("labels").type
 URLS_TYPE = INDEX.field("urls").type
 Record = Callable[[int], str]  # row number -> how to name that record in a message
@@ -44,7 +48,9 @@ def to_int(value, message: Callable[[], str]) -> int:
     return out
 
 
-def _build(path: Path, ids: pa.Array, urls: pa.Array, labels: Optional[pa.Array], record: Record) -> pa.Table:
+def _build(path: Path, ids: pa.Array, urls: pa.Array, labels: Optional[pa.Array], record: Record,
+           separated: bool = False) -> pa.Table:
+    """The INDEX table; ``separated``: the URLs were split out of text cells (CSV/TSV), see ``urls.py``."""
     n = len(ids)
     if n == 0:
         raise UserError(f"{path}: no images in the file; give an index with at least one image")
@@ -52,6 +58,7 @@ def _build(path: Path, ids: pa.Array, urls: pa.Array, labels: Optional[pa.Array]
     if pc.any(empty).as_py():
         i = pc.index(empty, True).as_py()
         raise UserError(f"{path}: {record(i)}: no URL; give every image at least one URL")
+    urls = check_urls(path, urls, record, separated)
     if labels is None:
         labels = pa.nulls(n, LABEL_TYPE)
     return pa.Table.from_arrays([ids, urls, labels], schema=INDEX)
@@ -135,13 +142,27 @@ def read_fgvc5(path: Path) -> pa.Table:
         return _read_fgvc5(path)
 
 
+def is_gzip(path: Path) -> bool:
+    """``train.json.gz``, ``urls.csv.gz``: read through gzip, streamed."""
+    return Path(path).name.lower().endswith(".gz")
+
+
+def _bad_gzip(path: Path, e: BaseException) -> UserError:
+    return UserError(f"{path}: not a readable gzip file ({type(e).__name__}: {e}); "
+                     "check the file or give it unpacked")
+
+
 def _read_fgvc5(path: Path) -> pa.Table:
     try:
-        with open(path, "rb") as f:
+        with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as f:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}); give an FGVC5 file such as train.json, "
                         "or a .csv/.tsv/.parquet index") from None
+    except (OSError, EOFError, zlib.error) as e:
+        if not is_gzip(path):
+            raise
+        raise _bad_gzip(path, e) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise UserError(f"{path}: no 'images' list at the top level; an FGVC5 index looks like "
                         '{"images": [{"url": "https://...", "imageId": "1"}], "annotations": [...]}')
@@ -225,9 +246,14 @@ def read_csv_columns(path: Path, sep: str, what: str = ACCEPTED) -> Dict[str, li
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                         compression="gzip" if is_gzip(path) else None)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: empty file (no header); give {what}") from None
+    except (OSError, EOFError, zlib.error) as e:
+        if not is_gzip(path):
+            raise
+        raise _bad_gzip(path, e) from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: cannot read it as {'TSV' if sep == chr(9) else 'CSV'} ({first}); "
@@ -261,7 +287,9 @@ def _from_columns(path: Path, cols: Dict[str, object], record: Record) -> pa.Tab
     _check_ids(path, ids, record)
 
     urls = cols[url_col]
+    separated = True  # URLs split out of text cells (whitespace separates them)
     if isinstance(urls, pa.Array) and (pa.types.is_list(urls.type) or pa.types.is_large_list(urls.type)):
+        separated = False
         bad = pc.fill_null(pc.equal(pc.utf8_length(pc.list_flatten(urls)), 0), True)
         if pc.any(bad).as_py():
             row = pc.list_parent_indices(urls)[pc.index(bad, True).as_py()].as_py()
@@ -274,7 +302,7 @@ def _from_columns(path: Path, cols: Dict[str, object], record: Record) -> pa.Tab
 
     labels = cols.get("labels")
     if labels is None:
-        return _build(path, ids, url_array, None, record)
+        return _build(path, ids, url_array, None, record, separated)
     n = len(ids)
     if isinstance(labels, pa.Array) and (pa.types.is_list(labels.type) or pa.types.is_large_list(labels.type)):
         tokens = pc.list_flatten(labels)
@@ -290,7 +318,7 @@ def _from_columns(path: Path, cols: Dict[str, object], record: Record) -> pa.Tab
             lengths.append(len(parts))
         owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
         labelled = np.array([cell is not None for cell in labels], bool)
-    return _build(path, ids, url_array, _label_lists(path, tokens, owner, labelled, record), record)
+    return _build(path, ids, url_array, _label_lists(path, tokens, owner, labelled, record), record, separated)
 
 
 def read_delimited(path: Path, sep: str) -> pa.Table:

@@ -26,16 +26,20 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from ..cache import Store, as_store, config_key, label_columns, label_space, read_columns, write_config, write_result
-from ..cache.atomic import write_parquet_atomic
-from ..cache.keys import read_json
+from ..cache import Store, as_store, config_key, label_columns, label_space, read_columns, write_result
+from ..cache.atomic import publish, remove_stale_tmp, stage_parquet
+from ..cache.keys import config_text, read_json
 from ..cache.schema import COOCCURRENCE, LABEL_COUNTS, LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema
 from ..errors import UserError
 from ..progress import Hook, Progress, report
 from ..result import StageResult
+from .checks import STATS_BOUNDS, check_all
 from .glove import fit_glove
 
 log = logging.getLogger("wdr_pipe")
+
+MAX_DENSE_LABELS = 8192  # distinct labels of a split: its (L, L) co-occurrence is computed dense
+
 
 @dataclasses.dataclass(frozen=True)
 class StatsConfig:
@@ -48,17 +52,10 @@ class StatsConfig:
     x_max: float = 100.0           # GloVe weighting: f(c) = min(1, (c / x_max)^0.75)
     seed: int = 0                  # embedding initialisation
     pos_weight_clip: float = 100.0  # pos_weight is clipped to [1 / clip, clip]
-    version: int = 1               # bump when the computation changes
+    version: int = 2               # bump when the computation changes (2: fitted on the labels that occur)
 
     def __post_init__(self):
-        checks = [(self.dim >= 1, f"--dim {self.dim}: use 1 or more"),
-                  (self.epochs >= 0, f"--epochs {self.epochs}: use 0 or more"),
-                  (0 <= self.alpha <= 1, f"--alpha {self.alpha}: use a value in [0, 1] (0.75 as in GloVe)"),
-                  (self.lr > 0 and self.x_max > 0, f"lr {self.lr}, x_max {self.x_max}: both must be > 0"),
-                  (self.pos_weight_clip >= 1, f"--pos-weight-clip {self.pos_weight_clip}: use 1 or more")]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"stats config: {msg}")
+        check_all("stats config", self, STATS_BOUNDS)
 
 
 # -- the numbers -------------------------------------------------------------------
@@ -142,20 +139,39 @@ def _is_current(store: Store, split: str, key: str, digest: str) -> bool:
     return doc.get("key") == key and doc.get("inputs") == digest
 
 
+def dense_columns(x: sp.csr_matrix) -> Tuple[np.ndarray, sp.csr_matrix]:
+    """The columns of ``x`` that hold any label (sorted), and ``x`` on those columns only.
+
+    What the statistics work on: their size follows the labels that occur, never the
+    largest id of the label space."""
+    occurring = np.unique(x.indices)
+    dense = sp.csr_matrix((x.data, np.searchsorted(occurring, x.indices).astype(np.int32), x.indptr),
+                          shape=(x.shape[0], len(occurring)))
+    return occurring, dense
+
+
 def split_stats(image_ids: np.ndarray, x: sp.csr_matrix, space: np.ndarray,
-                cfg: StatsConfig) -> Tuple[Dict[str, pa.Table], List[float]]:
+                cfg: StatsConfig, where: str = "split") -> Tuple[Dict[str, pa.Table], List[float]]:
     """All stats tables of one split from its multi-hot matrix, and the embedding fit's
-    losses (pure; nothing is written)."""
-    c = cooccurrence(x)
-    counts = np.diag(c).copy()
-    a, b = np.nonzero(np.triu(c, k=1))
-    vectors, losses = fit_glove(c, dim=cfg.dim, epochs=cfg.epochs, lr=cfg.lr, x_max=cfg.x_max, seed=cfg.seed)
+    losses (pure; nothing is written). Co-occurrence and the embedding fit run on the
+    labels that occur; the tables still have one row per id of ``space``."""
+    occurring, xd = dense_columns(x)
+    if len(occurring) > MAX_DENSE_LABELS:
+        raise UserError(f"{where}: {len(occurring)} distinct labels; label statistics handle at most "
+                        f"{MAX_DENSE_LABELS} (a dense co-occurrence matrix); train with --labels top:N instead")
+    cd = cooccurrence(xd)
+    counts = np.zeros(len(space), np.int64)
+    counts[occurring] = np.diag(cd)
+    da, db = np.nonzero(np.triu(cd, k=1))
+    a, b = occurring[da], occurring[db]
+    vectors, losses = fit_glove(cd, dim=cfg.dim, epochs=cfg.epochs, lr=cfg.lr, x_max=cfg.x_max, seed=cfg.seed,
+                                rows=occurring, n_labels=len(space))
     w = per_label_weights(counts, cfg.alpha)
     labels = pa.array(space, pa.int32())
     tables = {
         "label_counts": pa.table([labels, pa.array(counts, pa.int64())], schema=LABEL_COUNTS),
         "cooccurrence": pa.table([pa.array(space[a], pa.int32()), pa.array(space[b], pa.int32()),
-                                  pa.array(c[a, b], pa.int64())], schema=COOCCURRENCE),
+                                  pa.array(cd[da, db], pa.int64())], schema=COOCCURRENCE),
         "label_embeddings": pa.table(
             [labels, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), cfg.dim)],
             schema=embeddings_schema(cfg.dim)),
@@ -169,8 +185,9 @@ def split_stats(image_ids: np.ndarray, x: sp.csr_matrix, space: np.ndarray,
 
 
 def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfig = StatsConfig(),
-                  progress: Hook = None) -> StageResult:
-    """Write ``stats/<split>/`` for each labelled split (default: every split of the store).
+                  progress: Hook = None, rebuild: bool = False) -> StageResult:
+    """Write ``stats/<split>/`` for each labelled split (default: every split of the store);
+    ``rebuild`` recomputes them even when they are up to date.
 
     The result's ``splits`` holds ``{split: {"status": "computed" | "cached" | "skipped", ...}}``.
     """
@@ -186,7 +203,7 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     summary: Dict[str, dict] = {}
     report(progress, Progress("stats", total=len(splits)))
     for i, split in enumerate(splits):
-        summary[split] = _one_split(store, split, cfg, key, space)
+        summary[split] = _one_split(store, split, cfg, key, space, rebuild)
         report(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
     counts = collections.Counter(s["status"] for s in summary.values())
     result = StageResult("stats", key, str(store.stats_root), time.monotonic() - start, ran=counts["computed"],
@@ -196,13 +213,14 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     return result
 
 
-def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.ndarray) -> dict:
+def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.ndarray, rebuild: bool) -> dict:
     out = store.stats_dir(split)
+    remove_stale_tmp(out)  # what a killed run left
     if not store.image_shards(split):
         log.info("stats: skipping %s (no committed image shards)", split)
         return {"status": "skipped", "reason": "no committed image shards"}
     digest = inputs_digest(store, split, space)
-    if _is_current(store, split, key, digest):
+    if not rebuild and _is_current(store, split, key, digest):
         log.info("stats: %s is up to date (%s)", split, out)
         return {"status": "cached", "dir": str(out), "key": key}
     t = read_columns(store.image_shards(split), ["image_id", "labels"])
@@ -211,12 +229,20 @@ def _one_split(store: Store, split: str, cfg: StatsConfig, key: str, space: np.n
         log.info("stats: skipping %s (no labels: an unlabelled split)", split)
         return {"status": "skipped", "reason": "no labels"}
     x = multi_hot_csr(labels, space, where=str(store.images_dir(split)))
-    tables, losses = split_stats(image_ids, x, space, cfg)
-    store.stats_config_path(split).unlink(missing_ok=True)  # uncommit first: a killed run is redone
-    for name, table in tables.items():
-        write_parquet_atomic(table, store.stats_file(split, name))
+    tables, losses = split_stats(image_ids, x, space, cfg, where=str(store.images_dir(split)))
     fit = {"loss_start": losses[0], "loss_end": losses[-1]}
-    write_config(store.stats_config_path(split), cfg, inputs=digest, images=int(x.shape[0]), labels=len(space), fit=fit)
+    # every table is written beside the old one first: the previous statistics stay complete
+    # and readable until all new files are, and config.json (the commit) comes last
+    staged: Dict = {}
+    try:
+        for name, table in tables.items():
+            staged[store.stats_file(split, name)] = stage_parquet(table, store.stats_file(split, name))
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    publish(staged, store.stats_config_path(split),
+            config_text(cfg, inputs=digest, images=int(x.shape[0]), labels=len(space), fit=fit))
     log.info("stats: %s: %d images, %d labels, embedding loss %.3f -> %.4f", split, x.shape[0], len(space),
              losses[0], losses[-1])
     return {"status": "computed", "dir": str(out), "key": key, "images": int(x.shape[0]), "labels": len(space),

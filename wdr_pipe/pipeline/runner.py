@@ -8,24 +8,93 @@ sums them over tasks and hands a ``Progress`` to the caller's hook.
 Where it runs:
 - ``scheduler=None``: a ``LocalCluster`` of ``workers`` processes (default:
   every core), one thread each, started for this call and closed after;
-- ``scheduler="ADDRESS"``: an existing dask.distributed cluster;
+- ``scheduler="ADDRESS"``: an existing dask.distributed cluster
+  (``tcp://HOST:PORT``, ``tls://...``, ``ws(s)://...``, ``ucx://...`` or ``HOST:PORT``);
 - ``scheduler="inline"``: in this process, one task after another (debugging).
 Workers report progress through dask's event log (``log_event`` /
 ``subscribe_topic``), so it works the same on a remote cluster.
+
+Failures: a ``UserError`` raised by a task reaches the caller as it is. Any other
+exception is a bug or a broken setup, not a failure of one image: the task fails, the
+traceback is written to ``log_path``, the other tasks are cancelled (finished shards are
+kept) and ``TaskFailed`` is raised with one line that names the task and the log.
+Ctrl-C kills a local cluster's worker processes at once instead of waiting for them.
 """
 from __future__ import annotations
 
+import datetime
+import logging
 import os
+import re
 import threading
 import time
+import traceback
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import UserError
 from ..progress import Hook, Progress, report
 
+log = logging.getLogger("wdr_pipe")
+
 Counters = Dict[str, int]
 TaskFn = Callable[[Any, Callable[[Counters], None]], Any]
+WORKERS_PER_CORE = 4  # the most local worker processes per core a run may ask for
+SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+ADDRESS_RE = re.compile(r"^(?:(?P<scheme>[A-Za-z]+)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+SCHEDULER_HELP = "give 'inline' or a dask scheduler address such as tcp://HOST:8786"
+
+
+class TaskFailed(Exception):
+    """A task raised something other than a ``UserError``: a bug or a broken setup.
+    ``str()`` is one line naming the task, the error and ``log_path`` (the traceback)."""
+
+    def __init__(self, message: str, log_path: Optional[Path] = None):
+        super().__init__(message)
+        self.log_path = log_path
+
+
+class TaskCrashed(Exception):
+    """What a worker sends back for an unexpected exception: its type name, message and traceback text."""
+
+    def __init__(self, kind: str, message: str, trace: str):
+        super().__init__(kind, message, trace)
+        self.kind, self.message, self.trace = kind, message, trace
+
+
+def max_workers() -> int:
+    """The most local worker processes a run may start: ``WORKERS_PER_CORE`` per core."""
+    return WORKERS_PER_CORE * (os.cpu_count() or 1)
+
+
+def check_workers(workers: Optional[int]) -> None:
+    """``None`` (one per core) or 1 .. ``max_workers()``; anything else is a ``UserError``."""
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= max_workers():
+        raise UserError(f"--workers {workers!r}: use 1 to {max_workers()} "
+                        f"({WORKERS_PER_CORE} per core of this machine), or leave it out for one per core")
+
+
+def scheduler_problem(scheduler: Optional[str]) -> Optional[str]:
+    """Why ``scheduler`` is not ``None``, ``'inline'`` or a scheduler address; ``None`` when it is fine."""
+    if scheduler is None or scheduler == "inline":
+        return None
+    m = ADDRESS_RE.match(scheduler) if isinstance(scheduler, str) else None
+    if m is None:
+        return SCHEDULER_HELP
+    if m.group("scheme") and m.group("scheme").lower() not in SCHEMES:
+        return f"unknown protocol {m.group('scheme')!r} (use {', '.join(SCHEMES)}); {SCHEDULER_HELP}"
+    if not 1 <= int(m.group("port")) <= 65535:
+        return f"port {int(m.group('port'))} is not in 1..65535; {SCHEDULER_HELP}"
+    return None
+
+
+def check_scheduler(scheduler: Optional[str]) -> None:
+    problem = scheduler_problem(scheduler)
+    if problem:
+        raise UserError(f"--scheduler {scheduler!r}: {problem}")
 
 
 class _Totals:
@@ -60,64 +129,139 @@ def _throttled(send: Callable[[Counters], None], every: float = 0.5) -> Callable
     return on_progress
 
 
+def _call(fn: TaskFn, task: Any, on_progress: Callable[[Counters], None]) -> Any:
+    """``fn(task, on_progress)``; an exception other than a ``UserError`` becomes a ``TaskCrashed``
+    carrying its traceback (formatted where it happened, so it survives the trip from a worker)."""
+    try:
+        return fn(task, on_progress)
+    except UserError:
+        raise
+    except Exception as e:
+        raise TaskCrashed(type(e).__name__, str(e), traceback.format_exc()) from None
+
+
 def _remote_call(fn: TaskFn, task: Any, task_no: int, topic: str) -> Any:
     """Runs on a dask worker: call ``fn`` with a progress sender bound to the event log."""
     from distributed import get_worker
 
     worker = get_worker()
-    on_progress = _throttled(lambda c: worker.log_event(topic, (task_no, c)))
-    result = fn(task, on_progress)
-    return result
+    return _call(fn, task, _throttled(lambda c: worker.log_event(topic, (task_no, c))))
+
+
+class _Failure:
+    """Turns a task's unexpected exception into ``TaskFailed``, its traceback into the log file."""
+
+    def __init__(self, stage: str, describe: Callable[[Any], str], log_path: Optional[Path]):
+        self.stage, self.describe, self.log_path = stage, describe, log_path
+
+    def __call__(self, task: Any, kind: str, message: str, trace: str) -> TaskFailed:
+        what = self.describe(task)
+        first = (message.strip().splitlines() or [""])[0][:300]
+        where = "no log written"
+        if self.log_path is not None:
+            from ..cache.atomic import write_text_atomic
+
+            stamp = datetime.datetime.now().isoformat(timespec="seconds")
+            try:
+                write_text_atomic(self.log_path, f"wdr-pipe {self.stage}: {what} failed at {stamp}\n\n{trace}")
+                where = f"the traceback is in {self.log_path}"
+            except (OSError, UserError) as e:
+                where = f"could not write the traceback to {self.log_path} ({e})"
+        log.debug("%s: %s failed:\n%s", self.stage, what, trace)
+        return TaskFailed(f"{self.stage}: {what} failed with {kind}: {first}; {where}; finished shards are kept "
+                          "(an unexpected error: a bug or a broken setup, please report it with that file)",
+                          self.log_path)
 
 
 def run_tasks(fn: TaskFn, tasks: Sequence[Any], *, stage: str, total: Optional[int] = None,
               scheduler: Optional[str] = None, workers: Optional[int] = None,
               progress: Hook = None, timeout: Optional[float] = None,
-              final: Optional[Callable[[Any], Counters]] = None) -> List[Any]:
-    """Run ``fn`` over ``tasks``; see the module doc. ``final(result)`` gives a task's last counters."""
+              final: Optional[Callable[[Any], Counters]] = None,
+              describe: Optional[Callable[[Any], str]] = None, log_path: Optional[Path] = None) -> List[Any]:
+    """Run ``fn`` over ``tasks``; see the module doc. ``final(result)`` gives a task's last counters;
+    ``describe(task)`` names a task in an error; ``log_path`` receives the traceback of a failed task."""
+    check_workers(workers)
+    check_scheduler(scheduler)
     tasks = list(tasks)
     totals = _Totals(stage, total, progress)
+    fail = _Failure(stage, describe or (lambda t: f"task {tasks.index(t)}"), log_path)
     if not tasks:
         report(progress, Progress(stage, total=total))
         return []
     if scheduler == "inline":
         out = []
         for i, t in enumerate(tasks):
-            res = fn(t, _throttled(lambda c, i=i: totals.update(i, c), every=0.2))
+            try:
+                res = _call(fn, t, _throttled(lambda c, i=i: totals.update(i, c), every=0.2))
+            except TaskCrashed as e:
+                raise fail(t, e.kind, e.message, e.trace) from None
             if final is not None:
                 totals.update(i, final(res))
             out.append(res)
         return out
-    return _run_dask(fn, tasks, totals, scheduler, workers, timeout, final)
+    return _run_dask(fn, tasks, totals, scheduler, workers, timeout, final, fail)
 
 
-def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) -> List[Any]:
-    from distributed import Client, LocalCluster, as_completed
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at a ``tcp://HOST:PORT`` address (dask's client would
+    retry a refused connection until its whole timeout has passed)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address.startswith("tcp://"):
+        parts = urlsplit(address)
+        if parts.hostname and parts.port:
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+
+
+def _local_cluster(workers: Optional[int]):
+    import multiprocessing
+
+    import dask
+    from distributed import LocalCluster
+
+    n = workers or os.cpu_count() or 1
+    # forkserver: workers fork from a clean server process instead of re-importing
+    # everything (spawn), about 2 CPU-seconds less per run; not available on Windows.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    # The worker's statistical profiler samples every thread each 10 ms for a dashboard
+    # that this cluster does not run: off.
+    with dask.config.set({"distributed.worker.multiprocessing-method": method,
+                          "distributed.worker.profile.enabled": False}):
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                            dashboard_address=None, silence_logs=logging.ERROR)
+
+
+def _kill_workers(cluster) -> None:
+    """Ctrl-C: end a local cluster's worker processes now (their tasks may be stuck in a download);
+    their nannies are told first, so they neither restart them nor wait for them."""
+    import signal
+
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        try:
+            nanny.close_gracefully()
+            pid = nanny.process.process.pid
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+        except (AttributeError, OSError, ValueError):  # not started, already gone, another dask version
+            pass
+
+
+def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final, fail: _Failure) -> List[Any]:
+    from distributed import Client, as_completed
 
     cluster = None
     try:
         if scheduler:
             try:
+                _probe(scheduler)
                 client = Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError) as e:
+            except (OSError, TimeoutError, ValueError) as e:
                 raise UserError(
                     f"cannot reach dask scheduler {scheduler!r} ({e}); check the address or drop --scheduler to run locally"
                 ) from e
         else:
-            import multiprocessing
-
-            import dask
-
-            n = workers or os.cpu_count() or 1
-            # forkserver: workers fork from a clean server process instead of re-importing
-            # everything (spawn), about 2 CPU-seconds less per run; not available on Windows.
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            # The worker's statistical profiler samples every thread each 10 ms for a dashboard
-            # that this cluster does not run: off.
-            with dask.config.set({"distributed.worker.multiprocessing-method": method,
-                                  "distributed.worker.profile.enabled": False}):
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
+            cluster = _local_cluster(workers)
             client = Client(cluster)
         topic = f"wdr-progress-{uuid.uuid4().hex}"
         client.subscribe_topic(topic, lambda event: totals.update(*event[1]))
@@ -128,19 +272,34 @@ def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final) ->
         try:
             for fut in as_completed(futures, timeout=timeout):
                 i = index[fut.key]
-                results[i] = fut.result()
+                try:
+                    results[i] = fut.result()
+                except (UserError, KeyboardInterrupt):
+                    raise
+                except TaskCrashed as e:
+                    raise fail(tasks[i], e.kind, e.message, e.trace) from None
+                except Exception as e:  # a worker that died (KilledWorker), a task that cannot be sent...
+                    raise fail(tasks[i], type(e).__name__, str(e), traceback.format_exc()) from None
                 if final is not None:
                     totals.update(i, final(results[i]))
         except TimeoutError as e:
             raise UserError(
                 f"{totals.stage}: not finished after {timeout:.0f}s; finished shards are kept, rerun to resume"
             ) from e
+        except KeyboardInterrupt:
+            if cluster is not None:
+                _kill_workers(cluster)
+            raise
         finally:
             client.unsubscribe_topic(topic)
             for f in futures:
                 f.cancel()
-            client.close()
+            client.close(timeout=5)
         return results
+    except KeyboardInterrupt:
+        if cluster is not None:
+            _kill_workers(cluster)
+        raise
     finally:
         if cluster is not None:
-            cluster.close()
+            cluster.close(timeout=10)

@@ -37,7 +37,7 @@ from ..result import StageResult
 from . import trainsetup as setup
 from .checkpoint import RunDir, eval_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state, \
     state_digest, store_identity
-from .data import make_loader
+from .embed_data import deep_input, use_embeddings
 from .trainconfig import TrainConfig
 
 log = logging.getLogger("wdr_pipe")
@@ -88,6 +88,8 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     dcfg = setup.data_config_of(model, cfg.image_size)
     model.to(device, memory_format=torch.channels_last)  # as the loader's images: 2x faster on CPU too
     criterion = setup.criterion(cfg, data.pos_weight, device)
+    # --deep fixed: the backbone's vectors from the store's cached embeddings (made first where missing)
+    head, make_loader = use_embeddings(store, cfg, data, model, dcfg, dist, progress)
 
     # -- the loaders: every rank its own equal share of each epoch, in an order drawn from the seed
     loader_args = dict(feature_key=data.feature_key, config=dcfg, seed=cfg.seed, rank=dist.rank,
@@ -105,7 +107,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     # -- optimizer, schedule, EMA, compile, DDP
     optimizer, scheduler = setup.optimizer(cfg, model, updates_per_epoch)
     ema = setup.ema(cfg, model)
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd = torch.compile(head) if cfg.compile else head
     if dist.world > 1:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
@@ -192,7 +194,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
                 labels = batch["labels"][:, data.columns] if data.columns is not None else batch["labels"]
                 sync = contextlib.nullcontext() if stepping or dist.world == 1 else fwd.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = fwd(batch["image"], batch.get("wide"))
+                    logits = fwd(deep_input(batch), batch.get("wide"))
                     loss = criterion(logits, labels, batch["weight"] if cfg.weighting == "loss" else None) / group
                     loss.backward()
                 loss_sum += loss.detach()
@@ -250,7 +252,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
         counts={"steps": step, "samples": samples, "skipped": sum(train_loader.skipped.values())},
         details={"best_val_f1": best, "best_step": best_step, "epochs": cfg.epochs, "labels": len(data.label_ids),
                  "val_images": int(scored["labels"].shape[0]), **tuned, "weights_digest": digest,
-                 "world_size": dist.world, "device": str(device),
+                 "world_size": dist.world, "device": str(device), "embedding_key": data.embedding_key,
                  "images_per_s": rows[-1]["images_per_s"] if rows else None})
     if main:
         run.write_result(result)

@@ -88,6 +88,7 @@ class TrainConfig:
     # data
     feature_key: Optional[str] = None
     image_size: Optional[int] = None
+    stream_images: bool = False     # --deep fixed: images every batch instead of the cached embeddings
     labels: str = "all"
     # optimisation
     epochs: int = 10
@@ -155,6 +156,8 @@ class TrainConfig:
               "is the training split too; validate on another split")
         check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(self.device))), "device",
               "use auto, cpu, cuda or cuda:N")
+        check(not self.stream_images or self.deep == "fixed", "stream_images",
+              "only --deep fixed trains from cached embeddings; the other modes always stream images")
         check(self.feature_key is None or "wide" in self.parts, "feature_key",
               "only the wide part reads image features; add wide to --parts or leave --feature-key out")
         import timm.optim
@@ -208,12 +211,14 @@ class TrainConfig:
 
 
 def settings_diff(run: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """``["--lr 0.001 (the run has 0.0003)", ...]`` for every setting that differs."""
+    """``["--lr 0.001 (the run has 0.0003)", ...]`` for every setting that differs. A setting added to
+    wdr-pipe after a run was made counts as its default there."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     out = []
     for k in sorted(set(run) | set(new)):
         if k in NOT_SETTINGS:
             continue
-        a, b = run.get(k), new.get(k)
+        a, b = run.get(k, defaults.get(k)), new.get(k)
         if _norm(a) != _norm(b):
             out.append(f"{flag(k)} {_show(b)} (the run has {_show(a)})")
     return out

@@ -115,6 +115,7 @@ class Data:
     wide_std: Optional[np.ndarray] = None
     label_vectors: Optional[np.ndarray] = None
     pos_weight: Optional[torch.Tensor] = None
+    embedding_key: Optional[str] = None   # --deep fixed: batches of cached embeddings instead of images
 
 
 def prepare_data(store: Store, cfg: TrainConfig, need_wide_stats: bool = True) -> Data:
@@ -322,7 +323,8 @@ def predict(model, loader, columns, amp: bool, dist: Dist, criterion) -> Dict[st
     for batch in loader:
         y = batch["labels"][:, columns] if columns is not None else batch["labels"]
         with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch["image"], batch.get("wide")).float()
+            logits = (model(batch["image"], batch.get("wide")) if "image" in batch else  # or cached embeddings
+                      model.forward_head(batch["embedding"], batch.get("wide"))).float()
         ids += batch["image_id"]
         losses.append(criterion.per_image(logits, y).cpu())
         probs.append(torch.sigmoid(logits).cpu())
@@ -374,6 +376,7 @@ def run_doc(cfg: TrainConfig, data: Data, model, dcfg, identity, init, world: in
     from .. import __version__
 
     return {"settings": cfg.settings(), "key": cfg.key(), "store": identity, "feature_key": data.feature_key,
+            "embedding_key": data.embedding_key,
             "labels": {"mode": cfg.labels, "ids": data.label_ids.tolist(), "of": data.space_size,
                        "train_positives": data.train_counts.tolist()},
             "backbone": {"name": cfg.backbone, "pretrained": cfg.pretrained, "weights": cfg.weights,

@@ -1,0 +1,66 @@
+"""``wdr-pipe run CONFIG.toml``: the DAG from one file, reuse, --force, --dry-run and bad files."""
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from wdr_pipe.cli import cli
+from wdr_pipe.errors import UserError
+from wdr_pipe.workflow import execute, load_config, make_plan
+
+TINY = 'epochs = 1\nbatch_size = 8\nimage_size = 64\nworkers = 0\nthresholds = "none"\n'
+
+
+def write(tmp_path: Path, store: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'store = "{store}"\nruns = "runs"\n\n[features]\nhog_size = 64\n\n[stats]\nepochs = 50\n\n'
+                   f'[train.fixed]\npretrained = true\ndeep = "fixed"\n{TINY}\n'
+                   f'[train.wdr]\ninit = "fixed"\nparts = "deep,wide,recurrent"\n{TINY}{extra}')
+    return cfg
+
+
+def test_run_trains_in_order_then_reuses_everything_and_force_redoes_dependants(copy_store, tmp_path):
+    cfg = write(tmp_path, copy_store)
+    plan = make_plan(load_config(cfg))
+    assert plan.names() == ["features", "stats", "train.fixed", "train.wdr"]
+    assert plan.dependants(["train.fixed"]) == ["train.fixed", "train.wdr"]
+    first = {o.step.name: o.status for o in execute(plan)}
+    # the store's features and stats were already there (built by the real stages); the runs are new
+    assert first == {"features": "reused", "stats": "ran", "train.fixed": "ran", "train.wdr": "ran"}
+    again = {o.step.name: o.status for o in execute(make_plan(load_config(cfg)))}
+    assert set(again.values()) == {"reused"}
+    forced = execute(make_plan(load_config(cfg)), force=["train.fixed"])
+    assert {o.step.name: (o.status, o.forced) for o in forced}["train.wdr"] == ("ran", True)
+    assert {o.step.name: o.status for o in forced}["stats"] == "reused"
+    kept = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert kept[:2] == ["fixed", "fixed.before-" + kept[1].split("before-")[1]] and "wdr" in kept  # nothing deleted
+
+
+def test_cli_dry_run_and_result_table(copy_store, tmp_path):
+    cfg = write(tmp_path, copy_store)
+    res = CliRunner().invoke(cli, ["run", str(cfg), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "train.wdr" in res.output and "(after features, stats, train.fixed)" in res.output
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    res = CliRunner().invoke(cli, ["run", str(cfg), "--force", "nope"])
+    assert res.exit_code == 1 and "--force nope: no such step" in res.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("bogus = 1\n", r"run.toml:\d+: unknown key \[train.wdr\] 'bogus'"),
+    ('[fetch]\nsize = 64\n', r"\[fetch\] needs indexes"),
+    ('lr = -1\n', r"\[train.wdr\]: --lr -1"),
+    ('[ensemble.e]\nruns = ["fixed", "nope"]\n', r"\[ensemble.e\] runs = .*\(nope is none\)"),
+    ('[predict]\nrun = "nope"\nout = "s.csv"\n', r"\[predict\] run = 'nope': name a \[train.NAME\] or \[ensemble.NAME\]"),
+])
+def test_bad_files_are_one_line_naming_the_place(copy_store, tmp_path, extra, message):
+    cfg = write(tmp_path, copy_store, extra)
+    with pytest.raises(UserError, match=message):
+        make_plan(load_config(cfg))
+
+
+def test_init_cycle_is_named(tmp_path, copy_store):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'store = "{copy_store}"\n[train.a]\ninit = "b"\n[train.b]\ninit = "a"\n')
+    with pytest.raises(UserError, match="init makes a cycle: a -> b -> a"):
+        load_config(cfg)

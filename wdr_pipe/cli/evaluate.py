@@ -1,0 +1,214 @@
+"""After training: ``evaluate``, ``predict``, ``ensemble``, ``compare`` and ``report``.
+
+Each parses, calls one library function (``wdr_pipe.wdr.evaluate`` /
+``predict`` / ``ensemble`` / ``compare``, ``wdr_pipe.report``) and prints
+its result. ``predict IMAGE...`` on a run with the wide part is the one place
+the features stage's code (``pipeline.features.compute_batch``) is handed to
+the model side, which may not import it.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from . import cli
+from .common import CONTEXT, echo_result, json_option, progress_bar, user_errors
+
+RUN_OPTION = click.option("--run", "run", required=True, type=click.Path(),
+                          help="Run folder of 'wdr-pipe train' or 'wdr-pipe ensemble'.")
+
+
+def _scoring_options(f):
+    f = click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Loader worker processes.")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Images per batch.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
+    f = click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
+                     help="Test-time augmentation: flip averages each image and its mirror [default: none].")(f)
+    f = click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+                     help="Which checkpoint of a training run [default: best].")(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--store", required=True, type=click.Path(), help="The store holding the split.")
+@RUN_OPTION
+@click.option("--split", default="validation", show_default=True, help="A labelled split of the store.")
+@_scoring_options
+@click.option("--saliency", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Images in the report's Grad-CAM grid (0: none).")
+@click.option("--no-report", is_flag=True, help="Do not build RUN/eval/SPLIT/report.html.")
+@json_option
+def evaluate(store, run, split, checkpoint, tta, device, batch_size, workers, saliency, no_report, as_json):
+    """Score a labelled split with a run: metrics at 0.5 and at the tuned thresholds, per label, and the report.
+
+    Writes RUN/eval/SPLIT/: metrics.json (micro_f1 ...), per_label.csv, predictions.parquet,
+    saliency.npz and report.html.
+
+    \b
+    Examples:
+      wdr-pipe evaluate --store store/ --run runs/wdr
+      wdr-pipe evaluate --store store/ --run runs/wdr --split validation --tta flip --checkpoint last
+    """
+    from ..wdr.evaluate import EvalConfig, evaluate as run_evaluate, summary_lines
+
+    with user_errors():
+        cfg = EvalConfig(store=store, run=run, split=split, checkpoint=checkpoint, tta=tta, device=device,
+                         batch_size=batch_size, workers=workers, saliency=saliency)
+        with progress_bar("evaluate") as bar:
+            result = run_evaluate(cfg, progress=bar)
+        report = None
+        if not no_report:
+            from ..report import build_report
+
+            report = build_report(run, split, store)
+    if as_json:
+        click.echo(json.dumps({"evaluate": result.to_dict(), "report": report.to_dict() if report else None},
+                              indent=2, default=str))
+        return
+    for line in summary_lines(result):
+        click.echo(line)
+    if report is not None:
+        click.echo(f"report: {report.output}")
+
+
+def _wide_features(store, key, jpegs):
+    """The wide features of stored-JPEG bytes under the store's feature config ``key`` (features stage code)."""
+    import numpy as np
+
+    from ..cache import feature_config
+    from ..errors import UserError
+    from ..pipeline.features import FeatureConfig, compute_batch
+
+    doc = dict(feature_config(store, key)["config"])
+    doc.pop("type", None)
+    hog, hist, errors = compute_batch(jpegs, FeatureConfig(**doc))
+    bad = [e for e in errors if e]
+    if bad:
+        raise UserError(f"an image's wide features failed ({bad[0]}); pass another photo")
+    return np.concatenate([hog, hist], axis=1).astype(np.float32)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("images", nargs=-1, metavar="[IMAGE_OR_URL]...")
+@RUN_OPTION
+@click.option("--store", type=click.Path(), default=None,
+              help="With --split: the store to predict. With images: whose fetch settings to follow "
+                   "[default: the run's training store].")
+@click.option("--split", default=None, help="Predict every row of this split's index [default with --out: test].")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="The submission CSV to write.")
+@click.option("--probs", type=click.Path(dir_okay=False), default=None, help="Also write the probabilities (Parquet).")
+@_scoring_options
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="With images and --json: the top labels listed per image.")
+@json_option
+def predict(images, run, store, split, out, probs, checkpoint, tta, device, batch_size, workers, top, as_json):
+    """Predict a store split into a Kaggle submission, or tag new photos (files or URLs).
+
+    The submission has a row for every image of the split's index, failed downloads included
+    (they get the fallback: the training labels most worth giving to every image).
+
+    \b
+    Examples:
+      wdr-pipe predict --store store/ --run runs/wdr --split test --out submission.csv
+      wdr-pipe predict --store store/ --run runs/wdr --split test --out sub.csv --probs test_probs.parquet
+      wdr-pipe predict --run runs/wdr photo.jpg https://shop.example/new-dress.jpg
+      wdr-pipe predict --run runs/wdr photo.jpg --json
+    """
+    from ..wdr import predict as P
+
+    with user_errors():
+        if images:
+            if out or probs or split:
+                raise click.UsageError("pass either IMAGE_OR_URL... or --split/--out, not both")
+            tagged = P.tag_images(run, images, store=store, checkpoint=checkpoint, tta=tta, device=device, top=top,
+                                  wide_features=_wide_features)
+            click.echo(json.dumps(tagged, indent=2) if as_json else "\n".join(P.tag_lines(tagged)))
+            return
+        if not store or not out:
+            raise click.UsageError("pass --store and --out (with --split, default test), or IMAGE_OR_URL...")
+        cfg = P.PredictConfig(store=store, run=run, out=out, split=split or "test", probs=probs, checkpoint=checkpoint,
+                              tta=tta, device=device, batch_size=batch_size, workers=workers)
+        with progress_bar("predict") as bar:
+            result = P.predict_split(cfg, progress=bar)
+    if not as_json:
+        c, d = result.counts, result.details
+        speed = f" at {d['images_per_s']:.0f} images/s" if d.get("images_per_s") else ""
+        click.echo(f"{c['rows']} rows: {c['predicted']} predicted{speed}, {c['fallback']} with the fallback labels "
+                   f"({' '.join(map(str, d['fallback_labels'])) or 'none'})")
+    echo_result(result, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The ensemble's run folder (new).")
+@click.option("--method", type=click.Choice(["mean", "stack"]), default="mean", show_default=True,
+              help="mean: average the probabilities; stack: per-label logistic regression, k-fold on the split.")
+@click.option("--store", type=click.Path(), default=None, help="[default: the first run's training store]")
+@click.option("--split", default="validation", show_default=True, help="The split to tune (and stack) on.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Folds of the stack.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds.")
+@_scoring_options
+@json_option
+def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, device, batch_size, workers, as_json):
+    """Combine trained runs into one run folder that evaluate and predict accept.
+
+    \b
+    Examples:
+      wdr-pipe ensemble runs/a runs/b runs/c --out runs/ens
+      wdr-pipe ensemble runs/a runs/b --out runs/stack --method stack --folds 5
+    """
+    from ..wdr.ensemble import EnsembleConfig, make_ensemble
+
+    with user_errors():
+        cfg = EnsembleConfig(runs=runs, out=out, method=method, store=store, split=split, folds=folds, seed=seed,
+                             checkpoint=checkpoint or "best", tta=tta or "none", device=device, batch_size=batch_size,
+                             workers=workers)
+        with progress_bar("ensemble") as bar:
+            result = make_ensemble(cfg, progress=bar)
+    if not as_json:
+        d = result.details
+        members = ", ".join(f"{f:.4f}" for f in d["members_val_f1_at_0.5"])
+        click.echo(f"{split} micro-F1: members at 0.5 {members}; ensemble ({method}) {d['val_f1_at_0.5']:.4f} at 0.5, "
+                   f"{d['val_f1_tuned']:.4f} tuned, {d['val_f1_tuned_out_of_fold']:.4f} tuned out of fold")
+    echo_result(result, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--split", default="validation", show_default=True, help="Whose evaluation figures to show.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+def compare(runs, split, fmt):
+    """One table of runs: the settings that differ, micro-F1 at 0.5 and tuned, macro-F1, images/s, time.
+
+    \b
+    Examples:
+      wdr-pipe compare runs/deep runs/wdr runs/ens
+      wdr-pipe compare runs/* --format csv > runs.csv
+    """
+    from ..wdr.compare import compare_runs, format_table
+
+    with user_errors():
+        header, rows = compare_runs(runs, split)
+    click.echo(format_table(header, rows, fmt), nl=False)
+
+
+@cli.command(context_settings=CONTEXT)
+@RUN_OPTION
+@click.option("--split", default="validation", show_default=True, help="The evaluated split.")
+@click.option("--store", type=click.Path(), default=None, help="[default: the store the evaluation used]")
+@json_option
+def report(run, split, store, as_json):
+    """Build RUN/eval/SPLIT/report.html again from what evaluate, train and the store wrote.
+
+    \b
+    Example:
+      wdr-pipe report --run runs/wdr --split validation
+    """
+    from ..report import build_report
+
+    with user_errors():
+        result = build_report(run, split, store)
+    echo_result(result, as_json)

@@ -1,0 +1,254 @@
+"""The steps of a ``run`` config in dependency order, and their execution.
+
+Every step calls a stage of the library, which decides by its own keys
+whether there is work to do (``run`` adds no cache of its own): a finished
+step costs a footer read. ``force`` redoes a step and every step after it that
+depends on it; ``dry_run`` only lists the plan.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+from ..errors import UserError
+from ..progress import Hook
+from ..result import StageResult
+from .config import RunConfig
+
+log = logging.getLogger("wdr_pipe")
+
+
+@dataclass
+class Step:
+    name: str                     # "fetch", "features", "stats", "train.NAME", "ensemble.NAME", "evaluate.NAME", ...
+    deps: List[str]
+    action: Callable[[Hook, bool], StageResult]  # (progress hook, force) -> result
+    what: str = ""                             # one line for --dry-run
+    key: Optional[str] = None                  # the output's config key, where known before running
+
+
+@dataclass
+class Outcome:
+    step: Step
+    result: Optional[StageResult] = None
+    seconds: float = 0.0
+    forced: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.result is None:
+            return "planned"
+        return "ran" if self.result.ran else "reused"
+
+
+@dataclass
+class Plan:
+    config: RunConfig
+    steps: List[Step] = field(default_factory=list)
+
+    def names(self) -> List[str]:
+        return [s.name for s in self.steps]
+
+    def dependants(self, names: Sequence[str]) -> List[str]:
+        """``names`` and every step that depends on them, directly or not, in plan order."""
+        out = set(names)
+        for s in self.steps:
+            if any(d in out for d in s.deps):
+                out.add(s.name)
+        return [n for n in self.names() if n in out]
+
+
+def _fetch_step(cfg: RunConfig) -> Step:
+    from ..pipeline.download import DownloadConfig
+    from ..pipeline.fetch import FetchConfig, FetchOptions, fetch
+
+    f = dict(cfg.fetch)
+    image = FetchConfig(**{k: f.pop(k) for k in ("size", "resize_mode", "quality", "min_size") if k in f})
+    timeout = f.pop("timeout", None)
+    dl = DownloadConfig(**{k: f.pop(k) for k in ("deadline", "retries", "max_bytes") if k in f},
+                        **({"connect_timeout": timeout, "read_timeout": timeout} if timeout is not None else {}))
+    opts = FetchOptions(**{k: f.pop(k) for k in ("shard_size", "threads", "per_host") if k in f}, download=dl)
+    indexes = f.pop("indexes")
+    if "holdout" in f:  # "validation=0.33", as on the command line
+        name, _, fraction = str(f["holdout"]).partition("=")
+        try:
+            f["holdout"] = (name, float(fraction))
+        except ValueError:
+            raise UserError(f"{cfg.path}: [fetch] holdout = {f['holdout']!r}: give \"NAME=FRACTION\"") from None
+
+    def action(progress: Hook, force: bool) -> StageResult:
+        return fetch(cfg.store, indexes, image, opts, workers=cfg.workers, scheduler=cfg.scheduler,
+                     progress=progress, **f)
+
+    return Step("fetch", [], action, f"fetch {len(indexes)} index(es) into {cfg.store} ({image.size} px)")
+
+
+def _features_step(cfg: RunConfig, deps: List[str]) -> Step:
+    from ..pipeline.features import FeatureConfig, compute_features
+
+    f = dict(cfg.features or {})
+    splits = f.pop("splits", None)
+    if "keep_background" in f:
+        f["ignore_background"] = not f.pop("keep_background")
+    fc = FeatureConfig(**f)
+
+    def action(progress: Hook, force: bool) -> StageResult:
+        return compute_features(cfg.store, splits, fc, rebuild=force, workers=cfg.workers,
+                                scheduler=cfg.scheduler, progress=progress)
+
+    return Step("features", deps, action, f"features {fc.key} (HOG {fc.hog_size} px, {fc.bins} colour bins)",
+                key=fc.key)
+
+
+def _stats_step(cfg: RunConfig, deps: List[str]) -> Step:
+    from ..pipeline.label_stats import StatsConfig, compute_stats
+
+    f = dict(cfg.stats or {})
+    splits = f.pop("splits", None)
+    sc = StatsConfig(**f)
+
+    def action(progress: Hook, force: bool) -> StageResult:
+        return compute_stats(cfg.store, splits, sc, progress=progress, rebuild=force)
+
+    return Step("stats", deps, action, "label statistics of every labelled split")
+
+
+def _train_step(cfg: RunConfig, name: str, deps: List[str], feature_key: Optional[str]) -> Step:
+    from ..wdr.train import train
+    from ..wdr.trainconfig import TrainConfig
+
+    flags = dict(cfg.train[name])
+    if feature_key and "wide" in str(flags.get("parts", "")):
+        flags.setdefault("feature_key", feature_key)  # the features this file computes
+    if flags.get("init") in cfg.train:
+        flags["init"] = str(cfg.runs / flags["init"])
+    if cfg.workers is not None and "workers" not in flags:
+        flags["workers"] = cfg.workers
+    try:
+        tc = TrainConfig(store=str(cfg.store), out=str(cfg.runs / name), **flags)
+    except TypeError as e:  # a key the trainer does not take (load_config checks names; this is types)
+        raise UserError(f"{cfg.path}: [train.{name}]: {e}") from None
+    except UserError as e:
+        raise UserError(f"{cfg.path}: [train.{name}]: {e}") from None
+
+    def action(progress: Hook, force: bool) -> StageResult:
+        if force:
+            _set_aside(tc.out)
+        return train(tc, progress=progress)
+
+    return Step(f"train.{name}", deps, action,
+                f"train {name}: {tc.backbone}, deep {tc.deep}, parts {','.join(tc.parts)}, {tc.epochs} epochs")
+
+
+def _set_aside(folder: str) -> None:
+    """A forced step's old output folder is renamed beside it, never deleted."""
+    if os.path.isdir(folder):
+        aside = f"{folder}.before-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(folder, aside)
+        log.info("forced: the previous %s is kept in %s", folder, aside)
+
+
+def _evaluate_step(cfg: RunConfig, name: str, deps: List[str]) -> Step:
+    from ..wdr.evaluate import EvalConfig, evaluate
+
+    ec = EvalConfig(store=str(cfg.store), run=str(cfg.runs / name), **(cfg.evaluate or {}))
+    return Step(f"evaluate.{name}", deps, lambda progress, force: evaluate(ec, progress=progress),
+                f"evaluate {name} on {ec.split}")
+
+
+def _ensemble_step(cfg: RunConfig, name: str) -> Step:
+    from ..wdr.ensemble import EnsembleConfig, make_ensemble
+
+    flags = dict(cfg.ensemble[name])
+    members = [str(cfg.runs / r) for r in flags.pop("runs")]
+    ec = EnsembleConfig(runs=tuple(members), out=str(cfg.runs / name), store=str(cfg.store), **flags)
+    def action(progress: Hook, force: bool) -> StageResult:
+        if force:
+            _set_aside(ec.out)
+        return make_ensemble(ec, progress=progress)
+
+    return Step(f"ensemble.{name}", [f"train.{r}" for r in cfg.ensemble[name]["runs"]], action,
+                f"ensemble {name}: {ec.method} of {', '.join(cfg.ensemble[name]['runs'])}")
+
+
+def _producer(cfg: RunConfig, name: str) -> str:
+    return f"ensemble.{name}" if name in cfg.ensemble else f"train.{name}"
+
+
+def _predict_step(cfg: RunConfig) -> Step:
+    from ..wdr.predict import PredictConfig, predict_split
+
+    flags = dict(cfg.predict)
+    name = flags.pop("run")
+    pc = PredictConfig(store=str(cfg.store), run=str(cfg.runs / name), **flags)
+    return Step("predict", [_producer(cfg, name)], lambda progress, force: predict_split(pc, progress=progress),
+                f"predict {pc.split} with {name} -> {pc.out}")
+
+
+def _report_step(cfg: RunConfig, deps: List[str]) -> Step:
+    from ..report import build_report
+
+    name, split = cfg.report["run"], cfg.report.get("split", (cfg.evaluate or {}).get("split", "validation"))
+    return Step("report", deps, lambda progress, force: build_report(str(cfg.runs / name), split, str(cfg.store)),
+                f"report of {name} on {split}")
+
+
+def make_plan(cfg: RunConfig) -> Plan:
+    """Every step of ``cfg``, its settings checked by the stage's own config classes."""
+    plan = Plan(cfg)
+    data: List[str] = []
+    if cfg.fetch is not None:
+        plan.steps.append(_fetch_step(cfg))
+        data.append("fetch")
+    needs_features = cfg.features is not None or any("wide" in str(f.get("parts", "")) for f in cfg.train.values())
+    feature_key = None
+    if needs_features:
+        plan.steps.append(_features_step(cfg, list(data)))
+        feature_key = plan.steps[-1].key
+    plan.steps.append(_stats_step(cfg, list(data)))
+    after_data = [s.name for s in plan.steps]
+    for name in cfg.run_order():
+        init = cfg.train[name].get("init")
+        plan.steps.append(_train_step(cfg, name, after_data + ([f"train.{init}"] if init in cfg.train else []),
+                                      feature_key))
+    for name in cfg.ensemble:
+        plan.steps.append(_ensemble_step(cfg, name))
+    if cfg.evaluate is not None:
+        for name in [*cfg.run_order(), *cfg.ensemble]:
+            plan.steps.append(_evaluate_step(cfg, name, [_producer(cfg, name)]))
+    if cfg.predict is not None:
+        plan.steps.append(_predict_step(cfg))
+    if cfg.report is not None:
+        target = cfg.report["run"]
+        deps = [f"evaluate.{target}"] if cfg.evaluate is not None else [_producer(cfg, target)]
+        plan.steps.append(_report_step(cfg, deps))
+    return plan
+
+
+def run_folders(cfg: RunConfig) -> List[str]:
+    """The run and ensemble folders of ``cfg`` that exist, in plan order (for ``compare``)."""
+    return [str(cfg.runs / n) for n in [*cfg.run_order(), *cfg.ensemble] if (cfg.runs / n / "result.json").exists()]
+
+
+def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str], Hook] = lambda name: None
+            ) -> List[Outcome]:
+    """Run the steps in order; ``force``: step names (or a prefix such as ``train``) to redo."""
+    names = plan.names()
+    chosen = [n for n in names for f in force if n == f or n.startswith(f + ".")]
+    unknown = [f for f in force if not any(n == f or n.startswith(f + ".") for n in names)]
+    if unknown:
+        raise UserError(f"--force {unknown[0]}: no such step; the plan has: {', '.join(names)}")
+    forced = set(plan.dependants(chosen))
+    outcomes = []
+    for step in plan.steps:
+        t0 = time.monotonic()
+        result = step.action(progress_for(step.name), step.name in forced)
+        outcomes.append(Outcome(step, result, time.monotonic() - t0, step.name in forced))
+        log.info("%s: %s in %.1f s", step.name, "ran" if result.ran else "reused", outcomes[-1].seconds)
+    return outcomes
+
+
+__all__ = ["Outcome", "Plan", "Step", "execute", "make_plan", "run_folders"]
