@@ -93,7 +93,7 @@ def test_a_changed_store_is_refused_and_nothing_is_written(finished, run, tmp_pa
     marker = sorted((store / "images" / "validation").glob("*.stats.json"))[0]
     marker.write_text(marker.read_text() + " ")
     doc = read(run.config)
-    doc["settings"]["store"] = str(store)
+    doc["settings"]["store"] = doc["store"]["path"] = str(store)
     run.config.write_text(json.dumps(doc))
     before = (run.thresholds.read_text(), run.result.read_text())
     with pytest.raises(UserError, match=r"the store .* changed since this run started"):
