@@ -99,3 +99,17 @@ def test_a_changed_store_is_refused_and_nothing_is_written(finished, run, tmp_pa
     with pytest.raises(UserError, match=r"the store .* changed since this run started"):
         retune_thresholds(run.root)
     assert (run.thresholds.read_text(), run.result.read_text()) == before
+
+
+def test_a_run_trained_from_cached_embeddings_is_scored_from_them(copy_store, tmp_path):
+    """--deep fixed trains from the store's cached embeddings; re-tuning scores from them too, so the
+    thresholds come back as training tuned them."""
+    cfg = TrainConfig(store=str(copy_store), out=str(tmp_path / "fixed"), image_size=64, batch_size=16, workers=0,
+                      checkpoint_every=0, epochs=2, lr=1e-2, pretrained=True, deep="fixed", parts="deep,wide")
+    trained = train(cfg)
+    assert trained.details["embedding_key"]  # it did train from them
+    run = RunDir(cfg.out)
+    before = read(run.thresholds)
+    result = retune_thresholds(run.root)
+    assert read(run.thresholds)["thresholds"] == pytest.approx(before["thresholds"], abs=1e-6)
+    assert result.details["val_f1_at_0.5"] == pytest.approx(trained.details["val_f1_at_0.5"], abs=1e-9)
