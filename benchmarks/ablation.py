@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "tests"))
 TUNE_WR = dict(parts="deep,wide,recurrent")
 # (short name, the paper-style row name, the row's flags)
 ROWS = [
-    ("fixed", "Deep (fixed all)", dict(deep="fixed", stream_images=True)),
+    ("fixed", "Deep (fixed all), images streamed", dict(deep="fixed", stream_images=True)),
     ("fixed-cached", "Deep (fixed all), from cached embeddings", dict(deep="fixed")),
     ("half", "Deep (fixed half)", dict(deep="half")),
     ("tune", "Deep (tune)", dict()),
