@@ -81,3 +81,25 @@ def copy_store(wdr_store, tmp_path):
     dst = tmp_path / "store"
     shutil.copytree(wdr_store, dst)
     return dst
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)``: a small tmpfs mounted under tmp_path, for full-disk tests (needs root;
+    skipped where mounting is not allowed). Unmounted lazily, so a file still open cannot fail it."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"tmpfs-{size}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -216,14 +216,9 @@ def test_refused_connection_is_a_connection_error_not_a_timeout(tmp_path):
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
-    """A 400 KiB tmpfs (needs root; skipped where mounting is not allowed)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+def tiny_disk(tmpfs):
+    """A 400k tmpfs (see conftest.tmpfs)."""
+    return tmpfs("400k")
 
 
 def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(server, tmp_path, tiny_disk):

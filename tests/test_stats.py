@@ -252,14 +252,9 @@ def test_label_zero_without_a_label_map_is_in_the_label_space(synth_data, tmp_pa
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+def small_disk(tmpfs):
+    """A 4m tmpfs (see conftest.tmpfs)."""
+    return tmpfs("4m")
 
 
 def test_a_stats_rerun_that_fails_keeps_the_old_stats_complete(image_store, small_disk):
