@@ -37,7 +37,7 @@ from __future__ import annotations
 import collections
 import logging
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Tuple, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -121,7 +121,49 @@ class _UnitReader:
         return _Chunk(ids.to_pylist(), t.column("jpeg").to_pylist(), labels, wide, ok)
 
 
-class StoreDataset(IterableDataset):
+class SplitOrder:
+    """Sizes and row order of one rank's share of a split, shared by the image loader and the
+    cached-embeddings loader. The class using it sets ``plan``, ``label_ids``, ``seed``, ``rank``,
+    ``world_size``, ``batch_size``, ``shuffle``, ``weighted``, ``buffer_size``, ``drop_last``,
+    ``num_workers`` and ``_control`` (epoch, then samples consumed per worker, in shared memory)."""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_ids)
+
+    def _workers(self) -> int:
+        return max(1, self.num_workers)
+
+    def worker_samples(self, worker: int) -> int:
+        return sampling.worker_size(self.plan.num_rows, self.world_size, worker, self._workers(), self.batch_size)
+
+    def _worker_batches(self, worker: int) -> int:
+        n = self.worker_samples(worker)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        return sum(self._worker_batches(w) for w in range(self._workers()))
+
+    def worker_rows(self, epoch: int, worker: int) -> np.ndarray:
+        """Canonical row numbers ``worker`` of this rank emits in ``epoch``, in order."""
+        return sampling.worker_rows(self.plan, seed=self.seed, epoch=epoch, rank=self.rank,
+                                    world_size=self.world_size, worker=worker, num_workers=self._workers(),
+                                    batch_size=self.batch_size, shuffle=self.shuffle, weighted=self.weighted,
+                                    buffer_size=self.buffer_size)
+
+    def _position(self) -> Tuple[int, int, int]:
+        """``(epoch, worker, samples already consumed)`` of the DataLoader worker calling it."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != self._workers():
+            raise UserError(f"{type(self).__name__} was made for num_workers={self.num_workers} but runs in a "
+                            f"DataLoader with {workers} workers; pass the same num_workers (the make_*loader "
+                            "functions do)")
+        return int(self._control[0]), worker, int(self._control[1 + worker])
+
+
+class StoreDataset(SplitOrder, IterableDataset):
     """An iterable of batches (dicts, see the module doc) of one split of a store, for one rank.
 
     ``num_workers`` must be the DataLoader's (``make_loader`` takes care of it);
@@ -158,40 +200,8 @@ class StoreDataset(IterableDataset):
         # epoch and per-worker start positions, shared with worker processes (persistent ones too)
         self._control = torch.zeros(1 + max(1, self.num_workers), dtype=torch.int64).share_memory_()
 
-    # -- sizes -------------------------------------------------------------------------
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_ids)
-
-    def _workers(self) -> int:
-        return max(1, self.num_workers)
-
-    def worker_samples(self, worker: int) -> int:
-        return sampling.worker_size(self.plan.num_rows, self.world_size, worker, self._workers(), self.batch_size)
-
-    def _worker_batches(self, worker: int) -> int:
-        n = self.worker_samples(worker)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank (the same on every rank)."""
-        return sum(self._worker_batches(w) for w in range(self._workers()))
-
-    # -- order ---------------------------------------------------------------------------
-    def worker_rows(self, epoch: int, worker: int) -> np.ndarray:
-        """Canonical row numbers ``worker`` of this rank emits in ``epoch``, in order."""
-        return sampling.worker_rows(self.plan, seed=self.seed, epoch=epoch, rank=self.rank,
-                                    world_size=self.world_size, worker=worker, num_workers=self._workers(),
-                                    batch_size=self.batch_size, shuffle=self.shuffle, weighted=self.weighted,
-                                    buffer_size=self.buffer_size)
-
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if workers != self._workers():
-            raise UserError(f"StoreDataset was made for num_workers={self.num_workers} but runs in a DataLoader "
-                            f"with {workers} workers; pass the same num_workers (make_loader does)")
-        epoch, start = int(self._control[0]), int(self._control[1 + worker])
+        epoch, worker, start = self._position()
         return self._batches(self.worker_rows(epoch, worker), epoch, worker, start)
 
     def _batches(self, rows: np.ndarray, epoch: int, worker: int, start: int) -> Iterator[dict]:

@@ -37,13 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from ..cache import Store, failures_path, fixed_matrix, label_space, multi_hot, open_store
 from ..cache.keys import read_json
 from ..errors import UserError
 from . import sampling
-from .data import Loader, _rank_world, make_loader
+from .data import Loader, SplitOrder, _rank_world, make_loader
 from .transforms import DataConfig
 
 log = logging.getLogger("wdr_pipe")
@@ -151,7 +151,7 @@ class _Reader:
                             f"image shard; rerun 'wdr-pipe {command} --rebuild' for this split")
 
 
-class EmbeddingDataset(IterableDataset):
+class EmbeddingDataset(SplitOrder, IterableDataset):
     """Batches (dicts, see the module doc) of one split's cached embeddings, for one rank."""
 
     def __init__(self, store: Union[Store, str, Path], split: str, embedding_key: str,
@@ -170,33 +170,8 @@ class EmbeddingDataset(IterableDataset):
         self.label_ids = label_space(store)
         self._control = torch.zeros(1 + max(1, self.num_workers), dtype=torch.int64).share_memory_()
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_ids)
-
-    def _workers(self) -> int:
-        return max(1, self.num_workers)
-
-    def worker_samples(self, worker: int) -> int:
-        return sampling.worker_size(self.plan.num_rows, self.world_size, worker, self._workers(), self.batch_size)
-
-    def __len__(self) -> int:
-        per = [self.worker_samples(w) for w in range(self._workers())]
-        return sum(n // self.batch_size if self.drop_last else -(-n // self.batch_size) for n in per)
-
-    def worker_rows(self, epoch: int, worker: int) -> np.ndarray:
-        return sampling.worker_rows(self.plan, seed=self.seed, epoch=epoch, rank=self.rank,
-                                    world_size=self.world_size, worker=worker, num_workers=self._workers(),
-                                    batch_size=self.batch_size, shuffle=self.shuffle, weighted=self.weighted,
-                                    buffer_size=self.buffer_size)
-
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if workers != self._workers():
-            raise UserError(f"EmbeddingDataset was made for num_workers={self.num_workers} but runs in a DataLoader "
-                            f"with {workers} workers; pass the same num_workers (make_embedding_loader does)")
-        epoch, start = int(self._control[0]), int(self._control[1 + worker])
+        epoch, worker, start = self._position()
         rows = self.worker_rows(epoch, worker)
         plan = self.plan
         reader = _Reader(plan, self.label_ids, sampling.units_in_memory(plan, self.buffer_size))
