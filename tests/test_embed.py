@@ -104,6 +104,23 @@ def test_a_changed_image_shard_or_a_killed_run_recomputes_exactly_those_shards(e
     assert not list(killed.parent.glob(TMP_PREFIX + "*"))
 
 
+def test_a_damaged_embedding_shard_is_named_and_rebuild_fixes_it(embedded, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(embedded[0], root)
+    store, key = Store(root), embedded[1].key
+    shard = store.embeddings_dir(key, "validation") / "part-00000.parquet"
+    table = pq.read_table(shard)
+    pq.write_table(table.take(list(range(table.num_rows))[::-1]), shard)  # the rows in another order
+    with pytest.raises(UserError, match=r"part-00000\.parquet: damaged embedding shard \(its image_ids are not "
+                                        r"those of .* in the same order\); run 'wdr-pipe embed .* --rebuild'"):
+        compute_embeddings(root, SPEC, device="cpu")
+    shard.write_bytes(b"not parquet")
+    with pytest.raises(UserError, match=r"part-00000\.parquet: unreadable embedding shard"):
+        compute_embeddings(root, SPEC, device="cpu")
+    again = compute_embeddings(root, SPEC, ["validation"], device="cpu", rebuild=True)
+    assert (again.ran, again.reused) == (1, 0) and ids_of(shard) == ids_of(store.image_shards("validation")[0])
+
+
 def test_the_key_follows_weights_size_and_dtype(embedded, tmp_path):
     key = embedded[1].key
     state = create_backbone("tf_efficientnet_lite0").state_dict()

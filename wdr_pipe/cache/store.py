@@ -163,6 +163,18 @@ class Store:
         return [p for p in sorted(d.iterdir())
                 if SHARD_RE.match(p.name) and (not committed_only or commit_path(p).exists())]
 
+    def input_splits(self, splits=None) -> List[str]:
+        """``splits`` (default: every split with committed image shards), each checked to have some:
+        what a stage that reads the images works on; a ``UserError`` naming the fix when there are none."""
+        if not splits:
+            splits = self.image_splits()
+            if not splits:
+                raise UserError(f"{self.root}: no image shards under images/; "
+                                f"run 'wdr-pipe fetch INDEX --store {self.root}' first")
+        for split in splits:
+            self.require_images(split)
+        return list(splits)
+
     def require_images(self, split: str) -> List[Path]:
         """The committed image shards of ``split``; a ``UserError`` naming the fix when there are none."""
         shards = self.image_shards(split)

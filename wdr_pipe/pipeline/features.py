@@ -33,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cache import Store, as_store, commit_path, config_key, read_commit, shard_identity, write_config, write_result
-from ..cache.atomic import publish, remove_stale_tmp, staged_path
+from ..cache import Store, as_store, commit_path, config_key, write_config, write_result
+from ..cache.atomic import publish, staged_path
+from ..cache.derived import plan_derived
 from ..cache.schema import features_schema
 from ..errors import UserError
 from ..progress import Hook
@@ -188,65 +189,16 @@ def features_task(task: ShardTask, on_progress) -> Dict[str, object]:
 # -- the stage -----------------------------------------------------------------
 
 
-def _rebuild_hint(store: Store, split: str) -> str:
-    return f"run 'wdr-pipe features --store {store.root} --split {split} --rebuild' to recompute it"
-
-
-def _image_ids(path: Path) -> pa.ChunkedArray:
-    # ParquetFile rather than pq.read_table, which imports pyarrow.dataset and pandas (0.25 s)
-    return pq.ParquetFile(path).read(columns=["image_id"]).column(0)
-
-
-def check_feature_shard(store: Store, split: str, out: Path, image_shard: Path, stats: dict,
-                        cfg: FeatureConfig) -> None:
-    """Raise UserError naming ``out`` if it is unreadable or does not match its image shard row by row."""
-    try:
-        f = pq.ParquetFile(out)
-        rows, schema = f.metadata.num_rows, f.schema_arrow
-        ids = f.read(columns=["image_id"]).column(0)
-    except (OSError, pa.ArrowException) as e:
-        raise UserError(f"{out}: unreadable feature shard ({str(e).splitlines()[0]}); "
-                        f"{_rebuild_hint(store, split)}") from e
-    problem = None
-    if not schema.equals(cfg.schema()):
-        problem = "its schema is not the one of this config"
-    elif rows != stats.get("rows"):
-        problem = f"{rows} rows, its stats.json says {stats.get('rows')}"
-    elif not ids.equals(_image_ids(image_shard).cast(pa.string())):
-        problem = f"its image_ids are not those of {image_shard} in the same order"
-    if problem:
-        raise UserError(f"{out}: damaged feature shard ({problem}); {_rebuild_hint(store, split)}")
-
-
-def _split_counts() -> Dict[str, int]:
-    return {"rows": 0, "errors": 0, "shards_computed": 0, "shards_reused": 0, "images_computed": 0}
-
-
 def plan(store: Store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool
          ) -> Tuple[List[ShardTask], Dict[str, Dict[str, int]], int]:
     """Tasks for the shards to compute, per-split counts of the reused ones, and the number of images to do."""
-    tasks, summary, todo = [], {}, 0
-    for split in splits:
-        shards = store.require_images(split)
-        out_dir = store.features_dir(cfg.key, split)
-        remove_stale_tmp(out_dir)
-        s = summary[split] = _split_counts()
-        for shard in shards:
-            out = out_dir / shard.name
-            source = shard_identity(shard)
-            stats = None if rebuild else read_commit(out)
-            if stats is not None and stats.get("source") == source:
-                check_feature_shard(store, split, out, shard, stats, cfg)
-                s["shards_reused"] += 1
-                s["rows"] += stats["rows"]
-                s["errors"] += stats["errors"]
-                continue
-            if stats is not None and not rebuild:
-                log.info("%s: image shard changed since it was computed; recomputing", out)
-            # the old shard stays committed (and readable) until the task publishes the new one
-            tasks.append(ShardTask(split, str(shard), str(out), source, cfg))
-            todo += pq.read_metadata(shard).num_rows
-    return tasks, summary, todo
+    expected = cfg.schema()
+    todo, summary, images = plan_derived(
+        store, splits, lambda split: store.features_dir(cfg.key, split), "feature", "features",
+        lambda schema: None if schema.equals(expected) else "its schema is not the one of this config", rebuild)
+    for s in summary.values():
+        s["images_computed"] = 0
+    return [ShardTask(d.split, str(d.image_shard), str(d.out), d.source, cfg) for d in todo], summary, images
 
 
 def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: FeatureConfig = FeatureConfig(), *,
@@ -261,9 +213,7 @@ def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: Feature
     check_workers(workers)
     check_scheduler(scheduler)
     store = as_store(store)
-    splits = list(splits) if splits else store.image_splits()
-    if not splits:
-        raise UserError(f"{store.root}: no image shards under images/; run 'wdr-pipe fetch INDEX --store {store.root}' first")
+    splits = store.input_splits(splits)
     root = store.features_root(cfg.key)
     if rebuild or not store.feature_config_path(cfg.key).exists():
         write_config(store.feature_config_path(cfg.key), cfg, hog_dim=cfg.hog_dim, hist_dim=cfg.hist_dim)

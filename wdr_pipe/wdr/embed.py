@@ -43,8 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..cache import Store, as_store, commit_path, config_key, read_commit, shard_identity, write_config, write_result
-from ..cache.atomic import atomic_path, remove_stale_tmp, write_text_atomic
+from ..cache import Store, as_store, commit_path, config_key, write_config, write_result
+from ..cache.atomic import atomic_path, write_text_atomic
+from ..cache.derived import plan_derived
 from ..cache.schema import image_embeddings_schema
 from ..errors import UserError
 from ..imaging import opencv_threads
@@ -262,48 +263,18 @@ def embed_shard(embedder: Embedder, cfg: EmbedConfig, image_shard: Path, out: Pa
 
 
 # -- the stage -----------------------------------------------------------------------------------
-def check_embedding_shard(store: Store, split: str, out: Path, image_shard: Path, stats: dict,
-                          cfg: EmbedConfig) -> None:
-    """A ``UserError`` naming ``out`` if it is unreadable or does not match its image shard row by row."""
-    hint = f"run 'wdr-pipe embed --store {store.root} --split {split} --rebuild' to recompute it"
-    try:
-        f = pq.ParquetFile(out)
-        rows, typ = f.metadata.num_rows, f.schema_arrow.field("embedding").type
-        ids = f.read(columns=["image_id"]).column(0)
-    except (OSError, KeyError, pa.ArrowException) as e:
-        raise UserError(f"{out}: unreadable embedding shard ({str(e).splitlines()[0]}); {hint}") from e
-    problem = None
-    if rows != stats.get("rows"):
-        problem = f"{rows} rows, its stats.json says {stats.get('rows')}"
-    elif str(typ.value_type) != {"float16": "halffloat", "float32": "float"}[cfg.dtype]:
-        problem = f"its vectors are {typ.value_type}, the key says {cfg.dtype}"
-    elif not ids.equals(pq.ParquetFile(image_shard).read(columns=["image_id"]).column(0).cast(pa.string())):
-        problem = f"its image_ids are not those of {image_shard} in the same order"
-    if problem:
-        raise UserError(f"{out}: damaged embedding shard ({problem}); {hint}")
-
-
 def plan(store: Store, splits: Sequence[str], cfg: EmbedConfig, rebuild: bool):
-    """``(tasks, summary, todo)``: (split, image shard, out, source) to compute, per-split counts, images to do."""
-    tasks, summary, todo = [], {}, 0
-    for split in splits:
-        out_dir = store.embeddings_dir(cfg.key, split)
-        remove_stale_tmp(out_dir)
-        s = summary[split] = {"rows": 0, "errors": 0, "shards_computed": 0, "shards_reused": 0}
-        for shard in store.require_images(split):
-            out, source = out_dir / shard.name, shard_identity(shard)
-            stats = None if rebuild else read_commit(out)
-            if stats is not None and stats.get("source") == source:
-                check_embedding_shard(store, split, out, shard, stats, cfg)
-                s["shards_reused"] += 1
-                s["rows"] += stats["rows"]
-                s["errors"] += stats["errors"]
-                continue
-            if stats is not None:
-                log.info("%s: image shard changed since it was embedded; recomputing", out)
-            tasks.append((split, shard, out, source))
-            todo += pq.read_metadata(shard).num_rows
-    return tasks, summary, todo
+    """``(shards to compute, per-split counts of the reused ones, images to compute)``."""
+    want = {"float16": "halffloat", "float32": "float"}[cfg.dtype]
+
+    def schema_problem(schema: pa.Schema):
+        if schema.get_field_index("embedding") < 0:
+            return "it has no embedding column"
+        typ = schema.field("embedding").type.value_type
+        return None if str(typ) == want else f"its vectors are {typ}, the key says {cfg.dtype}"
+
+    return plan_derived(store, splits, lambda split: store.embeddings_dir(cfg.key, split), "embedding", "embed",
+                        schema_problem, rebuild)
 
 
 def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[Sequence[str]] = None, *,
@@ -316,10 +287,7 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
     """
     t0 = time.monotonic()
     store = as_store(store)
-    splits = list(splits) if splits else store.image_splits()
-    if not splits:
-        raise UserError(f"{store.root}: no image shards under images/; "
-                        f"run 'wdr-pipe fetch INDEX --store {store.root}' first")
+    splits = store.input_splits(splits)
     tasks, summary, todo = plan(store, splits, cfg, rebuild)
     root = store.embeddings_root(cfg.key)
     details: Dict[str, object] = {"images_computed": 0, "images_per_s": None}
@@ -327,8 +295,8 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
         dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
         model = backbone if backbone is not None else load_backbone(cfg, source)
         embedder = Embedder(model, cfg.data_config, dev, batch_size)
-        for split, shard, out, _ in tasks:  # uncommit first: a killed run never leaves a stale pair
-            commit_path(out).unlink(missing_ok=True)
+        for t in tasks:  # uncommit first: a killed run never leaves a stale pair
+            commit_path(t.out).unlink(missing_ok=True)
         if rebuild or not store.embedding_config_path(cfg.key).exists():
             write_config(store.embedding_config_path(cfg.key), cfg, dim=embedder.dim, source=source)
         log.info("embed %s: %d shards to compute (%d images) on %s, batches of %d; %d reused", cfg.key, len(tasks),
@@ -343,9 +311,9 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
             report(progress, Progress("embed", done=counts["done"], total=todo, ok=counts["done"] - counts["failed"],
                                       failed=counts["failed"], message=f"{rate:.0f} img/s"))
 
-        for split, shard, out, src in tasks:
-            stats = embed_shard(embedder, cfg, shard, out, src, on_rows)
-            s = summary[split]
+        for t in tasks:
+            stats = embed_shard(embedder, cfg, t.image_shard, t.out, t.source, on_rows)
+            s = summary[t.split]
             s["shards_computed"] += 1
             s["rows"] += stats["rows"]
             s["errors"] += stats["errors"]
@@ -366,11 +334,7 @@ def compute_embeddings(store, spec: EmbedSpec, splits: Optional[Sequence[str]] =
                        batch_size: Optional[int] = None, rebuild: bool = False, progress: Hook = None) -> StageResult:
     """``wdr-pipe embed``: resolve the weights and the key of ``spec``, then ``embed``."""
     store = as_store(store)
-    if not store.image_splits():
-        raise UserError(f"{store.root}: no image shards under images/; "
-                        f"run 'wdr-pipe fetch INDEX --store {store.root}' first")
-    for split in splits or ():
-        store.require_images(split)
+    store.input_splits(splits)
     cfg, source = resolve(spec)
     return embed(store, cfg, source, splits, device=device, batch_size=batch_size, rebuild=rebuild,
                  progress=progress)
