@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 from typing import Any, Callable, List, Mapping, Optional
 
 from ..errors import UserError
@@ -99,10 +100,11 @@ class Ranks:
         try:
             td.broadcast_object_list(box, src=0, group=self.group)
         except RuntimeError as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = re.sub(r"^\[[^\]]*\]\s*", "", (str(e).strip().splitlines() or [""])[0])  # gloo's source place
+            first = first.split(". ")[0][:200]
             who = "the other ranks" if self.main else "rank 0"
             raise UserError(f"rank {self.rank} of {self.world}: lost {who} at step {step} ({first}); "
-                            "see the first failing rank's output above") from None
+                            "its own output and torchrun's summary say why") from None
 
     def farewell(self) -> None:
         """After a step's error reached every rank, and this rank has said so: wait (``FAREWELL`` at
