@@ -104,7 +104,7 @@ class Ranks:
             first = first.split(". ")[0][:200]
             who = "the other ranks" if self.main else "rank 0"
             raise UserError(f"rank {self.rank} of {self.world}: lost {who} at step {step} ({first}); "
-                            "its own output and torchrun's summary say why") from None
+                            f"{'their' if self.main else 'its'} own output and torchrun's summary say why") from None
 
     def farewell(self) -> None:
         """After a step's error reached every rank, and this rank has said so: wait (``FAREWELL`` at
