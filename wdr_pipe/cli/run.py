@@ -6,7 +6,7 @@ import json
 import click
 
 from . import cli
-from .common import CONTEXT, ProgressBar, json_option, user_errors
+from .common import CONTEXT, EXIT_UNEXPECTED, EXIT_USER, Failure, ProgressBar, json_option, user_errors
 
 
 @cli.command("run", context_settings=CONTEXT)
@@ -23,39 +23,42 @@ def run_cmd(config, force, dry_run, as_json):
     docs/reproduce.md for complete files). A finished stage is skipped by its own cache
     key; an interrupted run resumes where it stopped.
 
+    Under torchrun (torchrun --nproc_per_node N -m wdr_pipe.cli run CONFIG.toml) every
+    process trains each [train.NAME] run together (DDP); the other steps run on rank 0
+    alone while the others wait, and rank 0 prints the tables. A step that fails on rank 0
+    ends every process with its error.
+
     \b
     Examples:
       wdr-pipe run demo-out/demo.toml --dry-run
       wdr-pipe run demo-out/demo.toml
       wdr-pipe run demo-out/demo.toml --force train.wdr
     """
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from ..wdr.compare import compare_runs, format_table
-    from ..workflow import execute, load_config, make_plan, run_folders
+    from ..workflow import Ranks, load_config, make_plan, run_folders
 
-    with user_errors():
-        cfg = load_config(config)
-        plan = make_plan(cfg)
-        if dry_run:
-            for step in plan.steps:
-                deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
-                click.echo(f"{step.name:<22} {step.what}{deps}")
-            return
-        bars = []
-
-        def progress_for(name):
-            if bars:
-                bars[-1].close()
-            bars.append(ProgressBar(name, unit="step" if name.startswith("train") else "img"))
-            return bars[-1]
-
-        try:
-            with logging_redirect_tqdm():
-                outcomes = execute(plan, force, progress_for)
-        finally:
-            for bar in bars:
-                bar.close()
+    ranks = Ranks()
+    try:
+        with user_errors():
+            cfg = load_config(config)
+            plan = make_plan(cfg)
+            if dry_run:
+                for step in plan.steps:
+                    deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
+                    click.echo(f"{step.name:<22} {step.what}{deps}")
+                return
+            ranks.start()
+            outcomes = _execute(plan, force, ranks)
+    except click.ClickException as e:
+        if not ranks.failed_together:
+            raise
+        e.show()  # every rank says why it ends before any exits: torchrun stops the rest when one does
+        ranks.farewell()
+        raise click.exceptions.Exit(e.exit_code) from None
+    finally:
+        ranks.stop()
+    if not ranks.main:
+        return
     if as_json:
         click.echo(json.dumps([{"step": o.step.name, "status": o.status, "seconds": round(o.seconds, 2),
                                 "result": o.result.to_dict()} for o in outcomes], indent=2, default=str))
@@ -67,3 +70,33 @@ def run_cmd(config, force, dry_run, as_json):
     if folders:
         with user_errors():
             click.echo("\n" + format_table(*compare_runs(folders, (cfg.evaluate or {}).get("split", "validation"))))
+
+
+def _execute(plan, force, ranks):
+    """The plan's steps with progress bars (rank 0's only); rank 0's failed step as its own line here."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ..workflow import StepFailed, execute
+
+    bars = []
+
+    def progress_for(name):
+        if not ranks.main:
+            return None
+        if bars:
+            bars[-1].close()
+        bars.append(ProgressBar(name, unit="step" if name.startswith("train") else "img"))
+        return bars[-1]
+
+    try:
+        with logging_redirect_tqdm():
+            return execute(plan, force, progress_for, ranks)
+    except StepFailed as e:  # raised on rank 0 by its step: the same line on this rank
+        if e.user or e.kind == "TaskFailed":
+            raise Failure(e.message, EXIT_USER if e.user else EXIT_UNEXPECTED) from None
+        first = (e.message.strip().splitlines() or [""])[0][:300]
+        raise Failure(f"unexpected {e.kind}: {first}; rank 0 wrote the traceback (a bug or a broken setup; "
+                      "please report it with that file)", EXIT_UNEXPECTED) from None
+    finally:
+        for bar in bars:
+            bar.close()

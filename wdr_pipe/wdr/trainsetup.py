@@ -28,7 +28,10 @@ log = logging.getLogger("wdr_pipe")
 
 # -- processes -------------------------------------------------------------------------------
 class Dist:
-    """This process's rank, world size and device; under torchrun, the process group (gloo on CPU, nccl on CUDA)."""
+    """This process's rank, world size and device; under torchrun, the process group (gloo on CPU, nccl on CUDA).
+
+    A group already started by the caller (``wdr-pipe run`` starts one with gloo for CPU tensors and
+    nccl for CUDA ones, ``workflow/ranks.py``) is used as it is and left open by ``stop``."""
 
     def __init__(self, device: str = "auto"):
         env = os.environ

@@ -4,6 +4,11 @@ Every step calls a stage of the library, which decides by its own keys
 whether there is work to do (``run`` adds no cache of its own): a finished
 step costs a footer read. ``force`` redoes a step and every step after it that
 depends on it; ``dry_run`` only lists the plan.
+
+Under torchrun (``ranks.py``) rank 0 alone runs every step but the training
+ones and the other ranks wait for its outcome; a training step runs on every
+rank (DDP), after its ``prepare`` (setting a forced run's folder aside) has
+run once on rank 0.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ..errors import UserError
 from ..progress import Hook
 from ..result import StageResult
 from .config import RunConfig
+from .ranks import Ranks
 
 log = logging.getLogger("wdr_pipe")
 
@@ -28,6 +34,8 @@ class Step:
     action: Callable[[Hook, bool], StageResult]  # (progress hook, force) -> result
     what: str = ""                             # one line for --dry-run
     key: Optional[str] = None                  # the output's config key, where known before running
+    every_rank: bool = False                   # under torchrun: run on every rank (training), not rank 0 alone
+    prepare: Optional[Callable[[bool], None]] = None  # (force) -> None, once on rank 0 before the action
 
 
 @dataclass
@@ -134,13 +142,16 @@ def _train_step(cfg: RunConfig, name: str, deps: List[str], feature_key: Optiona
     except UserError as e:
         raise UserError(f"{cfg.path}: [train.{name}]: {e}") from None
 
-    def action(progress: Hook, force: bool) -> StageResult:
+    def prepare(force: bool) -> None:
         if force:
             _set_aside(tc.out)
+
+    def action(progress: Hook, force: bool) -> StageResult:
         return train(tc, progress=progress)
 
     return Step(f"train.{name}", deps, action,
-                f"train {name}: {tc.backbone}, deep {tc.deep}, parts {','.join(tc.parts)}, {tc.epochs} epochs")
+                f"train {name}: {tc.backbone}, deep {tc.deep}, parts {','.join(tc.parts)}, {tc.epochs} epochs",
+                every_rank=True, prepare=prepare)
 
 
 def _set_aside(folder: str) -> None:
@@ -233,9 +244,13 @@ def run_folders(cfg: RunConfig) -> List[str]:
     return [str(cfg.runs / n) for n in [*cfg.run_order(), *cfg.ensemble] if (cfg.runs / n / "result.json").exists()]
 
 
-def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str], Hook] = lambda name: None
-            ) -> List[Outcome]:
-    """Run the steps in order; ``force``: step names (or a prefix such as ``train``) to redo."""
+def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str], Hook] = lambda name: None,
+            ranks: Optional[Ranks] = None) -> List[Outcome]:
+    """Run the steps in order; ``force``: step names (or a prefix such as ``train``) to redo.
+
+    ``ranks`` (started) under torchrun: rank 0 runs the steps that are not ``every_rank``, the other
+    ranks get its results (or raise its error, ``StepFailed``); every rank returns the same outcomes."""
+    ranks = ranks or Ranks({})
     names = plan.names()
     chosen = [n for n in names for f in force if n == f or n.startswith(f + ".")]
     unknown = [f for f in force if not any(n == f or n.startswith(f + ".") for n in names)]
@@ -244,10 +259,16 @@ def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str],
     forced = set(plan.dependants(chosen))
     outcomes = []
     for step in plan.steps:
-        t0 = time.monotonic()
-        result = step.action(progress_for(step.name), step.name in forced)
-        outcomes.append(Outcome(step, result, time.monotonic() - t0, step.name in forced))
-        log.info("%s: %s in %.1f s", step.name, "ran" if result.ran else "reused", outcomes[-1].seconds)
+        t0, redo = time.monotonic(), step.name in forced
+        if step.prepare is not None:
+            ranks.on_main(step.name, lambda: step.prepare(redo))
+        if step.every_rank:
+            result = step.action(progress_for(step.name), redo)
+        else:
+            result = ranks.on_main(step.name, lambda: step.action(progress_for(step.name), redo))
+        outcomes.append(Outcome(step, result, time.monotonic() - t0, redo))
+        if ranks.main:
+            log.info("%s: %s in %.1f s", step.name, "ran" if result.ran else "reused", outcomes[-1].seconds)
     return outcomes
 
 
