@@ -1,6 +1,6 @@
 """The WDR ablation table on generated data: which parts of Wide, Deep and Recurrent earn their place.
 
-A store is written by the real stages (``tests/conftest.py``'s ``build_store``:
+A store is written by the real stages (``wdr_pipe.demo.store.build_store``:
 fetch over file:// URLs at a --stored px shorter side, HOG + colour features
 at 64 px, label statistics) from generated garment photos (``wdr_pipe.demo.synth``,
 24 labels in 6 groups), under --out and kept between runs. Every row is one
@@ -46,7 +46,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 TUNE_WR = dict(parts="deep,wide,recurrent")
 # (short name, the paper-style row name, the row's flags)
@@ -65,8 +64,8 @@ ROWS = [
 
 
 def build(out: Path, n_train: int, n_val: int, stored: int, seed: int) -> Path:
-    from conftest import build_store
     from wdr_pipe.demo import synth
+    from wdr_pipe.demo.store import build_store
 
     store = out / "store"
     if (store / "stats").is_dir():

@@ -17,9 +17,11 @@ trained with --seeds seeds (it is cheap), which gives the seed-to-seed spread of
 noise the backbone arm's F1 is compared with.
 
 **Search.** Store-shaped embedding shards of random clustered unit vectors (D = 1280, lite0's width,
-float16) are written straight through the cache layer for --search-sizes images (no image is
-needed to time a search), then ``similar()`` by image id: the index build (once), its load, and the
-query (median of 25), with the faiss part alone; the same top-k by chunked torch matrix products for
+float16) are written straight through the cache layer for --search-sizes images, then ``similar()`` by
+image id. This store alone is synthetic, on purpose: a search reads only image ids and vectors, and
+drawing, fetching and embedding them would take longer than the whole benchmark (the embed stage does
+about 20 images/s on this CPU: 20 minutes for 25 k images, over 2.5 hours for 200 k; see
+``fake_embeddings``). Timed: the index build (once), its load, and the query (median of 25), with the faiss part alone; the same top-k by chunked torch matrix products for
 comparison, on --threads threads each. Flat search is linear in N, so 1 M is projected by a least-squares
 line through the sizes.
 
@@ -39,13 +41,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 # -- training ------------------------------------------------------------------------------------------
 def build(out: Path, n_train: int, n_val: int) -> Path:
-    from conftest import build_store
     from wdr_pipe.demo import synth
+    from wdr_pipe.demo.store import build_store
 
     store = out / "store"
     if (store / "stats" / "train" / "config.json").exists():
@@ -121,7 +122,17 @@ def training(args) -> None:
 
 # -- search --------------------------------------------------------------------------------------------
 def fake_embeddings(root: Path, n: int, dim: int = 1280, shard: int = 10_000) -> str:
-    """A store of ``n`` images whose embedding shards hold random clustered unit vectors (float16)."""
+    """A store of ``n`` images whose embedding shards hold random clustered unit vectors (float16).
+
+    Synthetic on purpose, unlike the training part's store (``build``: the real stages): the search
+    sizes are 25 k - 1 M images, and drawing, fetching and embedding that many (about 20 images/s
+    for lite0 on this CPU: 20 minutes for 25 k, hours beyond 100 k) would dwarf a measurement that
+    reads only image ids and vectors.
+    So the image shards hold placeholder rows (no decodable JPEG) and their commit markers are written
+    here, not by fetch; the embedding shards follow the embed stage's schema, Parquet options and
+    commit marker (naming the image shard they derive from), so ``build_index`` and ``similar`` read
+    them as the stage's own. Nothing that decodes images can use this store.
+    """
     import numpy as np
     import pyarrow as pa
 
@@ -206,10 +217,10 @@ def search(args) -> None:
                "rows": built.counts["ok"]}
         rows.append(row)
         print(row, flush=True)
-        del index, x
+        index = x = None  # freed before the next size (matmul above reads x)
     ns = np.array([r["n"] for r in rows], float)
-    print(f"\n| stored images | index build (once) | index load | query (similar by id, median) | of which faiss "
-          f"search | torch chunked matmul |\n|---:|---:|---:|---:|---:|---:|")
+    print("\n| stored images | index build (once) | index load | query (similar by id, median) | of which faiss "
+          "search | torch chunked matmul |\n|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n']:,} | {r['build_s']:.2f} s | {r['load_s']:.3f} s | {r['query_ms']:.1f} ms | "
               f"{r['faiss_ms']:.1f} ms | {r['torch_ms']:.1f} ms |")

@@ -1,9 +1,10 @@
 """Features benchmark: ``compute_features`` against a plain skimage + numpy loop, side by side.
 
-Both read the same image shards (N generated garment JPEGs, 299 px shorter
-side, quality 95, like ``wdr-pipe fetch`` stores them), decode and resize
-them the same way (``features.decode_resize``), and write the same feature
-Parquet shards; they differ only in the feature maths:
+Both read the same image shards (N generated garment photos, drawn at
+320-480 px a side and stored by the real ``wdr-pipe fetch`` over ``file://``
+URLs at a 299 px shorter side, quality 95), decode and resize them the same
+way (``features.decode_resize``), and write the same feature Parquet shards;
+they differ only in the feature maths:
 
 - ours: ``hog_batch`` and ``color_hist_batch`` over batches of 64 images;
 - plain: ``skimage.feature.hog`` per image and ``np.histogramdd`` per image
@@ -20,7 +21,7 @@ machine). The outputs are checked equal (1e-4). Then, as a user runs it:
 feature folder, then a second run (nothing to do). Also: milliseconds per
 image of each step in one process. Results go to --out/results.json.
 
-Run (the store is drawn once and cached under --out)::
+Run (the store is drawn and fetched once, and cached under --out)::
 
     python benchmarks/bench_features.py --n 2400
 """
@@ -28,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import io
 import json
 import shutil
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
 import cv2
@@ -41,9 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wdr_pipe.cache import Store, shard_name, commit_path
-from wdr_pipe.cache.atomic import write_parquet_atomic
-from wdr_pipe.cache.schema import IMAGES, INDEX
+from wdr_pipe.cache import Store
+from wdr_pipe.demo.store import generated_store
 from wdr_pipe.pipeline import features as F
 from wdr_pipe.pipeline.color import background_mask, color_hist_batch
 from wdr_pipe.pipeline.hog import hog_batch
@@ -55,39 +53,17 @@ SPLIT = "bench"
 
 # -- the store -------------------------------------------------------------------
 
-
-def _draw(i: int) -> dict:
-    from wdr_pipe.demo import synth
-
-    rng = np.random.default_rng([i, 11])
-    g = synth.sample_garment(rng)
-    w, h = 299, int(rng.integers(299, 450))
-    if rng.random() < 0.3:
-        w, h = h, w
-    buf = io.BytesIO()
-    synth.draw_image(g, w, h, i).save(buf, "JPEG", quality=95)
-    raw = buf.getvalue()
-    return {"image_id": str(i), "jpeg": raw, "width": w, "height": h, "src_width": w, "src_height": h,
-            "url": f"synth://{i}", "sha256": hashlib.sha256(raw).hexdigest(), "labels": g.labels()}
+DRAWN = (320, 480)  # px, each side of a drawn photo; fetch stores them at a 299 px shorter side
 
 
 def make_store(root: Path, n: int, shard_size: int) -> Store:
-    """A store with n images in shards of shard_size under images/bench/ (kept between runs)."""
-    store = Store(root, create=True)
-    shards = [(k, range(s, min(s + shard_size, n))) for k, s in enumerate(range(0, n, shard_size))]
-    todo = [(k, ids) for k, ids in shards if not commit_path(store.images_dir(SPLIT) / f"{shard_name(k)}.parquet").exists()]
-    if todo:
-        print(f"drawing {sum(len(ids) for _, ids in todo)} images into {root} ...", flush=True)
-        with Pool(2) as pool:
-            for k, ids in todo:
-                rows = pool.map(_draw, [i + 1 for i in ids])
-                path = store.images_dir(SPLIT) / f"{shard_name(k)}.parquet"
-                write_parquet_atomic(pa.Table.from_pylist(rows, schema=IMAGES), path, row_group_size=100)
-                commit_path(path).write_text(json.dumps({"ok": len(rows), "failed": 0, "shard": k}))
-        index = pa.table({"image_id": [str(i) for i in range(1, n + 1)],
-                          "urls": [[f"synth://{i}"] for i in range(1, n + 1)], "labels": [None] * n}, schema=INDEX)
-        write_parquet_atomic(index, store.index_path(SPLIT))
-    return store
+    """A store with n images in shards of shard_size under images/bench/, written by the real fetch
+    from photos drawn under root's parent (both kept between runs: a rerun reuses them)."""
+    if not Store(root, create=True).image_shards(SPLIT):
+        print(f"drawing {n} images and fetching them into {root} ...", flush=True)
+    generated_store(root, root.parent / "data", {SPLIT: n}, seed=11, size_range=DRAWN, size=299, quality=95,
+                    shard_size=shard_size, features=False, stats=False)
+    return Store(root)
 
 
 # -- the plain competitor ----------------------------------------------------------
@@ -240,7 +216,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "bench-out" / "features"))
     args = p.parse_args()
     out = Path(args.out)
-    store = make_store(out / f"store-{args.n}-{args.shard_size}", args.n, args.shard_size)
+    store = make_store(out / f"fetched-{args.n}-{args.shard_size}", args.n, args.shard_size)
     cfg = F.FeatureConfig()
     n = sum(pq.read_metadata(s).num_rows for s in store.image_shards(SPLIT))
     print(f"{n} images in {len(store.image_shards(SPLIT))} shards, {args.workers} workers", flush=True)

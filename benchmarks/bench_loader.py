@@ -1,9 +1,11 @@
 """Loader benchmark: the store loader against ImageFolder and webdataset, side by side, same images.
 
-N generated garment photos (shorter side 299-320 px, JPEG quality 95, as
-``wdr-pipe fetch`` stores them) are laid out three ways under --out (kept
-between runs): a store (1,000-row shards, 256-row row groups, as fetch
-writes them), an ImageFolder tree of JPEG files, and webdataset tar shards.
+N generated garment photos (drawn at 320-480 px a side) are fetched by the
+real ``wdr-pipe fetch`` (over ``file://`` URLs) into a store at a 299 px
+shorter side, JPEG quality 95, in 1,000-row shards of 256-row row groups;
+the store's JPEG bytes are then laid out twice more, as an ImageFolder tree
+of files and as webdataset tar shards, so all three loaders read the same
+bytes. All three are kept under --out between runs.
 Every loader delivers batches of 64 training crops at 224 px (random resized
 crop, scale 0.08-1, and horizontal flip) from 2 worker processes, normalised
 with the ImageNet mean and std:
@@ -39,47 +41,47 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, SIZE, WORKERS = 64, 224, 2
 
 
 # -- data ------------------------------------------------------------------------------
-def _draw(seed: int):
-    from wdr_pipe.demo import synth
-
-    rng = np.random.default_rng([seed, 11])
-    g = synth.sample_garment(rng)
-    short = int(rng.integers(299, 321))
-    long = int(short * rng.uniform(1.0, 1.4))
-    w, h = (short, long) if rng.random() < 0.7 else (long, short)
-    return str(seed), synth.encode_jpeg(synth.draw_image(g, w, h, seed), 95), w, h, g.labels()
+DRAWN = (320, 480)  # px, each side of a drawn photo; fetch stores them at a 299 px shorter side
+STORED = dict(size=299, resize_mode="shorter", quality=95, shard_size=1000)
 
 
 def build(out: Path, n: int) -> dict:
-    """Store, ImageFolder tree and tar shards of the same n images under ``out`` (reused if complete)."""
-    from wdr_pipe.cache import Store, shard_name, commit_path
-    from wdr_pipe.cache.atomic import write_parquet_atomic
-    from wdr_pipe.cache.schema import IMAGES
-    from wdr_pipe.pipeline.fetch_shard import ROW_GROUP
+    """Store, ImageFolder tree and tar shards of the same n images under ``out`` (reused if complete).
+
+    The store is written by the real fetch (``wdr_pipe.demo.store``: drawn photos, ``file://`` URLs);
+    the tree and the tars are then written from the store's own JPEG bytes, so all three loaders read
+    exactly the same bytes. A build of another size, an unfinished one or one of an older version of
+    this script (hand-written shards) is removed first.
+    """
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from wdr_pipe.cache import Store
+    from wdr_pipe.demo.store import generated_store
 
     done = out / f"built-{n}.json"
     paths = {"store": out / "store", "folder": out / "imagefolder", "tars": out / "wds"}
-    if done.exists():
+    if done.exists() and json.loads(done.read_text()).get("store") == "fetch":
         return paths
-    print(f"drawing {n} images under {out} ...", flush=True)
-    with multiprocessing.Pool(os.cpu_count()) as pool:
-        rows = pool.map(_draw, range(1, n + 1), chunksize=32)
-    store = Store(paths["store"], create=True)
-    for k, start in enumerate(range(0, n, 1000)):
-        part = [{"image_id": i, "jpeg": j, "width": w, "height": h, "src_width": w, "src_height": h,
-                 "url": f"http://bench/{i}.jpg", "sha256": "", "labels": labels}
-                for i, j, w, h, labels in rows[start:start + 1000]]
-        path = store.images_dir("train") / f"{shard_name(k)}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(part, schema=IMAGES), path, row_group_size=ROW_GROUP)
-        commit_path(path).write_text(json.dumps({"ok": len(part), "failed": 0}))
-    for i, j, _, _, labels in rows:
+    for old in out.glob("built-*.json"):
+        old.unlink()
+    for old in paths.values():
+        shutil.rmtree(old, ignore_errors=True)
+    print(f"drawing {n} images and fetching them into a store under {out} ...", flush=True)
+    generated_store(paths["store"], out / "data", {"train": n}, seed=11, size_range=DRAWN, features=False,
+                    stats=False, **STORED)
+    rows = []
+    for shard in Store(paths["store"]).image_shards("train"):
+        t = pq.read_table(shard, columns=["image_id", "jpeg", "labels"]).to_pydict()
+        rows += zip(t["image_id"], t["jpeg"], t["labels"])
+    for i, j, labels in rows:
         d = paths["folder"] / f"c{labels[0]:03d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{i}.jpg").write_bytes(j)
@@ -87,12 +89,12 @@ def build(out: Path, n: int) -> dict:
     per_tar = max(1, n // 12)  # 12 tars: 6 per worker, as the store's 12 row groups
     for k, start in enumerate(range(0, n, per_tar)):
         with tarfile.open(paths["tars"] / f"shard-{k:06d}.tar", "w") as tar:
-            for i, j, _, _, labels in rows[start:start + per_tar]:
+            for i, j, labels in rows[start:start + per_tar]:
                 for name, data in ((f"{i}.jpg", j), (f"{i}.cls", str(labels[0]).encode())):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-    done.write_text(json.dumps({"images": n}))
+    done.write_text(json.dumps({"images": len(rows), "store": "fetch"}))
     return paths
 
 

@@ -28,12 +28,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def build(out: Path, n_test: int) -> Path:
-    from conftest import build_store
     from wdr_pipe.demo import synth
+    from wdr_pipe.demo.store import build_store
 
     store = out / f"store-{n_test}"
     if (store / "images" / "test").is_dir():

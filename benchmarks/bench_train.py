@@ -29,12 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def build(out: Path, n_train: int) -> Path:
-    from conftest import build_store
     from wdr_pipe.demo import synth
+    from wdr_pipe.demo.store import build_store
 
     store = out / "store"
     if (store / "images" / "train").is_dir():

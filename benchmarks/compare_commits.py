@@ -32,6 +32,13 @@ paths = b.build(__import__("pathlib").Path({out!r}), {n})
 print(json.dumps({{"ips": b.ours(paths)}}))
 """
 
+BUILD = """
+import sys
+sys.path.insert(0, {bench!r})
+import bench_loader as b
+b.build(__import__("pathlib").Path({out!r}), {n})
+"""
+
 
 def worktree(rev: str) -> Path:
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True, capture_output=True,
@@ -73,6 +80,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "compare")
     args = ap.parse_args()
     sides = {"old": worktree(args.old), "new": worktree(args.new) if args.new else REPO}
+    # each side's loader build once, before the rounds: a side whose build does not accept the
+    # other's store (an older hand-written one) rebuilds it here, so every round reads one store
+    for src in (sides["old"], sides["new"]):
+        run(src, [sys.executable, "-c", BUILD.format(bench=str(src / "benchmarks"), out=str(args.out / "loader"),
+                                                     n=args.loader_images)], timeout=3600)
     runs = []
     for k in range(args.rounds):
         for name in (("old", "new") if k % 2 == 0 else ("new", "old")):

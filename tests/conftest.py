@@ -53,19 +53,10 @@ def image_store(_image_store_template, tmp_path):
 def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_size: int = 40,
                 features: bool = True, stats: bool = True) -> Path:
     """A store written by the real stages (inline, no cluster): fetch over ``file://``
-    URLs, then features and label statistics. Used by tests and benchmarks."""
-    from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-    from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
+    URLs, then features and label statistics (``wdr_pipe.demo.store.build_store``)."""
+    from wdr_pipe.demo.store import build_store as build
 
-    paths = synth.write_fgvc5_json(data_root, records, data_root.as_uri())
-    fetch(root, [paths[s] for s in sorted(paths)], FetchConfig(size=size), FetchOptions(shard_size=shard_size, threads=4),
-          label_map=data_root / "label_map.csv", scheduler="inline")
-    if features:
-        compute_features(root, cfg=FeatureConfig(hog_size=64), scheduler="inline")
-    if stats:
-        compute_stats(root, cfg=StatsConfig(epochs=200))
-    return root
+    return build(root, data_root, records, size=size, shard_size=shard_size, features=features, stats=stats)
 
 
 @pytest.fixture(scope="session")
