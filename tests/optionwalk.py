@@ -18,7 +18,8 @@ A spec (JSON) holds:
 - ``values``: the values tried; ``values_for``: ``{"label option": [values...]}`` where an option
   takes fewer (say why where it is used); ``skip``: ``[[label, option, value or "*"], ...]``:
   cases not run (say why where it is used).
-- ``seconds``: the bound of one case; ``flags``: also switch every flag on once (value ``"(on)"``).
+- ``seconds``: the bound of one case (``seconds_for``: ``{"label option": seconds}`` where one takes
+  longer); ``flags``: also switch every flag on once (value ``"(on)"``).
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ DRIVER = textwrap.dedent('''
             old = sys.stdout, sys.stderr
             sys.stdout, sys.stderr = out, err
             t0 = time.monotonic()
-            signal.alarm(spec["seconds"])
+            signal.alarm(spec.get("seconds_for", {}).get(f"{label} {name}", spec["seconds"]))
             code, crash = 0, None
             try:
                 cli.main(args=args, prog_name="wdr-pipe", standalone_mode=True)
