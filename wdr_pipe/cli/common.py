@@ -24,7 +24,7 @@ from typing import Iterator
 import click
 
 from ..errors import UserError
-from ..pipeline.checks import Bound
+from ..checks import Bound
 from ..pipeline.runner import TaskFailed, max_workers, scheduler_problem
 from ..progress import Progress
 from ..result import StageResult
@@ -142,8 +142,8 @@ class FiniteFloatRange(click.FloatRange):
 def bounded(bound: Bound) -> click.ParamType:
     """The click type of a library ``Bound``: the CLI refuses exactly what the config refuses."""
     if bound.integer:
-        return click.IntRange(bound.lo, bound.hi)
-    return FiniteFloatRange(bound.lo, bound.hi, min_open=bound.lo_open)
+        return click.IntRange(bound.lo, bound.hi, min_open=bound.lo_open, max_open=bound.hi_open)
+    return FiniteFloatRange(bound.lo, bound.hi, min_open=bound.lo_open, max_open=bound.hi_open)
 
 
 def not_empty(ctx, param, value):
