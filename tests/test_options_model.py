@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import build_store
-from optionwalk import VALUES, problems, walk
+from optionwalk import VALUES, error_line, problems, walk
 from wdr_pipe.demo import synth
 
 CASE_SECONDS = 60   # a refusal takes well under a second; a tiny run that works, one or two
@@ -106,3 +106,57 @@ def test_every_model_option_with_boundary_values_works_or_fails_fast_in_one_line
     for label in spec(model_inputs)["bases"]:
         cmd = cli.commands[label.split("#")[0]]
         assert {p.name for p in cmd.params} - {"help"} <= {o for c, o in walked if c == cmd.name}, label
+    # a refused value is named with its option and the accepted range, on the one line
+    by = {(r["command"], r["option"], r["value"]): r for r in results}
+    for key, words in {("train", "lr", "nan"): ["'--lr'", "nan", "0<x<=10"],
+                       ("train", "image_size", "9" * 24): ["'--image-size'", "16<=x<=4096"],
+                       ("train", "seed", "-1"): ["'--seed'", "-1", "0<=x<=4294967295"],
+                       ("train", "head_dropout", "9" * 24): ["'--head-dropout'", "0<=x<1"],
+                       ("train", "pos_weight", "0"): ["--pos-weight", "'0'", "more than 0 up to 1,000,000", "stats"],
+                       ("train", "device", "0"): ["--device '0'", "cuda:N"],
+                       ("evaluate", "workers", "9" * 24): ["'--workers'", "0<=x<=64"],
+                       ("ensemble", "out", ""): ["'--out'", "empty path"],
+                       ("similar", "k", "0"): ["'-k'", "1<=x<=10000"]}.items():
+        assert by[key]["code"] in (1, 2) and all(w in error_line(by[key]) for w in words), (key, error_line(by[key]))
+
+
+# -- the library refuses the same values ------------------------------------------------
+
+def configs():
+    """table name -> (config class, the arguments it needs besides the field tried)."""
+    from wdr_pipe.wdr.embed import EmbedSpec
+    from wdr_pipe.wdr.ensemble import EnsembleConfig
+    from wdr_pipe.wdr.evaluate import EvalConfig
+    from wdr_pipe.wdr.model import ModelConfig
+    from wdr_pipe.wdr.predict import PredictConfig
+    from wdr_pipe.wdr.trainconfig import TrainConfig
+
+    return {"MODEL_BOUNDS": (ModelConfig, {}), "TRAIN_BOUNDS": (TrainConfig, {"store": "s", "out": "o"}),
+            "EVAL_BOUNDS": (EvalConfig, {"store": "s", "run": "r"}),
+            "PREDICT_BOUNDS": (PredictConfig, {"store": "s", "run": "r", "out": "o"}),
+            "ENSEMBLE_BOUNDS": (EnsembleConfig, {"runs": ("a", "b"), "out": "o"}),
+            "EMBED_BOUNDS": (EmbedSpec, {"run": "r"})}
+
+
+@pytest.mark.parametrize("table", ["MODEL_BOUNDS", "TRAIN_BOUNDS", "EVAL_BOUNDS", "PREDICT_BOUNDS", "ENSEMBLE_BOUNDS",
+                                   "EMBED_BOUNDS"])
+def test_every_model_config_refuses_each_end_of_its_ranges_by_option_value_and_range(table):
+    from wdr_pipe.errors import UserError
+    from wdr_pipe.wdr import checks
+
+    cls, needs = configs()[table]
+    for field, bound in getattr(checks, table).items():
+        step = 1 if bound.integer else 1e-3
+        # warm-up epochs must also be fewer than --epochs: give it room at the top end
+        room = {"epochs": checks.TRAIN_BOUNDS["epochs"].hi} if field == "warmup_epochs" else {}
+        top = bound.hi - step if field == "warmup_epochs" else bound.hi
+        outside = [bound.hi if bound.hi_open else bound.hi + step, bound.lo if bound.lo_open else bound.lo - step,
+                   float("nan"), "3", True] + ([] if bound.optional else [None])
+        for value in outside:
+            with pytest.raises(UserError) as e:
+                cls(**needs, **room, **{field: value})
+            assert f"{field} {value!r}" in str(e.value) and bound.option in str(e.value), str(e.value)
+            assert bound.text() in str(e.value) and "\n" not in str(e.value), str(e.value)
+        inside = [bound.hi - step if bound.hi_open else top, bound.lo + step if bound.lo_open else bound.lo]
+        for value in inside + ([None] if bound.optional else []):
+            cls(**needs, **room, **{field: value})  # both ends are accepted

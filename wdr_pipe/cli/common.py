@@ -135,7 +135,7 @@ class FiniteFloatRange(click.FloatRange):
     def convert(self, value, param, ctx):
         rv = super().convert(value, param, ctx)
         if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}.", param, ctx)
         return rv
 
 
@@ -147,8 +147,10 @@ def bounded(bound: Bound) -> click.ParamType:
 
 
 def not_empty(ctx, param, value):
-    """Refuse an empty path (it would silently mean the current folder)."""
+    """Refuse an empty path (it would silently mean the current folder, or the option's default)."""
     if value is not None and not str(value).strip():
+        if isinstance(param.type, click.Path) and not param.type.dir_okay:
+            raise click.BadParameter("an empty path; give a file name.", ctx, param)
         raise click.BadParameter("an empty path; give a folder (use . for the current one).", ctx, param)
     return value
 
