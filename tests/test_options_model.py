@@ -116,7 +116,8 @@ def test_every_model_option_with_boundary_values_works_or_fails_fast_in_one_line
                        ("train", "device", "0"): ["--device '0'", "cuda:N"],
                        ("evaluate", "workers", "9" * 24): ["'--workers'", "0<=x<=64"],
                        ("ensemble", "out", ""): ["'--out'", "empty path"],
-                       ("similar", "k", "0"): ["'-k'", "1<=x<=10000"]}.items():
+                       ("similar", "k", "0"): ["'-k'", "1<=x<=10000"],
+                       ("demo", "n_train", "9" * 24): ["'--train'", "16<=x<=1000000"]}.items():
         assert by[key]["code"] in (1, 2) and all(w in error_line(by[key]) for w in words), (key, error_line(by[key]))
 
 
