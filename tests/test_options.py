@@ -9,6 +9,7 @@ traceback. The library configs refuse the same values, naming option, value and 
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,13 +131,42 @@ def test_library_checks_workers_and_scheduler_before_any_work(tmp_path):
         assert scheduler_problem(good) is None, good
 
 
-def test_docs_cli_lists_every_range_as_the_code_has_it():
+def documented_ranges():
+    """``{(command, option): accepted}`` of docs/cli.md's table of ranges (a blank command cell: the row
+    above's; a cell may name several commands)."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
-    rows = {line.split("|")[2].strip(): line.split("|")[3].strip() for line in text.splitlines()
-            if line.startswith("|") and line.count("|") >= 4 and line.split("|")[2].strip().startswith("`--")}
-    for table in CONFIGS:
-        for bound in getattr(checks, table).values():
-            if bound.option.startswith("--"):
-                assert rows.get(f"`{bound.option}`", "").startswith(bound.text()), (bound.option, bound.text())
+    rows, commands = {}, []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if not line.startswith("|") or len(cells) < 5 or not cells[2].startswith("`-"):
+            continue
+        commands = re.findall(r"`([^`]+)`", cells[1]) if cells[1] else commands
+        for command in commands:
+            rows[(command, cells[2].strip("`"))] = cells[3]
+    return text, rows
+
+
+def range_tables():
+    """command -> the tables of ``Bound`` its options are checked with (data and model side)."""
+    from wdr_pipe.cli.dev import DEMO_BOUNDS
+    from wdr_pipe.wdr import checks as m
+
+    return {"fetch": [checks.FETCH_BOUNDS, checks.DOWNLOAD_BOUNDS, checks.OPTION_BOUNDS],
+            "features": [checks.FEATURE_BOUNDS], "stats": [checks.STATS_BOUNDS],
+            "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
+            "thresholds": [{"min_positives": m.MIN_POSITIVES, "workers": m.WORKERS}],
+            "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
+            "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
+            "similar": [{"k": m.K}], "demo": [DEMO_BOUNDS]}
+
+
+def test_docs_cli_lists_every_range_as_the_code_has_it():
+    text, rows = documented_ranges()
+    for command, tables in range_tables().items():
+        for table in tables:
+            for bound in table.values():
+                if bound.option.startswith("-"):  # not the library-only settings
+                    assert rows.get((command, bound.option), "").startswith(bound.text()), \
+                        (command, bound.option, bound.text())
     for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 130 |"):
         assert code in text

@@ -121,6 +121,22 @@ def test_every_model_option_with_boundary_values_works_or_fails_fast_in_one_line
         assert by[key]["code"] in (1, 2) and all(w in error_line(by[key]) for w in words), (key, error_line(by[key]))
 
 
+def test_every_ranged_option_refuses_what_its_config_refuses():
+    """The click type of each option is built from its config's ``Bound``: the same ends, open or closed."""
+    from test_options import range_tables
+    from wdr_pipe.cli import cli
+
+    for command, tables in range_tables().items():
+        params = {o: p for p in cli.commands[command].params for o in p.opts}
+        for table in tables:
+            for bound in (b for b in table.values() if b.option.startswith("-")):
+                if bound.option == "--pos-weight":  # text: a number K or 'stats', read by TrainConfig
+                    continue
+                t = params[bound.option].type
+                assert (t.min, t.max, t.min_open, t.max_open) == (bound.lo, bound.hi, bound.lo_open, bound.hi_open), \
+                    (command, bound.option)
+
+
 # -- the library refuses the same values ------------------------------------------------
 
 def configs():
