@@ -1,6 +1,6 @@
 """The layout's rules, checked on the source: data flows down, the store layer alone knows paths.
 
-cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, errors, progress, result;
+cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, checks, errors, progress, result;
 the report (report) reads the model side's and the store's files.
 """
 import ast
@@ -13,13 +13,14 @@ import wdr_pipe
 ROOT = Path(wdr_pipe.__file__).parent
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
-    "cli": {"cli", "demo", "workflow", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
-    "demo": {"demo", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
-    "workflow": {"workflow", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
-    "pipeline": {"pipeline", "cache", "imaging", "errors", "progress", "result", ""},
-    "wdr": {"wdr", "cache", "imaging", "errors", "progress", "result", ""},
-    "report": {"report", "wdr", "cache", "errors", "result", ""},
+    "cli": {"cli", "checks", "demo", "workflow", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
+    "demo": {"demo", "checks", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
+    "workflow": {"workflow", "checks", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
+    "pipeline": {"pipeline", "checks", "cache", "imaging", "errors", "progress", "result", ""},
+    "wdr": {"wdr", "checks", "cache", "imaging", "errors", "progress", "result", ""},
+    "report": {"report", "checks", "wdr", "cache", "errors", "result", ""},
     "cache": {"cache", "errors", "result", ""},
+    "checks": {"errors"},
     "imaging": set(), "errors": set(), "progress": set(), "result": set(), "__init__": set(),
 }
 # file and folder names of the store (docs/store.md): only wdr_pipe/cache may spell them in code

@@ -1,6 +1,7 @@
 """Every option of the data commands, given a boundary value, works or fails fast with one line.
 
-The walk runs the real ``wdr-pipe`` command line over real stores in a bounded subprocess:
+The walk (tests/optionwalk.py) runs the real ``wdr-pipe`` command line over real stores in a
+bounded subprocess:
 for every option and argument of ``fetch``, ``features``, ``stats`` and ``store info`` it
 tries 0, -1, a huge number, an empty string and nan. Each run must end within a bound,
 exit 0 (it worked) or 1/2 (refused) with exactly one ``Error:`` line, and never show a
@@ -8,16 +9,14 @@ traceback. The library configs refuse the same values, naming option, value and 
 """
 from __future__ import annotations
 
-import json
-import os
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-import wdr_pipe
+from optionwalk import ENV, VALUES, error_line, problems, walk
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline import checks
 from wdr_pipe.pipeline.download import DownloadConfig
@@ -26,10 +25,6 @@ from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
 from wdr_pipe.pipeline.label_stats import StatsConfig
 from wdr_pipe.pipeline.runner import run_tasks, scheduler_problem
 
-VALUES = ["0", "-1", "9" * 24, "", "nan"]
-# the subprocesses import this checkout's wdr_pipe, whatever is installed
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
-                                                     os.environ.get("PYTHONPATH", "")])}
 CASE_SECONDS = 60   # a refusal takes well under a second; a run that works, a few
 WALK_SECONDS = 540  # the whole walk, in one subprocess
 
@@ -48,130 +43,22 @@ def walk_inputs(synth_data, tmp_path_factory):
     return index, store
 
 
-DRIVER = textwrap.dedent('''
-    import io, json, logging, os, shutil, signal, sys, time, traceback
-
-
-    class Hung(BaseException):
-        pass
-
-
-    def on_alarm(*_):
-        raise Hung()
-
-
-    class Forward:  # log records go to whatever sys.stderr is while a case runs
-        def write(self, s): sys.stderr.write(s)
-        def flush(self): pass
-
-
-    def command(cli, path):
-        cmd = cli
-        for name in path.split():
-            cmd = cmd.commands[name]
-        return cmd
-
-
-    def cases(cli, bases, values):
-        import click
-
-        for path, base in bases.items():
-            for p in command(cli, path).params:
-                if isinstance(p, click.Option) and (p.is_flag or p.name == "help"):
-                    continue
-                for value in values:
-                    args = list(base)
-                    if isinstance(p, click.Argument):
-                        args[len(path.split())] = value  # the one argument follows the command's name
-                    else:
-                        if p.opts[0] in args:
-                            k = args.index(p.opts[0])
-                            del args[k:k + 2]
-                        args += [p.opts[0], value]
-                    yield path, p.name, value, args
-
-
-    def main(index, template, work, seconds, values):
-        logging.basicConfig(stream=Forward(), level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        from wdr_pipe.cli import cli
-
-        signal.signal(signal.SIGALRM, on_alarm)
-        bases = {
-            "fetch": ["fetch", index, "--store", "{new}", "--scheduler", "inline", "--timeout", "5"],
-            "features": ["features", "--store", "{copy}", "--scheduler", "inline"],
-            "stats": ["stats", "--store", "{copy}", "--epochs", "10"],
-            "store info": ["store", "info", "{copy}"],
-        }
-        for n, (path, name, value, args) in enumerate(cases(cli, bases, values)):
-            case = os.path.join(work, f"case{n}")
-            os.makedirs(case)
-            args = [a.replace("{new}", os.path.join(case, "store")) for a in args]
-            if "{copy}" in args:
-                shutil.copytree(template, os.path.join(case, "store"))
-                args = [a.replace("{copy}", os.path.join(case, "store")) for a in args]
-            os.chdir(case)  # a value taken as a path lands here
-            out, err = io.StringIO(), io.StringIO()
-            old = sys.stdout, sys.stderr
-            sys.stdout, sys.stderr = out, err
-            t0 = time.monotonic()
-            signal.alarm(seconds)
-            code, crash = 0, None
-            try:
-                cli.main(args=args, prog_name="wdr-pipe", standalone_mode=True)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except Hung:
-                code, crash = None, "hung"
-            except BaseException:
-                code, crash = None, traceback.format_exc()
-            finally:
-                signal.alarm(0)
-                sys.stdout, sys.stderr = old
-            print(json.dumps({"command": path, "option": name, "value": value, "args": args, "code": code,
-                              "crash": crash, "seconds": round(time.monotonic() - t0, 2),
-                              "stdout": out.getvalue()[-3000:], "stderr": err.getvalue()[-3000:]}), flush=True)
-
-
-    if __name__ == "__main__":  # a dask worker started by a case must not rerun the walk
-        main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5]))
-''')
-
-
 def test_every_option_with_boundary_values_works_or_fails_fast_in_one_line(walk_inputs, tmp_path):
     index, store = walk_inputs
-    driver = tmp_path / "walk.py"
-    driver.write_text(DRIVER)
-    work = tmp_path / "cases"
-    work.mkdir()
-    proc = subprocess.run([sys.executable, str(driver), str(index), str(store), str(work), str(CASE_SECONDS),
-                           json.dumps(VALUES)], capture_output=True, text=True, timeout=WALK_SECONDS,
-                          cwd=tmp_path, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    bases = {
+        "fetch": ["fetch", str(index), "--store", "{new}", "--scheduler", "inline", "--timeout", "5"],
+        "features": ["features", "--store", "{copy}", "--scheduler", "inline"],
+        "stats": ["stats", "--store", "{copy}", "--epochs", "10"],
+        "store info": ["store", "info", "{copy}"],
+    }
+    results = walk({"bases": bases, "templates": {"{copy}": str(store)}, "values": VALUES,
+                    "seconds": CASE_SECONDS}, tmp_path, WALK_SECONDS)
     walked = {(r["command"], r["option"]) for r in results}
     assert {("fetch", "timeout"), ("fetch", "workers"), ("fetch", "scheduler"), ("fetch", "max_failed"),
             ("features", "hog_size"), ("stats", "seed"), ("store info", "store")} <= walked
     assert len(results) >= 5 * 30
-    problems = []
-    for r in results:
-        what = f"wdr-pipe {r['command']} --{r['option'].replace('_', '-')} {r['value']!r}"
-        output = r["stdout"] + r["stderr"]
-        errors = [line for line in r["stderr"].splitlines() if line.startswith("Error:")]
-        if r["crash"]:
-            problems.append(f"{what}: {'hung' if r['crash'] == 'hung' else 'raised'}: {r['crash'][-600:]}")
-        elif "Traceback" in output:
-            problems.append(f"{what}: printed a traceback: {output[-600:]}")
-        elif r["code"] == 0:
-            if errors:
-                problems.append(f"{what}: exit 0 but {errors}")
-        elif r["code"] in (1, 2):
-            if len(errors) != 1:
-                problems.append(f"{what}: exit {r['code']} with {len(errors)} 'Error:' lines: {r['stderr'][-600:]}")
-            elif r["seconds"] > 20:
-                problems.append(f"{what}: took {r['seconds']} s to refuse")
-        else:
-            problems.append(f"{what}: exit {r['code']}: {output[-600:]}")
-    assert not problems, "\n".join(problems)
+    found = problems(results)
+    assert not found, "\n".join(found)
     # a refused value is named with its option, on the one line
     by = {(r["command"], r["option"], r["value"]): r for r in results}
     for key, words in {("fetch", "timeout", "0"): ["'--timeout'", "0", "0<x<=3600"],
@@ -181,7 +68,7 @@ def test_every_option_with_boundary_values_works_or_fails_fast_in_one_line(walk_
                        ("fetch", "max_failed", "nan"): ["'--max-failed'", "nan"],
                        ("stats", "seed", "-1"): ["'--seed'", "-1"],
                        ("features", "hog_size", "9" * 24): ["'--hog-size'", "16<=x<=512"]}.items():
-        line = next(line for line in by[key]["stderr"].splitlines() if line.startswith("Error:"))
+        line = error_line(by[key])
         assert by[key]["code"] == 2 and all(w in line for w in words), (key, line)
 
 
@@ -244,13 +131,42 @@ def test_library_checks_workers_and_scheduler_before_any_work(tmp_path):
         assert scheduler_problem(good) is None, good
 
 
-def test_docs_cli_lists_every_range_as_the_code_has_it():
+def documented_ranges():
+    """``{(command, option): accepted}`` of docs/cli.md's table of ranges (a blank command cell: the row
+    above's; a cell may name several commands)."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
-    rows = {line.split("|")[2].strip(): line.split("|")[3].strip() for line in text.splitlines()
-            if line.startswith("|") and line.count("|") >= 4 and line.split("|")[2].strip().startswith("`--")}
-    for table in CONFIGS:
-        for bound in getattr(checks, table).values():
-            if bound.option.startswith("--"):
-                assert rows.get(f"`{bound.option}`", "").startswith(bound.text()), (bound.option, bound.text())
+    rows, commands = {}, []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if not line.startswith("|") or len(cells) < 5 or not cells[2].startswith("`-"):
+            continue
+        commands = re.findall(r"`([^`]+)`", cells[1]) if cells[1] else commands
+        for command in commands:
+            rows[(command, cells[2].strip("`"))] = cells[3]
+    return text, rows
+
+
+def range_tables():
+    """command -> the tables of ``Bound`` its options are checked with (data and model side)."""
+    from wdr_pipe.cli.dev import DEMO_BOUNDS
+    from wdr_pipe.wdr import checks as m
+
+    return {"fetch": [checks.FETCH_BOUNDS, checks.DOWNLOAD_BOUNDS, checks.OPTION_BOUNDS],
+            "features": [checks.FEATURE_BOUNDS], "stats": [checks.STATS_BOUNDS],
+            "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
+            "thresholds": [{"min_positives": m.MIN_POSITIVES, "workers": m.WORKERS}],
+            "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
+            "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
+            "similar": [{"k": m.K}], "demo": [DEMO_BOUNDS]}
+
+
+def test_docs_cli_lists_every_range_as_the_code_has_it():
+    text, rows = documented_ranges()
+    for command, tables in range_tables().items():
+        for table in tables:
+            for bound in table.values():
+                if bound.option.startswith("-"):  # not the library-only settings
+                    assert rows.get((command, bound.option), "").startswith(bound.text()), \
+                        (command, bound.option, bound.text())
     for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 130 |"):
         assert code in text

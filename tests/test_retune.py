@@ -74,7 +74,7 @@ def test_the_command_prints_the_result_and_the_figures(run):
 
 def test_bad_input_is_one_clear_error(finished, run, tmp_path):
     for kw, message in [(dict(mode="none"), r"--thresholds none: use tune .* or cv"),
-                        (dict(min_positives=0), r"--min-positives 0: use a whole number of 1 or more")]:
+                        (dict(min_positives=0), r"min_positives 0 \(--min-positives\): use 1 to 1,000,000")]:
         with pytest.raises(UserError, match=message):
             retune_thresholds(run.root, **kw)
     (tmp_path / "empty").mkdir()

@@ -210,10 +210,19 @@ def test_init_starts_from_another_runs_weights(store, learned, tmp_path):
     assert result.details["val_f1_at_0.5"] > 0
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_path):
-    cfg = cfg_for(store, tmp_path / "nan", lr=1e20, sched="none", epochs=1, checkpoint_every=1)
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
+    # a learning rate high enough to diverge is refused (--lr: up to 10), so the loss turns nan by hand
+    forward, calls = Criterion.forward, []
+
+    def nan_from_the_second_step(self, *args, **kw):
+        calls.append(1)
+        loss = forward(self, *args, **kw)
+        return loss * float("nan") if len(calls) > 1 else loss
+
+    monkeypatch.setattr(Criterion, "forward", nan_from_the_second_step)
+    cfg = cfg_for(store, tmp_path / "nan", lr=1e-3, sched="none", epochs=1, checkpoint_every=1)
     with pytest.raises(UserError, match=r"diverged at step 2: the loss is nan; the last good checkpoint \(step 1\)"
-                                        r".*lower --lr \(now 1e\+20\) or with --clip-grad"):
+                                        r".*lower --lr \(now 0.001\) or with --clip-grad"):
         train(cfg)
     ckpt = load_checkpoint(RunDir(cfg.out).last)
     assert ckpt["step"] == 1 and all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -256,10 +265,15 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(bare_store, tmp_path, k
 
 @pytest.mark.parametrize("kw, message", [
     (dict(backbone="resnet_51"), r"--backbone 'resnet_51' is not a timm model; did you mean"),
-    (dict(lr=0), r"--lr 0: use a positive learning rate"),
+    (dict(lr=0), r"train config: lr 0 \(--lr\): use more than 0 up to 10"),
+    (dict(head_dropout=1.5), r"model config: head_dropout 1.5 \(--head-dropout\): use 0 or more and less than 1"),
+    (dict(batch_size=0), r"train config: batch_size 0 \(--batch-size\): use 1 to 65,536 images"),
+    (dict(image_size=1), r"train config: image_size 1 \(--image-size\): use 16 to 4,096 px"),
+    (dict(lr=float("nan")), r"train config: lr nan \(--lr\): use a finite number"),
+    (dict(seed=-1), r"train config: seed -1 \(--seed\): use 0 to 4,294,967,295"),
     (dict(optimizer="adamz"), r"--optimizer adamz: use an optimizer timm knows"),
     (dict(labels="top:x"), r"--labels top:x: use 'all' or 'top:N'"),
-    (dict(pos_weight="-2"), r"--pos-weight -2: use a positive number"),
+    (dict(pos_weight="-2"), r"pos_weight '-2' \(--pos-weight\): use more than 0 up to 1,000,000 .* or 'stats'"),
     (dict(deep="some"), r"--deep 'some': use one of fixed, half, tune"),
     (dict(feature_key="abc"), r"--feature-key abc: only the wide part reads image features"),
     (dict(warmup_epochs=3, epochs=2), r"--warmup-epochs 3: use 0 or more and fewer than --epochs 2"),

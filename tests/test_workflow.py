@@ -49,7 +49,7 @@ def test_cli_dry_run_and_result_table(copy_store, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     ("bogus = 1\n", r"run.toml:\d+: unknown key \[train.wdr\] 'bogus'"),
     ('[fetch]\nsize = 64\n', r"\[fetch\] needs indexes"),
-    ('lr = -1\n', r"\[train.wdr\]: --lr -1"),
+    ('lr = -1\n', r"\[train.wdr\]: train config: lr -1 \(--lr\): use more than 0 up to 10"),
     ('[ensemble.e]\nruns = ["fixed", "nope"]\n', r"\[ensemble.e\] runs = .*\(nope is none\)"),
     ('[predict]\nrun = "nope"\nout = "s.csv"\n', r"\[predict\] run = 'nope': name a \[train.NAME\] or \[ensemble.NAME\]"),
 ])

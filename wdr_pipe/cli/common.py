@@ -24,7 +24,7 @@ from typing import Iterator
 import click
 
 from ..errors import UserError
-from ..pipeline.checks import Bound
+from ..checks import Bound
 from ..pipeline.runner import TaskFailed, max_workers, scheduler_problem
 from ..progress import Progress
 from ..result import StageResult
@@ -135,20 +135,22 @@ class FiniteFloatRange(click.FloatRange):
     def convert(self, value, param, ctx):
         rv = super().convert(value, param, ctx)
         if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}.", param, ctx)
         return rv
 
 
 def bounded(bound: Bound) -> click.ParamType:
     """The click type of a library ``Bound``: the CLI refuses exactly what the config refuses."""
     if bound.integer:
-        return click.IntRange(bound.lo, bound.hi)
-    return FiniteFloatRange(bound.lo, bound.hi, min_open=bound.lo_open)
+        return click.IntRange(bound.lo, bound.hi, min_open=bound.lo_open, max_open=bound.hi_open)
+    return FiniteFloatRange(bound.lo, bound.hi, min_open=bound.lo_open, max_open=bound.hi_open)
 
 
 def not_empty(ctx, param, value):
-    """Refuse an empty path (it would silently mean the current folder)."""
+    """Refuse an empty path (it would silently mean the current folder, or the option's default)."""
     if value is not None and not str(value).strip():
+        if isinstance(param.type, click.Path) and not param.type.dir_okay:
+            raise click.BadParameter("an empty path; give a file name.", ctx, param)
         raise click.BadParameter("an empty path; give a folder (use . for the current one).", ctx, param)
     return value
 

@@ -3,20 +3,32 @@ from __future__ import annotations
 
 import click
 
+from ..checks import Bound
+from ..pipeline.checks import FETCH_BOUNDS
+from ..wdr.checks import IMAGE_SIZE
 from . import cli
-from .common import CONTEXT, ProgressBar, echo_result, user_errors, workers_option
+from .common import CONTEXT, ProgressBar, bounded, echo_result, not_empty, user_errors, workers_option
+
+URL_SCHEMES = ("http://", "https://", "file://")
+
+
+def _base_url(ctx, param, value):
+    if not str(value).lower().startswith(URL_SCHEMES):
+        raise click.BadParameter(f"{value!r}: give the URL the images will be served at, starting with "
+                                 f"{', '.join(URL_SCHEMES)} (e.g. http://127.0.0.1:8000)", ctx, param)
+    return value
 
 
 # -- synth / serve -------------------------------------------------------------
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False), callback=not_empty)
 @click.option("--train", type=click.IntRange(0, 1_000_000), default=200, show_default=True, help="Images in the train split.")
 @click.option("--validation", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Images in the validation split.")
 @click.option("--test", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Images in the (unlabelled) test split.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Same seed, same images.")
-@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True, callback=_base_url,
               help="Server the JSON URLs point at (see 'wdr-pipe serve').")
 def synth(out: str, train: int, validation: int, test: int, seed: int, base_url: str) -> None:
     """Draw a synthetic fashion data set in the FGVC5 format.
@@ -41,7 +53,7 @@ def synth(out: str, train: int, validation: int, test: int, seed: int, base_url:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("root", type=click.Path(file_okay=False))
+@click.argument("root", type=click.Path(file_okay=False), callback=not_empty)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0: any free port).")
 def serve(root: str, host: str, port: int) -> None:
@@ -64,26 +76,35 @@ def serve(root: str, host: str, port: int) -> None:
             serve_until_interrupted(root, host, port, on_ready=lambda url: click.echo(
                 f"serving {root} at {url} (Ctrl-C to stop)"))
         except OSError as e:
-            raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port")
+            raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}); check --host, or pick "
+                                       "another --port")
 
 
 # -- demo ----------------------------------------------------------------------
+DEMO_BOUNDS = {  # demo option -> accepted range
+    "train": Bound("--train", 16, 1_000_000, unit="images"),  # 16: the batch size of the demo's runs (demo.COMMON)
+    "validation": Bound("--validation", 4, 1_000_000, unit="images"),
+    "test": Bound("--test", 1, 1_000_000, unit="images"),
+    "size": Bound("--size", 32, FETCH_BOUNDS["size"].hi, unit="px"),
+    "image_size": Bound("--image-size", 32, IMAGE_SIZE.hi, unit="px"),
+    "epochs": Bound("--epochs", 1, 1000),
+}
 
 
 @cli.command()
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder for the generated data, the store, the runs and demo.toml.")
-@click.option("--train", "n_train", type=click.IntRange(min=8), default=480, show_default=True,
-              help="Generated training images.")
-@click.option("--validation", "n_validation", type=click.IntRange(min=4), default=120, show_default=True,
-              help="Generated validation images.")
-@click.option("--test", "n_test", type=click.IntRange(min=1), default=60, show_default=True,
+@click.option("--train", "n_train", type=bounded(DEMO_BOUNDS["train"]), default=480, show_default=True,
+              help="Generated training images (at least one batch of the demo's runs).")
+@click.option("--validation", "n_validation", type=bounded(DEMO_BOUNDS["validation"]), default=120,
+              show_default=True, help="Generated validation images.")
+@click.option("--test", "n_test", type=bounded(DEMO_BOUNDS["test"]), default=60, show_default=True,
               help="Generated test images.")
-@click.option("--size", type=click.IntRange(min=32), default=160, show_default=True,
+@click.option("--size", type=bounded(DEMO_BOUNDS["size"]), default=160, show_default=True,
               help="Stored image size (shorter side).")
-@click.option("--image-size", type=click.IntRange(min=32), default=128, show_default=True,
+@click.option("--image-size", type=bounded(DEMO_BOUNDS["image_size"]), default=128, show_default=True,
               help="Training image size.")
-@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--epochs", type=bounded(DEMO_BOUNDS["epochs"]), default=4, show_default=True,
               help="Epochs of each fine-tuned run (Deep fixed gets twice as many).")
 @workers_option
 def demo(out, n_train, n_validation, n_test, size, image_size, epochs, workers):

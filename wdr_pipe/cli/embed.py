@@ -5,8 +5,9 @@ import json
 
 import click
 
+from ..wdr.checks import EMBED_BATCH, IMAGE_SIZE, K
 from . import cli
-from .common import CONTEXT, echo_result, json_option, progress_bar, store_option, user_errors
+from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, store_option, user_errors
 
 
 @cli.command(context_settings=CONTEXT)
@@ -14,15 +15,16 @@ from .common import CONTEXT, echo_result, json_option, progress_bar, store_optio
 @click.option("--backbone", default=None, help="A timm model name [default: the run's with --run, else "
                                                "tf_efficientnet_lite0].")
 @click.option("--pretrained", is_flag=True, help="ImageNet weights (tf_efficientnet_lite0 offline from its package).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="A local .pth/.safetensors file of the backbone.")
-@click.option("--run", "run", type=click.Path(file_okay=False), help="A training run folder: embed with its "
-                                                                    "(fine-tuned) backbone, keyed by its checkpoint.")
-@click.option("--image-size", type=click.IntRange(min=16), default=None,
+@click.option("--weights", type=click.Path(dir_okay=False), callback=not_empty,
+              help="A local .pth/.safetensors file of the backbone.")
+@click.option("--run", "run", type=click.Path(file_okay=False), callback=not_empty,
+              help="A training run folder: embed with its (fine-tuned) backbone, keyed by its checkpoint.")
+@click.option("--image-size", type=bounded(IMAGE_SIZE), default=None,
               help="Input size [default: the run's, else the backbone's own].")
 @click.option("--split", "splits", multiple=True, help="Split to embed (repeatable; default: every split with images).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="How the vectors are stored.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=bounded(EMBED_BATCH), default=None,
               help="Images per forward pass [default: 32 on the CPU; sized to free memory on CUDA].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when there is one), cpu, cuda or cuda:N.")
 @click.option("--rebuild", is_flag=True, help="Recompute every shard of these splits under this key.")
@@ -56,7 +58,7 @@ def embed(store, backbone, pretrained, weights, run, image_size, splits, dtype, 
 @store_option()
 @click.argument("query")
 @click.option("--embeddings", "key", default=None, help="Embedding key [default: the store's only one].")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many images.")
+@click.option("-k", "k", type=bounded(K), default=10, show_default=True, help="How many images.")
 @click.option("--split", default="train", show_default=True, help="The split to search.")
 @click.option("--with-labels", is_flag=True, help="Show each image's labels (names when the store has a label map).")
 @click.option("--device", default="auto", show_default=True, help="Where a query file is embedded.")

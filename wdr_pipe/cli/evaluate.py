@@ -12,17 +12,18 @@ import json
 
 import click
 
+from ..wdr.checks import BATCH_SIZE, ENSEMBLE_BOUNDS, EVAL_BOUNDS, SEED, TOP, WORKERS
 from . import cli
-from .common import CONTEXT, echo_result, json_option, progress_bar, user_errors
+from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
 
-RUN_OPTION = click.option("--run", "run", required=True, type=click.Path(),
+RUN_OPTION = click.option("--run", "run", required=True, type=click.Path(), callback=not_empty,
                           help="Run folder of 'wdr-pipe train' or 'wdr-pipe ensemble'.")
 
 
 def _scoring_options(f):
-    f = click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+    f = click.option("--workers", type=bounded(WORKERS), default=2, show_default=True,
                      help="Loader worker processes.")(f)
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+    f = click.option("--batch-size", type=bounded(BATCH_SIZE), default=64, show_default=True,
                      help="Images per batch.")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
     f = click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
@@ -33,11 +34,11 @@ def _scoring_options(f):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--store", required=True, type=click.Path(), help="The store holding the split.")
+@click.option("--store", required=True, type=click.Path(), callback=not_empty, help="The store holding the split.")
 @RUN_OPTION
 @click.option("--split", default="validation", show_default=True, help="A labelled split of the store.")
 @_scoring_options
-@click.option("--saliency", type=click.IntRange(min=0), default=6, show_default=True,
+@click.option("--saliency", type=bounded(EVAL_BOUNDS["saliency"]), default=6, show_default=True,
               help="Images in the report's Grad-CAM grid (0: none).")
 @click.option("--no-report", is_flag=True, help="Do not build RUN/eval/SPLIT/report.html.")
 @json_option
@@ -94,14 +95,16 @@ def _wide_features(store, key, jpegs):
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, metavar="[IMAGE_OR_URL]...")
 @RUN_OPTION
-@click.option("--store", type=click.Path(), default=None,
+@click.option("--store", type=click.Path(), default=None, callback=not_empty,
               help="With --split: the store to predict. With images: whose fetch settings to follow "
                    "[default: the run's training store].")
 @click.option("--split", default=None, help="Predict every row of this split's index [default with --out: test].")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="The submission CSV to write.")
-@click.option("--probs", type=click.Path(dir_okay=False), default=None, help="Also write the probabilities (Parquet).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=not_empty,
+              help="The submission CSV to write.")
+@click.option("--probs", type=click.Path(dir_okay=False), default=None, callback=not_empty,
+              help="Also write the probabilities (Parquet).")
 @_scoring_options
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--top", type=bounded(TOP), default=5, show_default=True,
               help="With images and --json: the top labels listed per image.")
 @json_option
 def predict(images, run, store, split, out, probs, checkpoint, tta, device, batch_size, workers, top, as_json):
@@ -121,16 +124,16 @@ def predict(images, run, store, split, out, probs, checkpoint, tta, device, batc
 
     with user_errors():
         if images:
-            if out or probs or split:
+            if out is not None or probs is not None or split is not None:
                 raise click.UsageError("pass either IMAGE_OR_URL... or --split/--out, not both")
             tagged = P.tag_images(run, images, store=store, checkpoint=checkpoint, tta=tta, device=device, top=top,
                                   wide_features=_wide_features)
             click.echo(json.dumps(tagged, indent=2) if as_json else "\n".join(P.tag_lines(tagged)))
             return
-        if not store or not out:
+        if store is None or out is None:
             raise click.UsageError("pass --store and --out (with --split, default test), or IMAGE_OR_URL...")
-        cfg = P.PredictConfig(store=store, run=run, out=out, split=split or "test", probs=probs, checkpoint=checkpoint,
-                              tta=tta, device=device, batch_size=batch_size, workers=workers)
+        cfg = P.PredictConfig(store=store, run=run, out=out, split="test" if split is None else split, probs=probs,
+                              checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size, workers=workers)
         with progress_bar("predict") as bar:
             result = P.predict_split(cfg, progress=bar)
     if not as_json:
@@ -143,13 +146,15 @@ def predict(images, run, store, split, out, probs, checkpoint, tta, device, batc
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The ensemble's run folder (new).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=not_empty,
+              help="The ensemble's run folder (new).")
 @click.option("--method", type=click.Choice(["mean", "stack"]), default="mean", show_default=True,
               help="mean: average the probabilities; stack: per-label logistic regression, k-fold on the split.")
-@click.option("--store", type=click.Path(), default=None, help="[default: the first run's training store]")
+@click.option("--store", type=click.Path(), default=None, callback=not_empty,
+              help="[default: the first run's training store]")
 @click.option("--split", default="validation", show_default=True, help="The split to tune (and stack) on.")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Folds of the stack.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds.")
+@click.option("--folds", type=bounded(ENSEMBLE_BOUNDS["folds"]), default=5, show_default=True, help="Folds of the stack.")
+@click.option("--seed", type=bounded(SEED), default=0, show_default=True, help="Seed of the folds.")
 @_scoring_options
 @json_option
 def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, device, batch_size, workers, as_json):
@@ -198,7 +203,8 @@ def compare(runs, split, fmt):
 @cli.command(context_settings=CONTEXT)
 @RUN_OPTION
 @click.option("--split", default="validation", show_default=True, help="The evaluated split.")
-@click.option("--store", type=click.Path(), default=None, help="[default: the store the evaluation used]")
+@click.option("--store", type=click.Path(), default=None, callback=not_empty,
+              help="[default: the store the evaluation used]")
 @json_option
 def report(run, split, store, as_json):
     """Build RUN/eval/SPLIT/report.html again from what evaluate, train and the store wrote.

@@ -10,8 +10,9 @@ import dataclasses
 
 import click
 
+from ..wdr.checks import MIN_POSITIVES, WORKERS
 from . import cli
-from .common import CONTEXT, echo_result, json_option, progress_bar, user_errors
+from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
 
 # help text of every train flag, in the order --help shows them
 HELP = {
@@ -54,13 +55,11 @@ HELP = {
 }
 
 
-# flags whose default is None, with the type of a value given
-OPTIONAL_TYPES = {"clip_grad": float, "image_size": click.IntRange(min=16)}
-
-
 def _train_options(f):
+    from ..wdr.checks import MODEL_BOUNDS, TRAIN_BOUNDS
     from ..wdr.trainconfig import TrainConfig
 
+    bounds = {**MODEL_BOUNDS, **TRAIN_BOUNDS}  # a numeric flag's range is its config field's
     defaults = {fld.name: fld.default for fld in dataclasses.fields(TrainConfig)}
     for name in reversed(list(HELP)):
         default = defaults[name]
@@ -70,15 +69,16 @@ def _train_options(f):
         else:
             shown = ",".join(default) if isinstance(default, tuple) else default
             f = click.option(opt, name, default=shown, show_default=default is not None,
-                             type=OPTIONAL_TYPES.get(name, type(default) if isinstance(default, (int, float)) else str),
-                             help=HELP[name])(f)
+                             type=bounded(bounds[name]) if name in bounds else str, help=HELP[name])(f)
     return f
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="The store to train from.")
-@click.option("--out", type=click.Path(file_okay=False), help="The run folder (config, checkpoints, metrics).")
-@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False),
+@click.option("--store", type=click.Path(exists=True, file_okay=False), callback=not_empty,
+              help="The store to train from.")
+@click.option("--out", type=click.Path(file_okay=False), callback=not_empty,
+              help="The run folder (config, checkpoints, metrics).")
+@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False), callback=not_empty,
               help="Continue the run in this folder with its own settings.")
 @_train_options
 @json_option
@@ -105,7 +105,7 @@ def train(store, out, resume_run, as_json, **settings):
         if resume_run:
             result = resume(resume_run, progress=bar)
         else:
-            if not store or not out:
+            if store is None or out is None:
                 raise click.UsageError("pass --store and --out (or --resume RUN)")
             result = run_train(TrainConfig(store=store, out=out, **settings), progress=bar)
     echo_result(result, as_json)
@@ -116,10 +116,10 @@ def train(store, out, resume_run, as_json, **settings):
               help="A finished run folder (the --out of 'wdr-pipe train').")
 @click.option("--thresholds", "mode", type=click.Choice(["tune", "cv"]), default="tune", show_default=True,
               help="tune: per-class thresholds; cv: also report their out-of-fold gain (5 folds).")
-@click.option("--min-positives", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--min-positives", type=bounded(MIN_POSITIVES), default=5, show_default=True,
               help="Labels with fewer validation positives get the one global threshold.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader worker processes [default: the run's].")
+@click.option("--workers", type=bounded(WORKERS), default=None, help="Loader worker processes [default: the run's].")
 @json_option
 def thresholds(run_dir, mode, min_positives, device, workers, as_json):
     """Tune a finished run's per-class thresholds again on its validation split.

@@ -1,77 +1,17 @@
-"""The accepted range of every numeric stage setting, and the checks that use them.
+"""The accepted range of every numeric setting of the data stages.
 
-Every numeric setting of a stage has one ``Bound`` here: the config checks itself with it
-in ``__post_init__`` (for library users) and the CLI builds its click type from the same
-bound, so both refuse the same values with a message that names the option, the value
-and the accepted range: ``fetch config: size 5 (--size): use 8 to 4,096 px``. (This module imports
-nothing heavy, so the CLI reads the ranges without loading the stages.)
+Every numeric setting of a stage has one ``Bound`` (``wdr_pipe/checks.py``) here: the config checks
+itself with it in ``__post_init__`` (for library users) and the CLI builds its click type from the
+same bound, so both refuse the same values with a message that names the option, the value and the
+accepted range: ``fetch config: size 5 (--size): use 8 to 4,096 px``. (This module imports nothing
+heavy, so the CLI reads the ranges without loading the stages.)
 """
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
-from typing import Optional, Union
+from ..checks import Bound, check_all, check_choice
 
-from ..errors import UserError
-
-Number = Union[int, float]
-
-
-def _number(v: Number) -> str:
-    """``4,096``, ``1,000,000``, ``0.5``: whole numbers with thousands separators, never ``1e+06``."""
-    return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
-
-
-@dataclass(frozen=True)
-class Bound:
-    """An accepted range ``lo .. hi`` (``lo_open``: ``lo`` itself excluded) of an int or float setting."""
-
-    option: str                 # how the user spells it: "--size" (or a field name for library-only settings)
-    lo: Number
-    hi: Number
-    integer: bool = True
-    lo_open: bool = False
-    unit: str = ""
-
-    def text(self) -> str:
-        """The accepted range in words: ``8 to 4,096 px``, ``more than 0 up to 3,600 s``."""
-        unit = f" {self.unit}" if self.unit else ""
-        if self.lo_open:
-            return f"more than {_number(self.lo)} up to {_number(self.hi)}{unit}"
-        return f"{_number(self.lo)} to {_number(self.hi)}{unit}"
-
-    def problem(self, value) -> Optional[str]:
-        """Why ``value`` is refused, or ``None``."""
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real):
-            return f"not {'an integer' if self.integer else 'a number'}; use {self.text()}"
-        if not math.isfinite(value):
-            return f"use a finite number, {self.text()}"
-        low = value <= self.lo if self.lo_open else value < self.lo
-        if low or value > self.hi:
-            return f"use {self.text()}"
-        return None
-
-    def check(self, what: str, value, field: str = "") -> None:
-        """``UserError('WHAT: FIELD VALUE (OPTION): use LO to HI')`` when ``value`` is out of range
-        (the option is left out where it is the field's own name)."""
-        problem = self.problem(value)
-        if problem:
-            name = field or self.option
-            also = f" ({self.option})" if self.option != name else ""
-            raise UserError(f"{what}: {name} {value!r}{also}: {problem}")
-
-
-def check_all(what: str, obj, bounds: dict) -> None:
-    """Check every ``{field: Bound}`` of a config object."""
-    for name, bound in bounds.items():
-        bound.check(what, getattr(obj, name), name)
-
-
-def check_choice(what: str, option: str, value, choices) -> None:
-    if value not in choices:
-        raise UserError(f"{what}: {option} {value!r}: use one of {', '.join(map(str, choices))}")
-
+__all__ = ["Bound", "check_all", "check_choice", "RESIZE_MODES", "FETCH_BOUNDS", "DOWNLOAD_BOUNDS",
+           "OPTION_BOUNDS", "FEATURE_BOUNDS", "STATS_BOUNDS"]
 
 # -- the ranges (config field -> Bound) -------------------------------------------
 RESIZE_MODES = ("shorter", "longer", "center_crop", "pad")

@@ -61,10 +61,13 @@ def build_report(run_path, split: str = "validation", store: Optional[str] = Non
     counts = np.array([r["train_count"] for r in rows], dtype=float)
     figs: Dict[str, bytes] = {}
     notes: Dict[str, str] = {}
-    try:
-        st = open_store(store or metrics["store"])
-    except UserError as e:
-        st, notes["store"] = None, f"the store is not readable here ({e})"
+    if store is not None:  # a store named is checked; the evaluation's own may have moved (a note then)
+        st = open_store(store)
+    else:
+        try:
+            st = open_store(metrics["store"])
+        except UserError as e:
+            st, notes["store"] = None, f"the store is not readable here ({e})"
 
     figs["frequency"] = F.frequency_vs_quality(counts, np.array([r["precision"] for r in rows]),
                                                np.array([r["recall"] for r in rows]), names)

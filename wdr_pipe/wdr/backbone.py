@@ -23,8 +23,10 @@ Where the weights come from, in the only three ways there are:
   ``~/.cache/wdr-pipe/weights``), then loaded through the overlay like any file.
 - ``pretrained=True`` for any other model: timm's usual source (the Hugging
   Face hub or a URL). Offline this fails with a ``UserError`` that says to pass
-  ``--weights PATH``. Without ``HF_HUB_OFFLINE=1`` the hub client first retries
-  for about a minute; with it the failure is immediate.
+  ``--weights PATH``. Where the hub's host name does not resolve (no network, no
+  proxy set) only the local cache is read, as with ``HF_HUB_OFFLINE=1``: a cached
+  copy loads and a missing one fails at once, instead of the hub client retrying
+  for about a minute.
 
 ``weights_digest(...)`` is the sha256 of the weights bytes used (``None``
 for random init), for cache keys and a run's ``config.json``.
@@ -251,12 +253,44 @@ def create_backbone(name: str, pretrained: bool = False, weights: Optional[PathL
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if _is_offline_model(name):
         return _create_from_file(name, offline_weights_file(), num_classes, "converted weights", **kwargs)
+    with _hub_cache_only_when_unreachable() as unreachable:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        except Exception as e:  # no network, no cached copy, or no pretrained weights at all
+            offline = type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+            why = f"not in the local cache, and {unreachable}" if unreachable and offline else _one_line(e, 160)
+            raise UserError(f"--pretrained {name}: its weights could not be fetched ({why}); "
+                            f"pass --weights PATH to a local .pth/.safetensors file "
+                            f"({OFFLINE_MODEL} works offline with --pretrained)") from e
+
+
+@contextlib.contextmanager
+def _hub_cache_only_when_unreachable() -> Iterator[Optional[str]]:
+    """Where the Hugging Face hub's host name does not resolve (no network, no proxy set), hub downloads
+    in the block read the local cache only, at once, instead of retrying for about a minute; yields
+    why (``"huggingface.co cannot be reached (...)"``), or ``None`` where the hub is tried as usual."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    host = urlparse(constants.ENDPOINT).hostname
+    why = None
+    if host and not constants.HF_HUB_OFFLINE and not any(os.environ.get(k) for k in proxies):
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError as e:
+            why = f"{host} cannot be reached ({e.strerror or e})"
+    if why is None:
+        yield None
+        return
+    log.info("%s: using the Hugging Face cache only", why)
+    old, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
-    except Exception as e:  # no network, no cached copy, or no pretrained weights at all
-        raise UserError(f"--pretrained {name}: its weights could not be fetched ({_one_line(e, 160)}); "
-                        f"pass --weights PATH to a local .pth/.safetensors file "
-                        f"({OFFLINE_MODEL} works offline with --pretrained)") from e
+        yield why
+    finally:
+        constants.HF_HUB_OFFLINE = old
 
 
 def weights_digest(name: str, pretrained: bool = False, weights: Optional[PathLike] = None) -> Optional[str]:

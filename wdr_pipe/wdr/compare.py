@@ -61,6 +61,10 @@ def compare_runs(paths: Sequence[str], split: str = "validation") -> Tuple[List[
                 differ.append(k)
     header = ["run", "kind", *differ, "micro-F1 @0.5", "micro-F1 tuned", "macro-F1", "train images/s", "time",
               "from"]
+    if not any((r.eval_dir(split) / "metrics.json").exists() or split == r.settings.get("val_split", "validation")
+               for r in runs):
+        raise UserError(f"--split {split!r}: none of the runs was evaluated on it (RUN/eval/{split}/) nor validated "
+                        "on it in training; pass a split they were evaluated on, e.g. validation")
     rows = []
     for r, s in zip(runs, settings):
         f = _figures(r, split)

@@ -47,11 +47,13 @@ from ..cache import Store, as_store, commit_path, config_key, write_config, writ
 from ..cache.atomic import atomic_path, write_text_atomic
 from ..cache.derived import plan_derived
 from ..cache.schema import image_embeddings_schema
+from ..checks import check_all
 from ..errors import UserError
 from ..imaging import opencv_threads
 from ..progress import Hook, Progress, report
 from ..result import StageResult
 from .backbone import OFFLINE_MODEL, check_name, create_backbone, file_sha256, weights_digest
+from .checks import EMBED_BATCH, EMBED_BOUNDS, check_device
 from .embedder import Embedder, decode_all, pick_device
 from .transforms import DataConfig, data_config
 
@@ -120,9 +122,7 @@ class EmbedSpec:
                 if not str(value).strip():
                     raise UserError(f"--{name} is empty; pass a path")
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(str(value))))
-        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
-                                            or self.image_size < 16):
-            raise UserError(f"--image-size {self.image_size}: use a size in pixels of 16 or more")
+        check_all("embed config", self, EMBED_BOUNDS)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype}: use float16 or float32")
         if self.backbone is not None:
@@ -333,6 +333,8 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
 def compute_embeddings(store, spec: EmbedSpec, splits: Optional[Sequence[str]] = None, *, device="auto",
                        batch_size: Optional[int] = None, rebuild: bool = False, progress: Hook = None) -> StageResult:
     """``wdr-pipe embed``: resolve the weights and the key of ``spec``, then ``embed``."""
+    EMBED_BATCH.check("embed", batch_size, "batch_size")
+    check_device(device)
     store = as_store(store)
     store.input_splits(splits)
     cfg, source = resolve(spec)

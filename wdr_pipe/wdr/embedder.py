@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..imaging import decode_rgb
+from .checks import check_device
 from .transforms import DataConfig, Normalize, make_transform
 
 log = logging.getLogger("wdr_pipe")
@@ -26,6 +27,7 @@ log = logging.getLogger("wdr_pipe")
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto``: CUDA when there is one, else the CPU; a ``UserError`` for CUDA where there is none."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():

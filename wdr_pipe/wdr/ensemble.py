@@ -36,10 +36,12 @@ import numpy as np
 
 from ..cache import Store, config_key, image_rows, open_store
 from ..cache.atomic import write_bytes_atomic
+from ..checks import check_all
 from ..errors import UserError
 from ..progress import Hook
 from ..result import StageResult
 from .checkpoint import RunDir, write_json
+from .checks import ENSEMBLE_BOUNDS, check_device
 from .evalfiles import Scored, read_predictions, write_predictions
 from .runs import CHECKPOINTS, KIND_ENSEMBLE, TTA, Run, open_run
 from .scorer import ModelScorer
@@ -200,8 +202,8 @@ class EnsembleConfig:
                                      ("--tta", self.tta, TTA)):
             if value not in choices:
                 raise UserError(f"{flag} {value}: use one of {', '.join(choices)}")
-        if not (self.C > 0 and self.folds >= 2 and self.min_positives >= 1):
-            raise UserError(f"--C {self.C} --folds {self.folds}: use C > 0 and 2 folds or more")
+        check_all("ensemble config", self, ENSEMBLE_BOUNDS)
+        check_device(self.device)
 
 
 def _members(cfg: EnsembleConfig) -> List[Run]:

@@ -29,9 +29,11 @@ import numpy as np
 
 from ..cache import config_key, label_map, open_store, write_result
 from ..cache.atomic import write_bytes_atomic, write_text_atomic
+from ..checks import check_all
 from ..errors import UserError
 from ..progress import Hook
 from ..result import StageResult
+from .checks import EVAL_BOUNDS, check_device
 from .ensemble import scorer_for
 from .evalfiles import per_label_csv, write_json, write_predictions
 from .metrics import per_label, summary
@@ -55,8 +57,8 @@ class EvalConfig:
     saliency_labels: int = 3           # top-scoring labels per image
 
     def __post_init__(self):
-        if self.saliency < 0 or self.saliency_labels < 1:
-            raise UserError(f"--saliency {self.saliency}: use 0 (no maps) or more images, and 1 label or more")
+        check_all("evaluate config", self, EVAL_BOUNDS)
+        check_device(self.device)
 
 
 def label_names(store) -> Dict[int, Dict[str, Any]]:

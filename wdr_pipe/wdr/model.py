@@ -60,8 +60,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_all
 from ..errors import UserError
 from .backbone import create_backbone, weights_digest
+from .checks import MODEL_BOUNDS
 
 log = logging.getLogger("wdr_pipe")
 
@@ -108,21 +110,14 @@ class ModelConfig:
         for field, choices in (("deep", DEEP_MODES), ("head", HEADS), ("label_embeddings", EMBEDDINGS)):
             if getattr(self, field) not in choices:
                 raise _bad(field, getattr(self, field), f"use one of {', '.join(choices)}")
-        for field, low in (("freeze_first", 0), ("head_hidden", 1), ("wide_hidden", 1), ("rnn_hidden", 1),
-                           ("embed_dim", 1)):
-            v = getattr(self, field)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise _bad(field, v, f"use a whole number >= {low}")
-        for field in ("head_dropout", "drop_rate"):
-            v = getattr(self, field)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v < 1.0:
-                raise _bad(field, v, "use a probability in [0, 1)")
+        check_all("model config", self, MODEL_BOUNDS)
         parts = (self.parts,) if isinstance(self.parts, str) else tuple(self.parts)
         unknown = [p for p in parts if p not in PARTS]
+        shown = ",".join(map(str, parts))
         if unknown:
-            raise _bad("parts", self.parts, f"{unknown[0]!r} is not a part; use a subset of {', '.join(PARTS)}")
+            raise _bad("parts", shown, f"{unknown[0]!r} is not a part; use a subset of {', '.join(PARTS)}")
         if "deep" not in parts:
-            raise _bad("parts", self.parts, "the deep part is always needed; add deep")
+            raise _bad("parts", shown, "the deep part is always needed; add deep")
         object.__setattr__(self, "parts", tuple(p for p in PARTS if p in parts))
 
     def to_dict(self) -> Dict:

@@ -37,10 +37,12 @@ import numpy as np
 
 from ..cache import config_key, index_ids, open_store
 from ..cache.atomic import write_text_atomic
+from ..checks import check_all
 from ..errors import UserError
 from ..imaging import ImageRejected, decode_rgb, process
 from ..progress import Hook
 from ..result import StageResult
+from .checks import PREDICT_BOUNDS, TOP, check_device
 from .ensemble import scorer_for
 from .evalfiles import write_predictions
 from .evaluate import label_names
@@ -63,6 +65,10 @@ class PredictConfig:
     device: str = "auto"
     batch_size: int = 64
     workers: int = 2
+
+    def __post_init__(self):
+        check_all("predict config", self, PREDICT_BOUNDS)
+        check_device(self.device)
 
 
 def _check_out(path: str, flag: str) -> Path:
@@ -130,6 +136,8 @@ def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> 
         if len(data) > max_bytes:
             raise UserError(f"{src}: larger than {max_bytes // 2 ** 20} MB; pass a smaller image")
         return data
+    if not src.strip():
+        raise UserError("an empty IMAGE_OR_URL; pass an image file or an http(s) URL")
     path = Path(src).expanduser()
     if path.is_dir():
         raise UserError(f"{src}: is a folder; pass image files (e.g. {src}/*.jpg)")
@@ -151,6 +159,8 @@ def tag_images(run_path: str, sources: Sequence[str], store: Optional[str] = Non
     ``{"label_id", "name", "task", "score", "threshold"}``."""
     if not sources:
         raise UserError("no IMAGE_OR_URL given; pass image files or URLs (or --store and --split for a store split)")
+    TOP.check("predict", top, "top")
+    check_device(device)
     run = open_run(run_path)
     st = _store_for_images(run, store)
     spec, _ = image_spec(run, st)

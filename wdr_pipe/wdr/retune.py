@@ -30,6 +30,7 @@ from ..progress import Hook
 from ..result import StageResult
 from . import trainsetup as setup
 from .checkpoint import store_identity
+from .checks import MIN_POSITIVES, WORKERS, check_device
 from .runs import open_run
 from .scorer import ModelScorer
 from .trainconfig import TrainConfig
@@ -47,8 +48,11 @@ def retune_thresholds(run_dir: Union[str, Path], mode: str = "tune", min_positiv
     t0 = time.time()
     if mode not in MODES:
         raise UserError(f"--thresholds {mode}: use tune (per label) or cv (also their out-of-fold gain)")
-    if isinstance(min_positives, bool) or not isinstance(min_positives, int) or min_positives < 1:
-        raise UserError(f"--min-positives {min_positives}: use a whole number of 1 or more")
+    MIN_POSITIVES.check("thresholds", min_positives, "min_positives")
+    if workers is not None:
+        WORKERS.check("thresholds", workers, "workers")
+    if device is not None:  # None: the run's own
+        check_device(device)
     run = open_run(run_dir)
     if run.kind != "train":
         raise UserError(f"--run {run.root}: an ensemble, whose thresholds are tuned when it is made; "
@@ -60,7 +64,8 @@ def retune_thresholds(run_dir: Union[str, Path], mode: str = "tune", min_positiv
                                  "min_positives": min_positives})
     store = open_store(run.store_path)
     run.dir.check_store(store_identity(store, [cfg.train_split, cfg.val_split], run.feature_key))
-    scorer = ModelScorer(run, checkpoint="best", device=device or cfg.device, batch_size=cfg.batch_size,
+    scorer = ModelScorer(run, checkpoint="best", device=cfg.device if device is None else device,
+                         batch_size=cfg.batch_size,
                          workers=cfg.workers if workers is None else workers)
     scored = scorer.score_split(store, cfg.val_split, labelled=True, progress=progress)
     tuned = setup.thresholds(cfg, SimpleNamespace(label_ids=run.label_ids),

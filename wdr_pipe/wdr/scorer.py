@@ -33,6 +33,7 @@ from ..cache import Store
 from ..errors import UserError
 from ..progress import Hook, Progress, report
 from .checkpoint import eval_weights, load_checkpoint, state_digest
+from .checks import check_device
 from .evalfiles import Scored, read_meta, read_predictions
 from .runs import TTA, Run, check_inputs
 from .transforms import DataConfig, EvalTransform, Normalize
@@ -41,6 +42,7 @@ log = logging.getLogger("wdr_pipe")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    check_device(device)
     want = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu (or auto)")

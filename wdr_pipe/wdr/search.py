@@ -38,6 +38,7 @@ from ..cache.keys import read_json
 from ..cache.schema import SEARCH_IDS
 from ..errors import UserError
 from ..result import StageResult
+from .checks import K, check_device
 
 log = logging.getLogger("wdr_pipe")
 
@@ -242,8 +243,8 @@ def similar(store, query: Union[str, Path], *, key: Optional[str] = None, split:
             with_labels: bool = False, device: str = "auto", index: Optional[SearchIndex] = None) -> Neighbours:
     """The ``k`` images of ``split`` nearest to ``query`` (an image id of the store, or an image file)."""
     store = as_store(store)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise UserError(f"-k {k}: use a whole number of 1 or more")
+    K.check("similar", k, "k")
+    check_device(device)
     key = store.resolve_embedding_key(key)
     if not store.image_shards(split):
         store.require_images(split)

@@ -41,13 +41,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..checks import check_all
 from ..errors import UserError
+from .checks import POS_WEIGHT, TRAIN_BOUNDS, check_device
 
 MODEL_FIELDS = ("backbone", "pretrained", "weights", "deep", "freeze_first", "head", "head_hidden",
                 "head_dropout", "drop_rate", "parts", "wide_hidden", "rnn_hidden", "label_embeddings")
@@ -121,30 +122,20 @@ class TrainConfig:
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
         check = lambda ok, name, fix: _check(ok, name, getattr(self, name), fix)  # noqa: E731
-        for name in ("store", "out", "init"):
+        for name in ("store", "out", "init", "weights"):
             value = getattr(self, name)
             if value is not None:
                 if not str(value).strip():
-                    raise UserError(f"{flag(name)} is empty; pass a folder")
-                put(name, os.path.abspath(os.path.expanduser(str(value))))
+                    raise UserError(f"{flag(name)} is empty; pass a {'file' if name == 'weights' else 'folder'}")
+                if name != "weights":  # ModelConfig takes the weights file as given
+                    put(name, os.path.abspath(os.path.expanduser(str(value))))
         if isinstance(self.parts, str):
             put("parts", tuple(p.strip() for p in self.parts.split(",") if p.strip()))
         put("parts", tuple(self.parts))
         put("pos_weight", _pos_weight(self.pos_weight))
-        for name in ("epochs", "batch_size", "grad_accum", "min_positives"):
-            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "use a whole number of 1 or more")
-        for name in ("workers", "checkpoint_every", "eval_every"):
-            check(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "use a whole number of 0 or more")
-        check(_is_int(self.seed), "seed", "use a whole number")
-        check(self.image_size is None or (_is_int(self.image_size) and self.image_size >= 16), "image_size",
-              "use a size in pixels of 16 or more (or leave it out for the backbone's own)")
-        check(_finite(self.lr) and self.lr > 0, "lr", "use a positive learning rate such as 3e-4")
-        check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "use 0 or more")
-        check(_finite(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
-               f"use 0 or more and fewer than --epochs {self.epochs}")
-        check(self.clip_grad is None or (_finite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
-              "use a positive gradient norm such as 1.0 (or leave it out)")
-        check(_finite(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", "use a value in (0, 1) such as 0.9998")
+        check_all("train config", self, TRAIN_BOUNDS)
+        check(self.warmup_epochs < self.epochs, "warmup_epochs",
+              f"use 0 or more and fewer than --epochs {self.epochs}")
         check(self.sched in SCHEDULES, "sched", f"use one of {', '.join(SCHEDULES)}")
         check(self.amp in AMP, "amp", f"use one of {', '.join(AMP)}")
         check(self.loss in LOSSES, "loss", f"use one of {', '.join(LOSSES)}")
@@ -154,8 +145,7 @@ class TrainConfig:
               "use 'all' or 'top:N' (the N most frequent training labels), e.g. top:20")
         check(self.train_split != self.val_split, "val_split",
               "is the training split too; validate on another split")
-        check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(self.device))), "device",
-              "use auto, cpu, cuda or cuda:N")
+        check_device(self.device)
         check(not self.stream_images or self.deep == "fixed", "stream_images",
               "only --deep fixed trains from cached embeddings; the other modes always stream images")
         check(self.feature_key is None or "wide" in self.parts, "feature_key",
@@ -235,26 +225,19 @@ def _show(v) -> str:
 
 
 def _pos_weight(v):
-    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
+    if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
         return None
     if isinstance(v, str) and v.strip() == "stats":
         return "stats"
     try:
-        k = float(v)
+        k = float(v) if not isinstance(v, bool) else None
     except (TypeError, ValueError):
-        raise UserError(f"--pos-weight {v}: use a number K (positives weigh K times) or 'stats' "
-                        "(per label, from the store's label statistics)") from None
-    if not (math.isfinite(k) and k > 0):
-        raise UserError(f"--pos-weight {v}: use a positive number such as 2, or 'stats'")
+        k = None
+    problem = POS_WEIGHT.problem(k) if k is not None else f"not a number; use {POS_WEIGHT.text()}"
+    if problem:
+        raise UserError(f"train config: pos_weight {v!r} (--pos-weight): {problem} (positives weigh K times), "
+                        "or 'stats' (per label, from the store's label statistics)")
     return k
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check(ok: bool, name: str, value, fix: str) -> None:
