@@ -15,6 +15,10 @@ import pytest
 from wdr_pipe.demo import synth
 
 SPLITS = {"train": 48, "validation": 16, "test": 8}
+# Sides of the generated images: no larger than the tests need. The largest store size they fetch
+# is 160 px, so every image is a downscale; at 160 the fetch decodes at full scale (a shorter side
+# under 320), at 96 at half scale (DCT), so the fixture stores take both paths. The demo keeps 600-1000.
+SIDES = (200, 320)
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +33,9 @@ def dask_cluster():
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
-    """(folder, records) of a small generated data set; images are 600-1000 px JPEGs."""
+    """(folder, records) of a small generated data set; images are 200-320 px JPEGs (``SIDES``)."""
     root = tmp_path_factory.mktemp("synth")
-    records = synth.make_dataset(root, SPLITS, seed=0)
+    records = synth.make_dataset(root, SPLITS, seed=0, size_range=SIDES)
     return root, records
 
 

@@ -7,7 +7,6 @@ real timm model config. Images are cropped to 48 px to keep it quick.
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -15,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from wdr_pipe.cache import Store, load_features, load_labels, sample_weights, commit_path, write_config
+from wdr_pipe.cache import Store, load_features, load_labels, sample_weights, commit_path
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-from wdr_pipe.pipeline.label_stats import compute_stats
+from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
 from wdr_pipe.wdr import DataConfig, Normalize, StoreDataset, TrainTransform, make_loader
 from wdr_pipe.wdr.sampling import _units, build_plan
 
@@ -213,30 +212,41 @@ def test_features_labels_and_weights_belong_to_their_image_id(store7):
 
 
 # -- weighted sampling -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HandWeights:
-    pass
+PER_LABEL = (1, 2, 3, 5, 8, 12, 17)  # label k is on PER_LABEL[k - 1] of the 48 train images, one label each
 
 
-def write_sample_weights(store_root, weights):
-    out = Store(store_root).stats_dir("train")
-    write_parquet_atomic(pa.table({"image_id": list(weights), "weight": pa.array(list(weights.values()),
-                                                                                  pa.float32())}),
-                         out / "sample_weights.parquet")
-    write_config(out / "config.json", HandWeights())
+@pytest.fixture
+def weighted_store(synth_data, tmp_path):
+    """The 48 train images fetched again, each with one label chosen so that the real stats stage, with
+    alpha=0 (inverse label frequency), gives weights from 6.9 down to 0.4 (mean 1), none near a whole
+    number, so no row's count is the same in every epoch. 7-row row groups, as ``store7``."""
+    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
+
+    data_root, records = synth_data
+    train = [r for r in records if r.split == "train"]
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(1, 8), PER_LABEL))
+    index = tmp_path / "train.csv"
+    index.write_text("image_id,url,labels\n" + "".join(
+        f"{r.image_id},{(data_root / r.path).as_uri()},{lab}\n" for r, lab in zip(train, labels)))
+    root = tmp_path / "store"
+    fetch(root, [index], FetchConfig(size=64), FetchOptions(shard_size=20, threads=2), scheduler="inline")
+    regroup(root)
+    compute_stats(root, ["train"], cfg=StatsConfig(alpha=0.0, epochs=10))
+    return root, {r.image_id: int(lab) for r, lab in zip(train, labels)}
 
 
-def test_weighted_sampling_counts_are_proportional_to_weights(store7):
+def test_weighted_sampling_counts_are_proportional_to_weights(weighted_store):
     """Counts over both ranks. Per-epoch counts are independent across epochs, so the mean count of each
     row is normal around lambda * weight with a standard error from its own spread over epochs; the sum
     of the squared z-scores is chi2(N - 1)."""
     from scipy.stats import chi2
 
-    ids = train_ids(store7)
-    levels = [0.2, 0.5, 1.0, 2.5, 4.0, 7.3]
-    weights = {i: levels[k % len(levels)] for k, i in enumerate(ids)}
-    write_sample_weights(store7, weights)
-    ranks = [StoreDataset(store7, "train", transform=TrainTransform(48), batch_size=4, weighted=True, seed=3,
+    root, label_of = weighted_store
+    w_ids, w_stored = sample_weights(root, "train")
+    weights = dict(zip(w_ids.tolist(), w_stored.tolist()))
+    assert sorted(weights) == sorted(train_ids(root)) == sorted(label_of)
+    assert all(w == pytest.approx(48 / 7 / PER_LABEL[label_of[i] - 1], rel=1e-6) for i, w in weights.items())
+    ranks = [StoreDataset(root, "train", transform=TrainTransform(48), batch_size=4, weighted=True, seed=3,
                           rank=r, world_size=2, num_workers=2) for r in range(2)]
     ds = ranks[1]
     plan_ids = [i for u in ds.plan.units for i in pq.read_table(ds.plan.images_dir / u.shard, columns=["image_id"])
@@ -257,8 +267,9 @@ def test_weighted_sampling_counts_are_proportional_to_weights(store7):
 
     assert p_value(mean.sum() * w / w.sum()) > 1e-3
     assert p_value(np.full(len(w), mean.mean())) < 1e-12  # the test can tell proportional from uniform
+    assert p_value(mean.sum() * np.sqrt(w) / np.sqrt(w).sum()) < 1e-12  # ... and from a milder weighting
     # through the loader: the stream is that order, and the loss weight is 1 (the sampling applied it)
-    loader = make_loader(store7, "train", batch_size=4, num_workers=2, config=SMALL, weighted=True, seed=3,
+    loader = make_loader(root, "train", batch_size=4, num_workers=2, config=SMALL, weighted=True, seed=3,
                          rank=1, world_size=2)
     batches = list(loader)
     got = Counter(i for b in batches for i in b["image_id"])

@@ -1,6 +1,10 @@
-"""The store as a library (wdr_pipe.cache) and the `wdr-pipe store info` command."""
+"""The store as a library (wdr_pipe.cache) and the `wdr-pipe store info` command.
+
+Feature shards are the real features stage's, over image shards the real fetch wrote;
+one image's stored bytes are damaged first, so every split has a failed (null) row.
+"""
 import json
-from dataclasses import dataclass
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -8,49 +12,58 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from wdr_pipe.cache import (Store, config_dict, config_key, failures_path, label_space, load_features, load_labels, load_split,
-                            open_store, commit_path, store_info, write_config)
+from wdr_pipe.cache import (Store, config_dict, failures_path, fixed_matrix, label_space, load_features, load_labels,
+                            load_split, open_store, commit_path, store_info)
 from wdr_pipe.cache.atomic import write_parquet_atomic
-from wdr_pipe.cache.schema import FAILURES, LABEL_MAP, features_schema
+from wdr_pipe.cache.schema import FAILURES, LABEL_MAP
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
+from wdr_pipe.pipeline.features import FEATURE_CODE_VERSION, FeatureConfig, compute_features
+
+SMALL = FeatureConfig(hog_size=16, bins=2)                  # hog 36, colour histogram 8
+HALF = FeatureConfig(hog_size=32, bins=2, dtype="float16")  # hog 324: a second config beside SMALL
+BROKEN = "3"  # its stored JPEG bytes are damaged in every split
 
 
-@dataclass(frozen=True)
-class FakeFeatures:
-    """Stands in for the features stage's config in these tests."""
-
-    hog_dim: int = 36
-    hist_dim: int = 8
-    dtype: str = "float32"
-
-
-def fake_vectors(image_id: str, dim: int) -> np.ndarray:
-    return np.random.default_rng([int(image_id), dim]).random(dim).astype(np.float32)
-
-
-def write_features(root, cfg=FakeFeatures(), failed=("3",)) -> str:
-    """Write feature shards row-aligned with the committed image shards; ``failed`` ids get null vectors."""
+def break_image(root, image_id=BROKEN):
+    """Damage one image's bytes in the image shards (as a bad disk would; the fetch stores only what decodes)."""
     store = Store(root)
-    key = config_key(cfg)
-    schema = features_schema(cfg.hog_dim, cfg.hist_dim, cfg.dtype)
     for split in store.splits():
         for shard in store.image_shards(split):
-            ids = pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
-            rows = [{"image_id": i,
-                     "hog": None if i in failed else fake_vectors(i, cfg.hog_dim).tolist(),
-                     "color_hist": None if i in failed else fake_vectors(i, cfg.hist_dim).tolist(),
-                     "error": "cannot decode" if i in failed else None} for i in ids]
-            out = store.features_dir(key, split) / shard.name
-            write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), out)
-            commit_path(out).write_text(json.dumps({"rows": len(rows)}))
-    write_config(store.features_root(key) / "config.json", cfg)
-    return key
+            t = pq.read_table(shard)
+            ids = t.column("image_id").to_pylist()
+            if image_id in ids:
+                jpeg = t.column("jpeg").to_pylist()
+                jpeg[ids.index(image_id)] = b"not a jpeg at all"
+                col = t.schema.get_field_index("jpeg")
+                write_parquet_atomic(t.set_column(col, t.schema.field(col), pa.array(jpeg, pa.binary())), shard)
+
+
+def stage_rows(root, key, split):
+    """{image_id: (hog, color_hist, error)} in shard order, as the features stage wrote them, read with pyarrow alone."""
+    rows = {}
+    for p in sorted((root / "features" / key / split).glob("part-*.parquet")):
+        t = pq.read_table(p)
+        rows.update((i, (h, c, e)) for i, h, c, e in zip(*(t.column(n).to_pylist()
+                                                            for n in ("image_id", "hog", "color_hist", "error"))))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def _feature_template(_image_store_template, tmp_path_factory):
+    root = tmp_path_factory.mktemp("read") / "store"
+    shutil.copytree(_image_store_template, root)
+    break_image(root)
+    compute_features(root, cfg=SMALL, scheduler="inline")
+    return root
 
 
 @pytest.fixture
-def feature_store(image_store):
-    return image_store, write_features(image_store)
+def feature_store(_feature_template, tmp_path):
+    """(a fresh copy of a store with SMALL features of every split, its feature key)."""
+    root = tmp_path / "store"
+    shutil.copytree(_feature_template, root)
+    return root, SMALL.key
 
 
 def _records(synth_data, split):
@@ -87,34 +100,63 @@ def test_load_labels_matches_the_data_set(image_store, synth_data):
 
 def test_load_features_drops_or_keeps_failed_rows(feature_store):
     root, key = feature_store
+    wrote = stage_rows(root, key, "train")
+    assert list(wrote) == [str(i) for i in range(1, 49)]
+    hog3, hist3, error3 = wrote[BROKEN]
+    assert hog3 is None and hist3 is None and error3  # the stage's null row, with its reason
+    assert all(e is None for i, (_, _, e) in wrote.items() if i != BROKEN)
     ids, hog, hist = load_features(root, "train")
-    assert "3" not in ids.tolist() and len(ids) == 47
-    assert hog.shape == (47, 36) and hist.shape == (47, 8) and hog.dtype == np.float32
-    i = ids.tolist().index("17")
-    assert np.array_equal(hog[i], fake_vectors("17", 36)) and np.array_equal(hist[i], fake_vectors("17", 8))
-    ids2, hog2, _ = load_features(open_store(root), "train", key=key, drop_failed=False)
-    assert len(ids2) == 48 and np.isnan(hog2[ids2.tolist().index("3")]).all()
-    assert not np.isnan(np.delete(hog2, ids2.tolist().index("3"), axis=0)).any()
+    assert ids.tolist() == [i for i in wrote if i != BROKEN]
+    assert hog.shape == (47, 36) and hist.shape == (47, 8) and hog.dtype == hist.dtype == np.float32
+    assert np.array_equal(hog, np.array([wrote[i][0] for i in ids], np.float32))
+    assert np.array_equal(hist, np.array([wrote[i][1] for i in ids], np.float32))
+    assert len(np.unique(hog, axis=0)) == 47  # real numbers: no two images alike
+    ids2, hog2, hist2 = load_features(open_store(root), "train", key=key, drop_failed=False)
+    assert ids2.tolist() == list(wrote)
+    j = ids2.tolist().index(BROKEN)
+    assert np.isnan(hog2[j]).all() and np.isnan(hist2[j]).all()
+    assert np.array_equal(np.delete(hog2, j, axis=0), hog) and np.array_equal(np.delete(hist2, j, axis=0), hist)
+
+
+def test_fixed_matrix_copies_chunks_offsets_and_null_rows(feature_store):
+    root, key = feature_store
+    shards = sorted((root / "features" / key / "train").glob("part-*.parquet"))
+    col = pa.concat_tables([pq.read_table(p) for p in shards]).column("hog").slice(1)  # the first chunk has an offset
+    assert col.num_chunks >= len(shards) == 3 and col.null_count == 1
+    out = np.full((2 + 47 + 3, 36), -7.0, np.float32)
+    fixed_matrix(col, out, 2)
+    want = np.array([[np.nan] * 36 if v is None else v for v in col.to_pylist()], np.float32)
+    assert np.array_equal(out[2:49], want, equal_nan=True)
+    assert (out[:2] == -7).all() and (out[49:] == -7).all()  # nothing written outside its rows
 
 
 def test_feature_key_choice(feature_store):
     root, key = feature_store
-    other = write_features(root, FakeFeatures(hog_dim=12, dtype="float16"))
+    other = compute_features(root, cfg=HALF, scheduler="inline").key
+    assert other == HALF.key != key
     with pytest.raises(UserError, match=f"several feature configs .*{min(key, other)}"):
         load_features(root, "train")
     with pytest.raises(UserError, match="no feature config 'zzz'"):
         load_features(root, "train", key="zzz")
-    _, hog, _ = load_features(root, "train", key=other)
-    assert hog.shape == (47, 12) and hog.dtype == np.float16
+    ids, hog, hist = load_features(root, "train", key=other)
+    assert hog.shape == (47, 324) and hist.shape == (47, 8) and hog.dtype == hist.dtype == np.float16
+    wrote = stage_rows(root, other, "train")
+    assert ids.tolist() == [i for i in wrote if i != BROKEN] and wrote[BROKEN][0] is None
+    assert np.array_equal(hog, np.array([wrote[i][0] for i in ids], np.float16))
+    assert np.array_equal(hist, np.array([wrote[i][1] for i in ids], np.float16))
+    ids1, hog1, _ = load_features(root, "train", key=key)  # the first config, side by side, as it was
+    assert ids1.tolist() == ids.tolist() and hog1.dtype == np.float32 and hog1.shape == (47, 36)
 
 
 def test_load_split_in_three_forms(feature_store, synth_data):
     root, _ = feature_store
     d = load_split(root, "train")
     ids, y = load_labels(root, "train")
-    keep = ids != "3"
+    keep = ids != BROKEN
     assert d["image_id"].tolist() == ids[keep].tolist()
-    assert np.array_equal(d["labels"], y[keep]) and d["hog"].shape == (47, 36)
+    _, hog, hist = load_features(root, "train")
+    assert np.array_equal(d["labels"], y[keep])
+    assert np.array_equal(d["hog"], hog) and np.array_equal(d["color_hist"], hist)
     df = load_split(root, "train", as_="pandas")
     assert df.columns.tolist() == ["image_id", "hog", "color_hist", "labels"] and len(df) == 47
     by_id = {r.image_id: sorted(r.labels) for r in _records(synth_data, "train")}
@@ -123,7 +165,8 @@ def test_load_split_in_three_forms(feature_store, synth_data):
     assert t["hog"].shape == (47, 36) and t["labels"].shape == y[keep].shape
     assert np.array_equal(t["labels"].numpy(), y[keep]) and t["image_id"] == d["image_id"].tolist()
     test = load_split(root, "test")
-    assert test["labels"] is None and len(test["image_id"]) == 7  # id 3 failed there too
+    assert test["labels"] is None
+    assert test["image_id"].tolist() == [str(i) for i in range(1, 9) if i != 3]  # it failed there too
     with pytest.raises(UserError, match="as_="):
         load_split(root, "train", as_="arrow")
 
@@ -175,7 +218,10 @@ def test_store_info_counts_everything(feature_store):
     assert info["splits"]["test"]["ok"] == 8
     (f,) = info["features"]
     assert f["key"] == key and f["shards"] == {"test": 1, "train": 3, "validation": 1}
-    assert f["summary"] == "FakeFeatures (dtype=float32, hist_dim=8, hog_dim=36)" and f["bytes"] > 0
+    assert f["config"] == config_dict(SMALL) and f["bytes"] > 0
+    assert f["summary"] == ("FeatureConfig hist_dim=8 hog_dim=36 (background_max_s=0.1, background_min_v=0.9, bins=2, "
+                            "block=2, block_norm=L2-Hys, cell=8, color_space=HSV, dtype=float32, hog_size=16, "
+                            f"ignore_background=True, orientations=9, resize=area, version={FEATURE_CODE_VERSION})")
     assert info["stats"] == {} and info["bytes"] > tr["bytes"] > 0
 
 
