@@ -153,12 +153,13 @@ def test_kill_and_resume_stores_every_image_exactly_once(synth_data, tmp_path):
     root, records = synth_data
     train = [r for r in records if r.split == "train"]
     with ImageServer(root) as srv:
-        # every 4th URL drips, so the run is slow enough to be killed in the middle
+        # every 4th URL drips until its 0.6 s deadline: each 4-row shard takes that long, so the run
+        # (12 shards, one after the other inline) is slow enough to be killed in the middle
         rows = [(r.image_id, srv.fault_url("drip", r.path) if int(r.image_id) % 4 == 0 else srv.url(r.path), list(r.labels))
                 for r in train]
         index = write_csv(tmp_path / "train.csv", rows)
         cmd = [sys.executable, "-m", "wdr_pipe.cli", "fetch", str(index), "--store", str(tmp_path / "s"), "--size", "64",
-               "--shard-size", "4", "--workers", "1", "--threads", "4", "--deadline", "1.5", "--timeout", "1",
+               "--shard-size", "4", "--workers", "1", "--threads", "4", "--deadline", "0.6", "--timeout", "0.5",
                "--scheduler", "inline"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         folder = tmp_path / "s" / "images" / "train"
