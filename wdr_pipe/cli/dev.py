@@ -61,7 +61,7 @@ def serve(root: str, host: str, port: int) -> None:
 
     Files are at /<relpath>; /fault/<kind>/<relpath> injects a fault (404,
     500-then-ok, 429, drip, truncated, html, oversized, bomb, redirect,
-    redirect-loop, reset, slow-headers; see wdr_pipe/pipeline/serve.py).
+    redirect-loop, reset, slow-headers; see wdr_pipe/demo/serve.py).
 
     \b
     Example:
