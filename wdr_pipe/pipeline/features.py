@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from ..cache import Store, as_store, commit_path, config_key, write_config, write_result
 from ..cache.atomic import publish, staged_path
-from ..cache.derived import plan_derived
+from ..cache.derived import DerivedShard, plan_derived
 from ..cache.schema import features_schema
 from ..errors import UserError
 from ..progress import Hook
@@ -144,11 +144,9 @@ def _list_column(values: np.ndarray, typ: pa.DataType, null: np.ndarray) -> pa.A
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardTask:
-    split: str
-    image_shard: str
-    out: str
-    source: Dict[str, object]
+class ShardTask(DerivedShard):
+    """A feature shard to compute (``DerivedShard``) and the config to compute it with."""
+
     cfg: FeatureConfig
 
 
@@ -198,7 +196,7 @@ def plan(store: Store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool
         lambda schema: None if schema.equals(expected) else "its schema is not the one of this config", rebuild)
     for s in summary.values():
         s["images_computed"] = 0
-    return [ShardTask(d.split, str(d.image_shard), str(d.out), d.source, cfg) for d in todo], summary, images
+    return [ShardTask(d.split, d.image_shard, d.out, d.source, cfg) for d in todo], summary, images
 
 
 def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: FeatureConfig = FeatureConfig(), *,
