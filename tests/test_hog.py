@@ -66,6 +66,34 @@ def test_default_hog_is_the_papers_8100_dims():
     assert hog_batch(np.zeros((2, 128, 128), np.uint8), **cfg.hog_args()).shape == (2, 8100)
 
 
+@pytest.mark.parametrize("norm", ["L2-Hys", "L1"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_hog_batch_gives_the_same_bits_whatever_the_batch_alignment_and_threads(norm, dtype):
+    """A feature shard's numbers depend on the image alone: not on which images share its batch, where
+    the batch sits in memory or how many threads OpenCV and numpy use (one ulp of difference in the
+    features changed a demo run's micro-F1 in the third decimal)."""
+    import threadpoolctl
+
+    images = _random_images(np.random.default_rng(3), 64, 128, dtype)
+    ref = hog_batch(images, block_norm=norm)
+    for _ in range(3):
+        assert np.array_equal(hog_batch(images, block_norm=norm), ref)
+    for offset in (1, 3, 8):  # the same pixels at another address, unaligned for float32 too
+        raw = np.zeros(images.nbytes + 16, np.uint8)
+        raw[offset:offset + images.nbytes] = images.reshape(-1).view(np.uint8)
+        moved = raw[offset:offset + images.nbytes].view(images.dtype).reshape(images.shape)
+        assert np.array_equal(hog_batch(moved, block_norm=norm), ref), offset
+    for part in (slice(0, 32), slice(5, 9), slice(63, 64)):
+        assert np.array_equal(hog_batch(images[part], block_norm=norm), ref[part]), part
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        with threadpoolctl.threadpool_limits(1):
+            assert np.array_equal(hog_batch(images, block_norm=norm), ref)
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def _histogramdd(rgb, cfg):
     """Reference: np.histogramdd over the same 8-bit HSV (or RGB) values."""
     out = []

@@ -48,7 +48,7 @@ from .runner import check_scheduler, check_workers, run_tasks
 
 log = logging.getLogger("wdr_pipe")
 
-FEATURE_CODE_VERSION = 1  # bump when a change of this code changes the numbers
+FEATURE_CODE_VERSION = 2  # bump when a change of this code changes the numbers
 BATCH = 64                # images decoded and computed together (one Parquet row group)
 DTYPES = ("float32", "float16")
 # HOG values hardly compress: snappy over byte-stream-split floats keeps 82% of the bytes in 60% of

@@ -96,7 +96,11 @@ def _bins_and_magnitudes(images: np.ndarray, orientations: int):
         key = cv2.addWeighted(g_row.reshape(bsz * h, w), 511.0, g_col.reshape(bsz * h, w), 1.0,
                               255 * 511 + 255, dtype=cv2.CV_32S)
         bins = np.take(_uint8_bin_table(orientations), key).reshape(bsz, h, w)
-        return bins, cv2.magnitude(g_col.astype(np.float32), g_row.astype(np.float32))
+        # sqrt of the exact integer sum of squares, correctly rounded: the same bits on any machine and
+        # thread count (cv2.magnitude's last bit depends on how its threads split the rows)
+        sq = np.square(g_col, dtype=np.int32)
+        sq += np.square(g_row, dtype=np.int32)
+        return bins, np.sqrt(sq, dtype=np.float32)
     g_row, g_col = _gradients(images)
     return _orientation_bins(g_row, g_col, orientations), np.hypot(g_row, g_col, dtype=np.float64)
 
@@ -125,6 +129,13 @@ def cell_histograms(images: np.ndarray, orientations: int, cell: int) -> np.ndar
     return hist.reshape(bsz, nr, nc, stride)[..., :orientations] / (cell * cell)
 
 
+def _row_sums(a: np.ndarray) -> np.ndarray:
+    """The sum of each row of a (N, k) array, added column by column in order: the same bits whatever
+    the batch, the memory alignment or the thread count (einsum, matmul and ``.sum(-1)`` are not,
+    and one ulp of difference in a feature changes a training run)."""
+    return np.add.reduce(np.ascontiguousarray(a.T), axis=0)
+
+
 def normalize_blocks(hist: np.ndarray, block: int, method: str = "L2-Hys") -> np.ndarray:
     """(B, n_blocks_down, n_blocks_across, block * block * orientations) normalised block vectors."""
     bsz, nr, nc, n = hist.shape
@@ -133,16 +144,15 @@ def normalize_blocks(hist: np.ndarray, block: int, method: str = "L2-Hys") -> np
         raise ValueError(f"image too small: {nr}x{nc} cells, blocks of {block}x{block} cells")
     win = np.lib.stride_tricks.sliding_window_view(hist, (block, block), axis=(1, 2))  # B,nbr,nbc,n,b,b
     blocks = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, block * block * n)  # one block per row
-    # row sums with einsum / matmul: much faster than .sum(-1) over rows this short
     if method in ("L1", "L1-sqrt"):
-        out = blocks / (blocks @ np.ones(blocks.shape[1]) + EPS)[:, None]  # cell histograms are >= 0
+        out = blocks / (_row_sums(blocks) + EPS)[:, None]  # cell histograms are >= 0
         if method == "L1-sqrt":
             np.sqrt(out, out=out)
     elif method in ("L2", "L2-Hys"):
-        out = blocks / np.sqrt(np.einsum("ij,ij->i", blocks, blocks) + EPS**2)[:, None]
+        out = blocks / np.sqrt(_row_sums(np.square(blocks)) + EPS**2)[:, None]
         if method == "L2-Hys":
             np.minimum(out, 0.2, out=out)
-            out /= np.sqrt(np.einsum("ij,ij->i", out, out) + EPS**2)[:, None]
+            out /= np.sqrt(_row_sums(np.square(out)) + EPS**2)[:, None]
     else:
         raise ValueError(f"unknown block normalisation {method!r}; use one of {', '.join(BLOCK_NORMS)}")
     return out.reshape(bsz, nbr, nbc, -1)
