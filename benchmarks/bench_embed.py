@@ -243,13 +243,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="at least 2: the first epoch (start-up) is not timed")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--search-sizes", type=int, nargs="+", default=[25_000, 50_000, 100_000, 200_000])
     ap.add_argument("--threads", type=int, default=None,
                     help="torch (and faiss) threads [default: torch's own for training, 1 for search]")
     args = ap.parse_args()
+    if args.epochs < 2:
+        ap.error("--epochs: at least 2 (an epoch is timed after the first)")
     logging.getLogger("wdr_pipe").setLevel(logging.ERROR)
     if args.part in ("train", "both"):
         training(args)

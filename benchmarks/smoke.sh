@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every benchmark once at a tiny size: that it still runs end to end, not how fast (minutes, 2 cores).
+# usage: bash benchmarks/smoke.sh [OUT]      (default: a fresh temporary folder, removed afterwards)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python}
+out=${1:-$(mktemp -d)}
+keep=${1:+yes}
+mkdir -p "$out"
+run() { local name=$1; shift; local t0=$SECONDS
+        if "$py" "benchmarks/$name.py" "$@" > "$out/$name.log" 2>&1; then echo "ok     $name ($((SECONDS - t0)) s)"
+        else echo "FAILED $name ($((SECONDS - t0)) s): see $out/$name.log"; tail -5 "$out/$name.log" || true; status=1; fi; }
+status=0
+run bench_fetch --only wdr-pipe --n 200 --out "$out/fetch"
+run bench_features --n 200 --shard-size 100 --workers 1 --repeats 1 --out "$out/features"
+run bench_stats --n 20000 --repeat 1
+run bench_loader --images 200 --rounds 1 --out "$out/loader" --loaders "ours (uint8 only),ImageFolder"
+run bench_thresholds --n 2000 --labels 20 --repeat 1 --subset 2
+run bench_train --out "$out/train" --train 64 --size 64 --batch 16 --rounds 1
+run bench_embed --out "$out/embed" --part both --train 64 --val 32 --size 64 --epochs 2 --seeds 1 --search-sizes 1000
+run bench_predict --out "$out/predict" --test 32 --batch 16 --rounds 1
+run bench_saliency --images 2 --labels 2 --repeats 1
+run ablation --out "$out/ablation" --train 64 --val 32 --stored 96 --size 64 --epochs 1 --batch 16
+[ -n "$keep" ] || rm -rf "$out"
+exit $status
