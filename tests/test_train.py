@@ -157,6 +157,22 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
 
 
 # -- 4. runs, settings and bad input ----------------------------------------------------------------
+def test_tensorboard_holds_every_metrics_row(learned):
+    """With tensorboard installed, RUN/tb/ holds each evaluation's numbers, as metrics.jsonl has them."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, _, _ = learned
+    rows = metrics(cfg.out)
+    assert len(rows) >= 3  # one per epoch at least
+    events = EventAccumulator(str(RunDir(cfg.out).tb)).Reload()
+    assert {"loss", "lr", "val_f1", "epoch"} <= set(events.Tags()["scalars"])
+    for tag in ("loss", "val_f1", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [step for step, _ in logged] == [r["step"] for r in rows]
+        np.testing.assert_allclose([v for _, v in logged], [r[tag] for r in rows], rtol=1e-6)
+
+
 def test_finished_run_is_reused(learned):
     cfg, first, _ = learned
     before = (RunDir(cfg.out).metrics.read_text(), RunDir(cfg.out).last.stat().st_mtime_ns)
