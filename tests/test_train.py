@@ -5,6 +5,7 @@ A store written by the real stages over a generated data set (160 train and
 60 validation images, stored at 96 px, trained at 64 px), the real
 ``tf_efficientnet_lite0``, real subprocesses for the kill and for torchrun.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -126,6 +127,11 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_pa
     assert [(r["step"], r["samples"]) for r in ra] == [(r["step"], r["samples"]) for r in rb]
     assert np.allclose([r["val_loss"] for r in ra], [r["val_loss"] for r in rb], rtol=1e-4)
     assert a["loader"] == b["loader"]
+    if importlib.util.find_spec("tensorboard"):  # TensorBoard shows each evaluation once, as metrics.jsonl
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        steps = [e.step for e in EventAccumulator(str(RunDir(killed.out).tb)).Reload().Scalars("val_loss")]
+        assert steps == [r["step"] for r in rb]
 
 
 # -- 3. DDP ---------------------------------------------------------------------------------------
@@ -146,8 +152,10 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
     assert r0["details"]["world_size"] == 2 and r0["counts"] == {"steps": 5, "samples": 160, "skipped": 0}
     assert r0["details"]["val_images"] == 60  # the padded rows of the last rank counted once
     files = sorted(str(p.relative_to(cfg.out)) for p in Path(cfg.out).rglob("*"))
-    assert files == ["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.json", "metrics.jsonl",
-                     "result.json", "thresholds.json"]
+    events = [f for f in files if f.startswith("tb/")]  # rank 0's TensorBoard file, where tensorboard is installed
+    assert files == sorted(["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.json",
+                            "metrics.jsonl", "result.json", "thresholds.json"] + (["tb", *events] if events else []))
+    assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0 alone writes it
     assert [r["step"] for r in metrics(cfg.out)] == [3, 5]
     assert len(load_checkpoint(RunDir(cfg.out).last)["rng"]) == 2
     RunDir(cfg.out).result.unlink()  # as if killed at the very end

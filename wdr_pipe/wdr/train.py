@@ -143,7 +143,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     if main:
         run.truncate_metrics(step)
     started_at, last_saved = step, step
-    writer = setup.tensorboard(run) if main else None
+    writer = setup.tensorboard(run, step) if main else None
 
     def checkpoint(path, full=True):
         """The checkpoint dict of this moment (every rank takes part: the RNG states are gathered)."""
@@ -173,8 +173,10 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
         meter.update(loss=0.0, n=0, images=0, since=time.time())
         if main:
             run.append_metrics(row)
-            for k in sorted(row.keys() - {"step"}) if writer is not None else ():
-                writer.add_scalar(k, row[k], step)
+            if writer is not None:  # flushed at once: a killed run keeps what it logged
+                for k in sorted(row.keys() - {"step"}):
+                    writer.add_scalar(k, row[k], step)
+                writer.flush()
         if row["val_f1"] > best:
             best, best_step = row["val_f1"], step
             checkpoint(run.best, full=False)

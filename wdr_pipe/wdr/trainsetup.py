@@ -308,12 +308,14 @@ def ema(cfg: TrainConfig, model):
     return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)  # decay ramps up: useful on short runs too
 
 
-def tensorboard(run: RunDir):
+def tensorboard(run: RunDir, step: int = 0):
+    """A TensorBoard writer into ``RUN/tb/`` (None without tensorboard). Resumed at ``step``, it hides what
+    a killed run logged after its last checkpoint, as ``metrics.jsonl`` is cut back to it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run.tb))
+    return SummaryWriter(str(run.tb), purge_step=step if step > 0 else None)
 
 
 # -- scoring ---------------------------------------------------------------------------------
