@@ -253,6 +253,17 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_pa
     assert not RunDir(cfg.out).result.exists()
 
 
+def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(store, tmp_path, monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-c++")))
+    cfg = cfg_for(store, tmp_path / "compiled", compile=True, device="cpu")
+    with pytest.raises(UserError, match=r"--compile: No working C\+\+ compiler .*no-such-c\+\+.*; install a C\+\+ "
+                                        r"compiler .* or train without --compile"):
+        train(cfg)
+    assert not (tmp_path / "compiled").exists()
+
+
 @pytest.fixture
 def bare_store(store, tmp_path):
     """The store without features and label statistics."""

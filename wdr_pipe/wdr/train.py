@@ -107,7 +107,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
     # -- optimizer, schedule, EMA, compile, DDP
     optimizer, scheduler = setup.optimizer(cfg, model, updates_per_epoch)
     ema = setup.ema(cfg, model)
-    fwd = torch.compile(head) if cfg.compile else head
+    fwd = _compiled(head, device) if cfg.compile else head
     if dist.world > 1:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
@@ -260,6 +260,20 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
         run.write_result(result)
     dist.barrier()
     return result
+
+
+def _compiled(module, device: torch.device):
+    """``torch.compile(module)``; on the CPU, a ``UserError`` first if inductor has no C++ compiler to use
+    (it would fail at the first step, deep in a traceback)."""
+    if device.type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as e:  # InvalidCxxCompiler
+            raise UserError(f"--compile: {str(e).splitlines()[0]}; install a C++ compiler (g++ or clang++, "
+                            f"or name one in CXX) or train without --compile") from None
+    return torch.compile(module)
 
 
 def _run_state(run: RunDir, cfg: TrainConfig) -> str:
