@@ -64,3 +64,42 @@ def test_init_cycle_is_named(tmp_path, copy_store):
     cfg.write_text(f'store = "{copy_store}"\n[train.a]\ninit = "b"\n[train.b]\ninit = "a"\n')
     with pytest.raises(UserError, match="init makes a cycle: a -> b -> a"):
         load_config(cfg)
+
+
+
+def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkpoint(copy_store, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import wdr_pipe
+    from wdr_pipe.wdr.checkpoint import RunDir, load_checkpoint
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'store = "{copy_store}"\nruns = "runs"\nscheduler = "inline"\n\n[stats]\nepochs = 50\n\n'
+                   '[train.tune]\npretrained = true\nepochs = 2\nbatch_size = 8\nimage_size = 64\nworkers = 0\n'
+                   'checkpoint_every = 2\nthresholds = "none"\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "wdr_pipe.cli", "run", str(cfg), "--json"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    last = RunDir(tmp_path / "runs" / "tune").last
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-training: stats done, the run's first checkpoint written
+    _, err = proc.communicate()
+    assert last.exists(), err.decode()[-2000:]
+    at = load_checkpoint(last)["step"]
+    assert 0 < at < 12 and not RunDir(tmp_path / "runs" / "tune").result.exists(), at  # 6 steps an epoch
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    steps = {s["step"]: s for s in json.loads(again.stdout)}
+    assert {name: s["status"] for name, s in steps.items()} == {"stats": "reused", "train.tune": "ran"}
+    tune = steps["train.tune"]["result"]
+    assert (tune["reused"], tune["ran"]) == (at, 12 - at)  # continued from its checkpoint, no step twice
+    assert tune["counts"] == {"steps": 12, "samples": 96, "skipped": 0}
