@@ -85,6 +85,15 @@ def split_info(store: Store, split: str) -> dict:
     }
 
 
+def _derived_info(key: str, config_path: Path, root: Path) -> dict:
+    """One feature or embedding key: its config, committed shards per split and size."""
+    doc = read_json(config_path)
+    shards = {s.name: len([p for p in s.iterdir() if SHARD_RE.match(p.name) and commit_path(p).exists()])
+              for s in sorted(root.iterdir()) if s.is_dir()}
+    return {"key": key, "config": doc.get("config", {}), "summary": config_summary(doc), "shards": shards,
+            "bytes": _du(root)}
+
+
 def store_info(store: StoreLike) -> dict:
     """Splits, row counts, failures by status, feature configs, stats and sizes, as a JSON-ready dict.
 
@@ -97,20 +106,10 @@ def store_info(store: StoreLike) -> dict:
                   "splits": {}, "features": [], "embeddings": [], "stats": {}, "bytes": _du(store.root)}
     for split in sorted(set(store.splits()) | set(store.image_splits())):
         info["splits"][split] = split_info(store, split)
-    for key in store.feature_keys():
-        doc = read_json(store.feature_config_path(key))
-        root = store.features_root(key)
-        shards = {s.name: len([p for p in s.iterdir() if SHARD_RE.match(p.name) and commit_path(p).exists()])
-                  for s in sorted(root.iterdir()) if s.is_dir()}
-        info["features"].append({"key": key, "config": doc.get("config", {}), "summary": config_summary(doc),
-                                 "shards": shards, "bytes": _du(root)})
-    for key in store.embedding_keys():  # wdr-pipe embed: the same shape as a feature key
-        doc = read_json(store.embedding_config_path(key))
-        root = store.embeddings_root(key)
-        shards = {s.name: len([p for p in s.iterdir() if SHARD_RE.match(p.name) and commit_path(p).exists()])
-                  for s in sorted(root.iterdir()) if s.is_dir()}
-        info["embeddings"].append({"key": key, "config": doc.get("config", {}), "summary": config_summary(doc),
-                                   "shards": shards, "bytes": _du(root)})
+    info["features"] = [_derived_info(key, store.feature_config_path(key), store.features_root(key))
+                        for key in store.feature_keys()]
+    info["embeddings"] = [_derived_info(key, store.embedding_config_path(key), store.embeddings_root(key))
+                          for key in store.embedding_keys()]
     for split in store.stats_splits():
         d = store.stats_dir(split)
         cfg = store.stats_config_path(split)

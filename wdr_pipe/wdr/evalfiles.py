@@ -33,7 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cache.atomic import write_parquet_atomic, write_text_atomic
+from ..cache.atomic import write_parquet_atomic
+from . import checkpoint
 
 META_KEY = b"wdr_pipe"
 
@@ -126,7 +127,7 @@ def per_label_csv(rows: List[Dict[str, Any]]) -> str:
 
 def write_json(path: Path, doc: Dict[str, Any]) -> None:
     """Atomically, with NaN (an undefined metric) written as null: strict JSON."""
-    write_text_atomic(Path(path), json.dumps(_no_nan(doc), indent=2, sort_keys=True, default=_plain) + "\n")
+    checkpoint.write_json(path, _no_nan(doc))
 
 
 def _no_nan(v):
@@ -137,14 +138,6 @@ def _no_nan(v):
     if isinstance(v, (float, np.floating)) and not np.isfinite(v):
         return None
     return v
-
-
-def _plain(v):
-    if isinstance(v, (np.integer, np.floating)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
 
 
 __all__ = ["META_KEY", "PER_LABEL_COLUMNS", "Scored", "per_label_csv", "predictions_table", "read_meta",
