@@ -41,8 +41,11 @@ b.build(__import__("pathlib").Path({out!r}), {n})
 
 
 def worktree(rev: str) -> Path:
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+                           capture_output=True, text=True)
+    if found.returncode:
+        raise SystemExit(f"compare_commits.py: {rev!r} is not a commit of {REPO}; pass a hash, tag or branch")
+    sha = found.stdout.strip()
     path = REPO / "bench-out" / "compare" / sha
     if not path.exists():
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), sha], check=True,
@@ -79,6 +82,9 @@ def main() -> None:
     ap.add_argument("--loader-images", type=int, default=3000)
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "compare")
     args = ap.parse_args()
+    for name in ("rounds", "fetch_images", "loader_images"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
     sides = {"old": worktree(args.old), "new": worktree(args.new) if args.new else REPO}
     # each side's loader build once, before the rounds: a side whose build does not accept the
     # other's store (an older hand-written one) rebuilds it here, so every round reads one store

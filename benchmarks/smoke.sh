@@ -3,7 +3,7 @@
 # usage: bash benchmarks/smoke.sh [OUT]      (default: a fresh temporary folder, removed afterwards)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=${PYTHON:-python}
+py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}  # this checkout's venv when there is one
 out=${1:-$(mktemp -d)}
 keep=${1:+yes}
 mkdir -p "$out"
