@@ -96,11 +96,15 @@ def _bins_and_magnitudes(images: np.ndarray, orientations: int):
         key = cv2.addWeighted(g_row.reshape(bsz * h, w), 511.0, g_col.reshape(bsz * h, w), 1.0,
                               255 * 511 + 255, dtype=cv2.CV_32S)
         bins = np.take(_uint8_bin_table(orientations), key).reshape(bsz, h, w)
-        # sqrt of the exact integer sum of squares, correctly rounded: the same bits on any machine and
-        # thread count (cv2.magnitude's last bit depends on how its threads split the rows)
-        sq = np.square(g_col, dtype=np.int32)
-        sq += np.square(g_row, dtype=np.int32)
-        return bins, np.sqrt(sq, dtype=np.float32)
+        # sqrt of the sum of squares, both exact in float32 (at most 2 * 255**2 < 2**24), correctly rounded:
+        # the same bits on any machine and thread count (cv2.magnitude's last bit depends on how its
+        # threads split the rows)
+        mag = g_col.astype(np.float32)
+        np.multiply(mag, mag, out=mag)
+        row = g_row.astype(np.float32)
+        np.multiply(row, row, out=row)
+        mag += row
+        return bins, np.sqrt(mag, out=mag)
     g_row, g_col = _gradients(images)
     return _orientation_bins(g_row, g_col, orientations), np.hypot(g_row, g_col, dtype=np.float64)
 
