@@ -134,11 +134,11 @@ def cell_histograms(images: np.ndarray, orientations: int, cell: int) -> np.ndar
 
 
 def _row_sums(a: np.ndarray) -> np.ndarray:
-    """The sum of each row of a C-contiguous (N, k) array by numpy's own reduction along the row: the
-    same bits whatever the batch, the memory alignment or the thread count (einsum and matmul, faster,
-    are not: their SIMD and BLAS kernels split the work by address and thread, and one ulp of
-    difference in a feature changes a training run)."""
-    return np.add.reduce(a, axis=1)
+    """The sum of each row of a (N, k) array, added column by column in order: the same bits whatever
+    the batch, the memory alignment or the thread count (einsum and matmul are not: their SIMD and BLAS
+    kernels split the work by address and thread, and one ulp of difference in a feature changes a
+    training run)."""
+    return np.add.reduce(np.ascontiguousarray(a.T), axis=0)
 
 
 def normalize_blocks(hist: np.ndarray, block: int, method: str = "L2-Hys") -> np.ndarray:
