@@ -1,6 +1,6 @@
 """The one progress hook of the library.
 
-Stages never print. They call ``report(Progress(...))`` with running totals;
+Stages never print. They call ``emit(hook, Progress(...))`` with running totals;
 the CLI renders that as a progress bar, tests can record it, and ``None``
 means "nobody is listening".
 """
@@ -29,7 +29,7 @@ class Progress:
 Hook = Optional[Callable[[Progress], None]]
 
 
-def report(hook: Hook, progress: Progress) -> None:
+def emit(hook: Hook, progress: Progress) -> None:
     """Send ``progress`` to ``hook`` if there is one; a broken hook never kills a stage."""
     if hook is None:
         return

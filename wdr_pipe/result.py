@@ -2,7 +2,8 @@
 
 A stage (fetch, features, stats, train, embed, evaluate, ...) returns what it
 did as counts by status, how many units it ran and reused, its time and where
-its output went. The CLI prints ``result.line()``, ``--json`` prints
+its output went, and the lines a person reads (``summary``). The CLI prints
+``result.lines()``, ``--json`` prints
 ``result.to_dict()``, and the store layer writes the same dict beside the
 stage's output (``cache.write_result``), which is what ``run``, the demo and
 the report read back with :meth:`StageResult.from_dict`.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 
 @dataclass
@@ -25,6 +26,7 @@ class StageResult:
     counts: Dict[str, int] = field(default_factory=dict)      # whole output, by status: ok, failed, ...
     splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per split: counts and stage details
     details: Dict[str, Any] = field(default_factory=dict)     # stage-specific figures (metrics, sizes)
+    summary: List[str] = field(default_factory=list)          # lines for a person, printed before ``line()``
 
     @property
     def ok(self) -> int:
@@ -34,15 +36,15 @@ class StageResult:
     def failed(self) -> int:
         return int(self.counts.get("failed", 0))
 
-    @property
-    def did_work(self) -> bool:
-        return self.ran > 0
-
     def line(self) -> str:
         """One line for a terminal: ``fetch 3f2a..: 96 ok, 3 failed; ran 2, reused 1 in 4.1 s -> PATH``."""
         counts = ", ".join(f"{v} {k}" for k, v in self.counts.items()) or "nothing"
         return (f"{self.stage} {self.key}: {counts}; ran {self.ran}, reused {self.reused} "
                 f"in {self.seconds:.1f} s -> {self.output}")
+
+    def lines(self) -> List[str]:
+        """What the CLI prints: the stage's own summary lines, then ``line()``."""
+        return [*self.summary, self.line()]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

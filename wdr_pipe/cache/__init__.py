@@ -6,6 +6,7 @@ tables look (``schema.py``). Readers: ``labels.py``, ``features.py``,
 """
 from .features import feature_config, fixed_matrix, load_features, load_split
 from .info import store_info
+from .jsonfile import read_json, write_json
 from .keys import config_dict, config_key, write_config
 from .label_stats import cooccurrence_matrix, label_counts, label_embeddings, label_weights, sample_weights
 from .labels import label_columns, label_space, load_labels, multi_hot, multi_hot_positions
@@ -20,6 +21,6 @@ __all__ = [
     "cooccurrence_matrix", "failures_by_status", "failures_path", "fetch_settings", "has_labels", "image_rows",
     "index_ids", "label_map", "feature_config", "fixed_matrix", "label_columns", "label_counts",
     "label_embeddings", "label_space", "label_weights", "load_features", "load_labels", "load_split", "multi_hot",
-    "multi_hot_positions", "open_store", "read_columns", "read_commit", "read_result", "sample_weights",
-    "shard_identity", "shard_name", "store_info", "write_config", "write_result",
+    "multi_hot_positions", "open_store", "read_columns", "read_commit", "read_json", "read_result", "sample_weights",
+    "shard_identity", "shard_name", "store_info", "write_config", "write_json", "write_result",
 ]

@@ -124,8 +124,8 @@ def progress_bar(desc: str, unit: str = "img") -> Iterator[ProgressBar]:
 
 
 def echo_result(result: StageResult, as_json: bool = False) -> None:
-    """Print a stage's result: its one line, or the whole result as JSON."""
-    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.line())
+    """Print a stage's result: its summary lines and its one line, or the whole result as JSON."""
+    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else "\n".join(result.lines()))
 
 
 # -- shared options ---------------------------------------------------------------

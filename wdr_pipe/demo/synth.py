@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..progress import Hook, Progress, report
+from ..progress import Hook, Progress, emit
 
 # (labelId, taskId, labelName, taskName): the synthetic label map.
 CATEGORIES = ["T-shirt", "Dress", "Trousers", "Skirt", "Jacket", "Tank top"]
@@ -224,12 +224,12 @@ def make_dataset(out: Path, splits: Dict[str, int], seed: int = 0,
             for rec in pool.imap(_draw_one, jobs, chunksize=8):
                 records.append(rec)
                 if len(records) % 10 == 0 or len(records) == len(jobs):
-                    report(progress, Progress("draw", done=len(records), total=len(jobs), ok=len(records)))
+                    emit(progress, Progress("draw", done=len(records), total=len(jobs), ok=len(records)))
     else:
         for job in jobs:
             records.append(_draw_one(job))
             if len(records) % 10 == 0 or len(records) == len(jobs):
-                report(progress, Progress("draw", done=len(records), total=len(jobs), ok=len(records)))
+                emit(progress, Progress("draw", done=len(records), total=len(jobs), ok=len(records)))
     with open(out / "label_map.csv", "w", newline="", encoding="utf-8") as f:
         wr = csv.writer(f)
         wr.writerow(["labelId", "taskId", "labelName", "taskName"])

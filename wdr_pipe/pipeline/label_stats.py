@@ -31,7 +31,7 @@ from ..cache.atomic import publish, remove_stale_tmp, stage_parquet
 from ..cache.keys import config_text, read_json
 from ..cache.schema import COOCCURRENCE, LABEL_COUNTS, LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema
 from ..errors import UserError
-from ..progress import Hook, Progress, report
+from ..progress import Hook, Progress, emit
 from ..result import StageResult
 from .checks import STATS_BOUNDS, check_all
 from .glove import fit_glove
@@ -201,10 +201,10 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     space = label_space(store)
     key = config_key(cfg)
     summary: Dict[str, dict] = {}
-    report(progress, Progress("stats", total=len(splits)))
+    emit(progress, Progress("stats", total=len(splits)))
     for i, split in enumerate(splits):
         summary[split] = _one_split(store, split, cfg, key, space, rebuild)
-        report(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
+        emit(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
     counts = collections.Counter(s["status"] for s in summary.values())
     result = StageResult("stats", key, str(store.stats_root), time.monotonic() - start, ran=counts["computed"],
                          reused=counts["cached"], counts=dict(sorted(counts.items())), splits=summary)

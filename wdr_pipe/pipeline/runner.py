@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import UserError
-from ..progress import Hook, Progress, report
+from ..progress import Hook, Progress, emit
 
 log = logging.getLogger("wdr_pipe")
 
@@ -114,7 +114,7 @@ class _Totals:
                 p.ok += c.get("ok", 0)
                 p.failed += c.get("failed", 0)
                 p.nbytes += c.get("nbytes", 0)
-        report(self.hook, p)
+        emit(self.hook, p)
 
 
 def _throttled(send: Callable[[Counters], None], every: float = 0.5) -> Callable[[Counters], None]:
@@ -186,7 +186,7 @@ def run_tasks(fn: TaskFn, tasks: Sequence[Any], *, stage: str, total: Optional[i
     totals = _Totals(stage, total, progress)
     fail = _Failure(stage, describe or (lambda t: f"task {tasks.index(t)}"), log_path)
     if not tasks:
-        report(progress, Progress(stage, total=total))
+        emit(progress, Progress(stage, total=total))
         return []
     if scheduler == "inline":
         out = []

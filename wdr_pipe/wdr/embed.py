@@ -50,7 +50,7 @@ from ..cache.schema import image_embeddings_schema
 from ..checks import check_all
 from ..errors import UserError
 from ..imaging import opencv_threads
-from ..progress import Hook, Progress, report
+from ..progress import Hook, Progress, emit
 from ..result import StageResult
 from .backbone import OFFLINE_MODEL, check_name, create_backbone, file_sha256, weights_digest
 from .checks import EMBED_BATCH, EMBED_BOUNDS, check_device
@@ -308,7 +308,7 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
             counts["done"] += n
             counts["failed"] += failed
             rate = counts["done"] / max(1e-9, time.monotonic() - start)
-            report(progress, Progress("embed", done=counts["done"], total=todo, ok=counts["done"] - counts["failed"],
+            emit(progress, Progress("embed", done=counts["done"], total=todo, ok=counts["done"] - counts["failed"],
                                       failed=counts["failed"], message=f"{rate:.0f} img/s"))
 
         for t in tasks:

@@ -31,7 +31,7 @@ import torch
 
 from ..cache import Store
 from ..errors import UserError
-from ..progress import Hook, Progress, report
+from ..progress import Hook, Progress, emit
 from .checkpoint import eval_weights, load_checkpoint, state_digest
 from .checks import check_device
 from .evalfiles import Scored, read_meta, read_predictions
@@ -185,7 +185,7 @@ class ModelScorer:
             if columns is not None:
                 labels.append(batch["labels"].cpu().numpy()[:, columns].astype(np.uint8))
             ids += batch["image_id"]
-            report(progress, Progress(stage="score", done=len(ids), total=total, ok=len(ids),
+            emit(progress, Progress(stage="score", done=len(ids), total=total, ok=len(ids),
                                       message=f"{len(ids) / max(1e-9, time.perf_counter() - t0):.0f} img/s"))
         seconds = time.perf_counter() - t0
         width = len(self.label_ids)

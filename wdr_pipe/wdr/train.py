@@ -32,7 +32,7 @@ import torch
 
 from ..cache import open_store
 from ..errors import UserError
-from ..progress import Hook, Progress, report
+from ..progress import Hook, Progress, emit
 from ..result import StageResult
 from . import trainsetup as setup
 from .checkpoint import RunDir, eval_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state, \
@@ -221,7 +221,7 @@ def _train(cfg: TrainConfig, dist: "setup.Dist", progress: Hook) -> StageResult:
                 meter["n"] += 1
                 loss_sum = torch.zeros((), device=device)
                 now = time.time()
-                report(progress, Progress(stage="train", done=step, total=steps,
+                emit(progress, Progress(stage="train", done=step, total=steps,
                                           message=f"loss {value:.3f}, {n_images / max(1e-9, now - t_step):.0f} img/s"))
                 t_step = now
                 end_of_epoch = i + 1 == batches
