@@ -12,7 +12,6 @@ which loopback port is free. Edit ``out/demo.toml`` and run ``wdr-pipe run`` on 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -21,6 +20,7 @@ from ..checks import Bound, bounds, check_settings, setting
 from ..pipeline.configs import FetchConfig
 from ..progress import Hook, log
 from ..wdr.checks import IMAGE_SIZE
+from ..workflow.schema import toml_value
 
 # broken entries added to train.json: (fault kind served by serve.py, expected status)
 FAULTS = [("404", "not_found"), ("truncated", "decode_error"), ("html", "not_image")]
@@ -81,10 +81,6 @@ class DemoSettings:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
-def _toml_value(v) -> str:
-    return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else repr(v)
-
-
 @dataclass
 class DemoResult:
     store: Path
@@ -132,10 +128,11 @@ def _fault_entries(base_url: str, sample_path: str) -> Dict[str, list]:
 
 
 def _write_indexes(data: Path, records, base_url: str) -> Dict[str, Path]:
+    from ..cache import write_json
     from . import synth
 
     paths = synth.write_fgvc5_json(data, records, base_url, extra={"train": _fault_entries(base_url, records[0].path)})
-    (data / "indexes.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}), encoding="utf-8")
+    write_json(data / "indexes.json", {k: str(v) for k, v in paths.items()})
     return paths
 
 
@@ -145,7 +142,7 @@ def demo_config(settings: DemoSettings = DemoSettings()) -> str:
     for name, row, flags in ROWS:
         flags = {**COMMON, "image_size": settings.image_size, "workers": LOADER_WORKERS, **flags}
         flags["epochs"] = settings.epochs * flags.pop("epochs_factor", 1)
-        runs += f"\n# {row}\n[train.{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in flags.items())
+        runs += f"\n# {row}\n[train.{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in flags.items())
     return (f'# The demo: generated garment photos, the WDR paper\'s ablation with ImageNet transfer learning.\n'
             f'# Edit and run: wdr-pipe run demo.toml\nstore = "store"\nruns = "runs"\n\n'
             f'[fetch]\nindexes = ["data/train.json", "data/validation.json", "data/test.json"]\n'

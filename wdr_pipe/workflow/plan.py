@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
-from ..cache import result_path
 from ..checks import default_of
 from ..errors import UserError
 from ..progress import Hook
@@ -240,6 +239,8 @@ def outcome_lines(outcomes: Sequence[Outcome]) -> List[str]:
 
 def run_folders(cfg: WorkflowConfig) -> List[str]:
     """The run and ensemble folders of ``cfg`` that exist, in plan order (for ``compare``)."""
+    from ..cache import result_path
+
     return [str(cfg.runs / n) for n in [*cfg.run_order(), *cfg.ensemble] if result_path(cfg.runs / n).exists()]
 
 

@@ -153,29 +153,33 @@ def _unchanged(target: Path, table: pa.Table, src: Path, differs: str) -> bool:
     raise UserError(f"{src}: {differs}")
 
 
+def _first_label(table: pa.Table, bad) -> Optional[Tuple[str, int]]:
+    """``(image id, label)`` of the first label of ``table`` for which ``bad(labels)`` (a mask over
+    every label of every row) is true; ``None`` when there is none."""
+    labels = table["labels"].combine_chunks()
+    flat = pc.list_flatten(labels)
+    mask = bad(flat)
+    if not len(flat) or not pc.any(mask).as_py():
+        return None
+    k = pc.index(mask, True).as_py()
+    return table["image_id"][pc.list_parent_indices(labels)[k].as_py()].as_py(), flat[k].as_py()
+
+
 def _check_labels_known(found: Found, map_path: Path, label_map: pa.Table) -> None:
     """Every label id of every index must be in the label map (later stages rely on it)."""
     known = label_map["labelId"].combine_chunks()
     for src, table in found.values():
-        labels = table["labels"].combine_chunks()
-        unknown = pc.invert(pc.is_in(pc.list_flatten(labels), value_set=known))
-        if pc.any(unknown).as_py():
-            k = pc.index(unknown, True).as_py()
-            row = pc.list_parent_indices(labels)[k].as_py()
-            raise UserError(f"{src}: image {table['image_id'][row].as_py()!r}: label "
-                            f"{pc.list_flatten(labels)[k].as_py()} is not in the label map {map_path}; "
+        first = _first_label(table, lambda flat: pc.invert(pc.is_in(flat, value_set=known)))
+        if first:
+            raise UserError(f"{src}: image {first[0]!r}: label {first[1]} is not in the label map {map_path}; "
                             "add it to the label map or fix the index")
 
 
 def _check_label_bound(found: Found) -> None:
     """Without a label map, label ids must be at most ``MAX_LABEL_ID`` (the label space is 1 .. max id)."""
     for src, table in found.values():
-        labels = table["labels"].combine_chunks()
-        flat = pc.list_flatten(labels)
-        over = pc.greater(flat, MAX_LABEL_ID)
-        if len(flat) and pc.any(over).as_py():
-            k = pc.index(over, True).as_py()
-            row = pc.list_parent_indices(labels)[k].as_py()
-            raise UserError(f"{src}: image {table['image_id'][row].as_py()!r}: label {flat[k].as_py()} is over "
-                            f"{MAX_LABEL_ID:,}, the largest label id accepted without a label map; pass "
-                            "--label-map FILE with one row per label (labelId,taskId,labelName,taskName)")
+        first = _first_label(table, lambda flat: pc.greater(flat, MAX_LABEL_ID))
+        if first:
+            raise UserError(f"{src}: image {first[0]!r}: label {first[1]} is over {MAX_LABEL_ID:,}, the largest "
+                            "label id accepted without a label map; pass --label-map FILE with one row per label "
+                            "(labelId,taskId,labelName,taskName)")
