@@ -61,11 +61,12 @@ run = "wdr"
 class DemoSettings:
     """``wdr-pipe demo``: the generated data set's sizes and the runs' image size and length."""
 
-    train: int = setting(480, bound=Bound("--train", COMMON["batch_size"], 1_000_000, unit="images"),
-                         help="Generated training images (at least one batch of the demo's runs).")
-    validation: int = setting(120, bound=Bound("--validation", 4, 1_000_000, unit="images"),
-                              help="Generated validation images.")
-    test: int = setting(60, bound=Bound("--test", 1, 1_000_000, unit="images"), help="Generated test images.")
+    n_train: int = setting(480, bound=Bound("--train", COMMON["batch_size"], 1_000_000, unit="images"),
+                           option="--train", help="Generated training images (at least one batch of the demo's runs).")
+    n_validation: int = setting(120, bound=Bound("--validation", 4, 1_000_000, unit="images"),
+                                option="--validation", help="Generated validation images.")
+    n_test: int = setting(60, bound=Bound("--test", 1, 1_000_000, unit="images"), option="--test",
+                          help="Generated test images.")
     size: int = setting(160, bound=Bound("--size", 32, bounds(FetchConfig)["size"].hi, unit="px"),
                         help="Stored image size (shorter side).")
     image_size: int = setting(128, bound=Bound("--image-size", 32, IMAGE_SIZE.hi, unit="px"),
@@ -78,7 +79,7 @@ class DemoSettings:
         check_settings("demo", self)
 
     def splits(self) -> Dict[str, int]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}
+        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}
 
 
 @dataclass

@@ -23,16 +23,20 @@ from .runner import Cluster
 SPLITS_HELP = "Split to process (repeatable) [default: every split with images]."
 
 
-def holdout_problem(value: Optional[str]) -> Optional[str]:
-    """Why ``value`` is not ``NAME=FRACTION`` with 0 < FRACTION < 1; ``None`` when it is (or is ``None``)."""
-    if value is None:
-        return None
+def parse_holdout(value: Optional[str]) -> Optional[Tuple[str, float]]:
+    """``"NAME=FRACTION"`` -> ``(NAME, FRACTION)`` when 0 < FRACTION < 1; ``None`` otherwise."""
     name, _, fraction = str(value).partition("=")
     try:
-        ok = bool(name) and 0 < float(fraction) < 1
+        return (name, float(fraction)) if name and 0 < float(fraction) < 1 else None
     except ValueError:
-        ok = False
-    return None if ok else "give NAME=FRACTION with 0 < FRACTION < 1, e.g. validation=0.33"
+        return None
+
+
+def holdout_problem(value: Optional[str]) -> Optional[str]:
+    """Why ``value`` is not ``NAME=FRACTION`` with 0 < FRACTION < 1; ``None`` when it is (or is ``None``)."""
+    if value is None or parse_holdout(value):
+        return None
+    return "give NAME=FRACTION with 0 < FRACTION < 1, e.g. validation=0.33"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +87,9 @@ class FetchSettings:
         """Fetch the indexes into ``store``; see ``fetch.stage.fetch``."""
         from .fetch.stage import fetch
 
-        name, _, fraction = (self.holdout or "").partition("=")
         return fetch(store, self.indexes, *self.configs(), split=self.split, label_map=self.label_map,
                      limit=self.limit, retry_failed=self.retry_failed, workers=cluster.workers,
-                     scheduler=cluster.scheduler, progress=progress,
-                     holdout=(name, float(fraction)) if self.holdout else None)
+                     scheduler=cluster.scheduler, progress=progress, holdout=parse_holdout(self.holdout))
 
     def verdict(self, result: StageResult) -> None:
         """``TooManyFailed`` when more than ``max_failed`` of the attempted rows of ``result`` failed."""
@@ -149,4 +151,4 @@ class StatsSettings:
         return compute_stats(store, self.splits or None, self.config(), progress=progress, rebuild=rebuild)
 
 
-__all__ = ["FeatureSettings", "FetchSettings", "StatsSettings", "holdout_problem"]
+__all__ = ["FeatureSettings", "FetchSettings", "StatsSettings", "holdout_problem", "parse_holdout"]
