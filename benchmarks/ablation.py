@@ -1,6 +1,6 @@
 """The WDR ablation table on generated data: which parts of Wide, Deep and Recurrent earn their place.
 
-A store is written by the real stages (``wdr_pipe.demo.store.build_store``:
+A store is written by the real stages (``benchmarks/stores.py``'s ``build_store``:
 fetch over file:// URLs at a --stored px shorter side, HOG + colour features
 at 64 px, label statistics) from generated garment photos (``wdr_pipe.demo.synth``,
 24 labels in 6 groups), under --out and kept between runs. Every row is one
@@ -65,7 +65,7 @@ ROWS = [
 
 def build(out: Path, n_train: int, n_val: int, stored: int, seed: int) -> Path:
     from wdr_pipe.demo import synth
-    from wdr_pipe.demo.store import build_store
+    from stores import build_store
 
     store = out / "store"
     if (store / "stats").is_dir():

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 # -- training ------------------------------------------------------------------------------------------
 def build(out: Path, n_train: int, n_val: int) -> Path:
     from wdr_pipe.demo import synth
-    from wdr_pipe.demo.store import build_store
+    from stores import build_store
 
     store = out / "store"
     if (store / "stats" / "train" / "config.json").exists():
@@ -136,7 +136,7 @@ def fake_embeddings(root: Path, n: int, dim: int = 1280, shard: int = 10_000) ->
     import numpy as np
     import pyarrow as pa
 
-    from wdr_pipe.cache import Store, commit_path, shard_identity, shard_name, write_config
+    from wdr_pipe.cache import Store, commit_path, shard_identity, write_config
     from wdr_pipe.cache.atomic import write_parquet_atomic, write_text_atomic
     from wdr_pipe.cache.schema import IMAGES, image_embeddings_schema
     from wdr_pipe.wdr.embed import WRITE_OPTIONS, EmbedConfig
@@ -144,7 +144,7 @@ def fake_embeddings(root: Path, n: int, dim: int = 1280, shard: int = 10_000) ->
 
     store = Store(root, create=True)
     cfg = EmbedConfig.of("tf_efficientnet_lite0", "bench", DataConfig(), "float16")
-    if store.embedding_config_path(cfg.key).exists():
+    if store.embeddings.config_path(cfg.key).exists():
         return cfg.key
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((200, dim)).astype(np.float32)
@@ -155,16 +155,16 @@ def fake_embeddings(root: Path, n: int, dim: int = 1280, shard: int = 10_000) ->
         images = pa.table({"image_id": ids, "jpeg": [b"\xff\xd8"] * m, "width": [1] * m, "height": [1] * m,
                            "src_width": [1] * m, "src_height": [1] * m, "url": [f"http://x/{i}.jpg" for i in ids],
                            "sha256": [""] * m, "labels": [[1]] * m}, schema=IMAGES)
-        path = store.images_dir("train") / f"{shard_name(s)}.parquet"
+        path = store.image_shard_path("train", s)
         write_parquet_atomic(images, path)
         write_text_atomic(commit_path(path), json.dumps({"shard": s, "ok": m}))
         x = centres[rng.integers(0, len(centres), m)] + 0.5 * rng.standard_normal((m, dim)).astype(np.float32)
         col = pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), dim)
-        out = store.embeddings_dir(cfg.key, "train") / path.name
+        out = store.embeddings.dir(cfg.key, "train") / path.name
         write_parquet_atomic(pa.Table.from_arrays([pa.array(ids), col, pa.nulls(m, pa.string())], schema=schema), out,
                              **WRITE_OPTIONS)  # as the embed stage writes them
         write_text_atomic(commit_path(out), json.dumps({"rows": m, "errors": 0, "source": shard_identity(path)}))
-    write_config(store.embedding_config_path(cfg.key), cfg, dim=dim)
+    write_config(store.embeddings.config_path(cfg.key), cfg, dim=dim)
     return cfg.key
 
 

@@ -40,11 +40,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stores import generated_store
 from wdr_pipe.cache import Store
-from wdr_pipe.demo.store import generated_store
-from wdr_pipe.pipeline import features as F
-from wdr_pipe.pipeline.color import background_mask, color_hist_batch
-from wdr_pipe.pipeline.hog import hog_batch
+from wdr_pipe.pipeline.features import stage as F
+from wdr_pipe.pipeline.configs import FeatureConfig
+from wdr_pipe.pipeline.features.color import color_hist_batch
+from wdr_pipe.pipeline.features.hog import hog_batch
 from wdr_pipe.pipeline.runner import run_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,13 @@ def make_store(root: Path, n: int, shard_size: int) -> Store:
 # -- the plain competitor ----------------------------------------------------------
 
 
-def plain_features(rgb: np.ndarray, cfg: F.FeatureConfig):
+def background_mask(hsv: np.ndarray, max_s: float, min_v: float) -> np.ndarray:
+    """True where an 8-bit HSV pixel is near-white background (S/255 < max_s and V/255 > min_v)."""
+    v = np.arange(256) / 255.0
+    return (v < max_s)[hsv[..., 1]] & (v > min_v)[hsv[..., 2]]
+
+
+def plain_features(rgb: np.ndarray, cfg: FeatureConfig):
     """skimage.feature.hog and np.histogramdd, one image at a time."""
     from skimage.feature import hog
 
@@ -89,7 +96,7 @@ def pil_decode_resize(data: bytes, size: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size)))
 
 
-def plain_task(task: F.ShardTask, on_progress, decode=F.decode_resize) -> dict:
+def plain_task(task: F.FeatureShard, on_progress, decode=F.decode_resize) -> dict:
     """The same shard in, the same Parquet out, with the plain per-image loop."""
     cfg, schema = task.cfg, task.cfg.schema()
     cv2.setNumThreads(1)
@@ -116,7 +123,7 @@ def plain_task(task: F.ShardTask, on_progress, decode=F.decode_resize) -> dict:
 # -- measurements ----------------------------------------------------------------------
 
 
-def per_image_costs(store: Store, cfg: F.FeatureConfig, n: int = 256) -> dict:
+def per_image_costs(store: Store, cfg: FeatureConfig, n: int = 256) -> dict:
     """Milliseconds per image of each step, one process, on the first n images (best of 3)."""
     from skimage.feature import hog
 
@@ -144,7 +151,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats: int, cpu) -> dict:
+def race(store: Store, cfg: FeatureConfig, out: Path, scheduler: str, repeats: int, cpu) -> dict:
     """Ours and plain over all shards, alternately ``repeats`` times.
 
     Best wall-clock seconds of each, and the CPU seconds (``cpu()``: the running
@@ -152,7 +159,7 @@ def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats:
     CPU per image is the steadier figure.
     """
     plain_dir = out / "plain"
-    tasks = [F.ShardTask(SPLIT, str(p), str(plain_dir / p.name), {}, cfg) for p in store.image_shards(SPLIT)]
+    tasks = [F.FeatureShard(SPLIT, str(p), str(plain_dir / p.name), {}, cfg) for p in store.image_shards(SPLIT)]
 
     def ours():
         shutil.rmtree(store.root / "features", ignore_errors=True)
@@ -167,7 +174,7 @@ def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats:
         pil_dir = out / "plain-pil"
         shutil.rmtree(pil_dir, ignore_errors=True)
         pil_dir.mkdir(parents=True)
-        pil_tasks = [F.ShardTask(SPLIT, t.image_shard, str(pil_dir / Path(t.out).name), {}, cfg) for t in tasks]
+        pil_tasks = [F.FeatureShard(SPLIT, t.image_shard, str(pil_dir / Path(t.out).name), {}, cfg) for t in tasks]
         run_tasks(functools.partial(plain_task, decode=pil_decode_resize), pil_tasks, stage="plain-pil",
                   scheduler=scheduler)
 
@@ -181,7 +188,7 @@ def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats:
     # the same numbers?
     diff = {}
     for col in ("hog", "color_hist"):
-        a = np.array(pq.read_table(store.features_dir(cfg.key, SPLIT) / Path(tasks[0].out).name).column(col).to_pylist())
+        a = np.array(pq.read_table(store.features.dir(cfg.key, SPLIT) / Path(tasks[0].out).name).column(col).to_pylist())
         b = np.array(pq.read_table(tasks[0].out).column(col).to_pylist())
         diff[col] = float(np.abs(a - b).max())
     return {"ours_s": best["ours"][0], "plain_s": best["plain"][0], "ours_cpu_s": best["ours"][1],
@@ -189,18 +196,18 @@ def race(store: Store, cfg: F.FeatureConfig, out: Path, scheduler: str, repeats:
             "plain_pil_cpu_s": best["plain_pil"][1], "runs": runs, "max_abs_diff": diff}
 
 
-def warm_cluster_race(store: Store, cfg: F.FeatureConfig, out: Path, workers: int, repeats: int) -> dict:
+def warm_cluster_race(store: Store, cfg: FeatureConfig, out: Path, workers: int, repeats: int) -> dict:
     """``race`` on one LocalCluster of ``workers`` processes started beforehand (start-up not counted)."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("wdr_pipe.pipeline.features") and __import__("skimage.feature"))
+        client.run(lambda: __import__("wdr_pipe.pipeline.features.stage") and __import__("skimage.feature"))
         return race(store, cfg, out, cluster.scheduler_address, repeats,
                     cpu=lambda: sum(client.run(time.process_time).values()))
 
 
-def cold_runs(store: Store, cfg: F.FeatureConfig, workers: int) -> dict:
+def cold_runs(store: Store, cfg: FeatureConfig, workers: int) -> dict:
     shutil.rmtree(store.root / "features", ignore_errors=True)
     first = _timed(lambda: F.compute_features(store, [SPLIT], cfg, workers=workers))
     second = _timed(lambda: F.compute_features(store, [SPLIT], cfg, workers=workers))
@@ -217,7 +224,7 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     store = make_store(out / f"fetched-{args.n}-{args.shard_size}", args.n, args.shard_size)
-    cfg = F.FeatureConfig()
+    cfg = FeatureConfig()
     n = sum(pq.read_metadata(s).num_rows for s in store.image_shards(SPLIT))
     print(f"{n} images in {len(store.image_shards(SPLIT))} shards, {args.workers} workers", flush=True)
     costs = per_image_costs(store, cfg)

@@ -1,7 +1,7 @@
 """Fetch benchmark: ``wdr-pipe fetch`` against img2dataset, side by side on loopback.
 
 Both download the same N generated 800 x 1000 JPEGs from a loopback server
-running in its own process (``python -m wdr_pipe.demo.serve``), with the
+running in its own process (``wdr-pipe serve``), with the
 same process count, output size (299 px shorter side), Parquet output, JPEG
 quality 95 and rows per shard. Reported per tool: images/s (wall clock of
 the whole command, start-up included) and CPU-seconds per image of the
@@ -67,13 +67,13 @@ def make_images(root: Path, n: int, procs: int = 2) -> list:
 
 
 def start_server(root: Path):
-    proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.demo.serve", str(root), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.cli", "serve", str(root), "--port", "0"],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     line = proc.stdout.readline()
     if not line.startswith("serving "):
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
-    return proc, line.split(" at ")[1].strip()
+    return proc, line.split(" at ")[1].split()[0]
 
 
 def warm_server(base: str, rels: list) -> None:

@@ -54,7 +54,7 @@ STORED = dict(size=299, resize_mode="shorter", quality=95, shard_size=1000)
 def build(out: Path, n: int) -> dict:
     """Store, ImageFolder tree and tar shards of the same n images under ``out`` (reused if complete).
 
-    The store is written by the real fetch (``wdr_pipe.demo.store``: drawn photos, ``file://`` URLs);
+    The store is written by the real fetch (``benchmarks/stores.py``: drawn photos, ``file://`` URLs);
     the tree and the tars are then written from the store's own JPEG bytes, so all three loaders read
     exactly the same bytes. A build of another size, an unfinished one or one of an older version of
     this script (hand-written shards) is removed first.
@@ -64,7 +64,7 @@ def build(out: Path, n: int) -> dict:
     import pyarrow.parquet as pq
 
     from wdr_pipe.cache import Store
-    from wdr_pipe.demo.store import generated_store
+    from stores import generated_store
 
     done = out / f"built-{n}.json"
     paths = {"store": out / "store", "folder": out / "imagefolder", "tars": out / "wds"}

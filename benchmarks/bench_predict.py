@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 def build(out: Path, n_test: int) -> Path:
     from wdr_pipe.demo import synth
-    from wdr_pipe.demo.store import build_store
+    from stores import build_store
 
     store = out / f"store-{n_test}"
     if (store / "images" / "test").is_dir():

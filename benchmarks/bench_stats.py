@@ -28,7 +28,7 @@ import argparse
 import numpy as np
 import pyarrow as pa
 
-from wdr_pipe.pipeline.label_stats import StatsConfig, cooccurrence, multi_hot_csr, split_stats
+from wdr_pipe.pipeline.stats import StatsConfig, cooccurrence, multi_hot_csr, split_stats
 from timing import best  # noqa: E402  (benchmarks/timing.py)
 
 L = 228

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 def build(out: Path, n_train: int) -> Path:
     from wdr_pipe.demo import synth
-    from wdr_pipe.demo.store import build_store
+    from stores import build_store
 
     store = out / "store"
     if (store / "images" / "train").is_dir():

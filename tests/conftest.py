@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from wdr_pipe.demo import synth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # stores.py: stores from the real stages
 
 SPLITS = {"train": 48, "validation": 16, "test": 8}
 # Sides of the generated images: no larger than the tests need. The largest store size they fetch
@@ -57,8 +60,8 @@ def image_store(_image_store_template, tmp_path):
 def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_size: int = 40,
                 features: bool = True, stats: bool = True) -> Path:
     """A store written by the real stages (inline, no cluster): fetch over ``file://``
-    URLs, then features and label statistics (``wdr_pipe.demo.store.build_store``)."""
-    from wdr_pipe.demo.store import build_store as build
+    URLs, then features and label statistics (``benchmarks/stores.py``)."""
+    from stores import build_store as build
 
     return build(root, data_root, records, size=size, shard_size=shard_size, features=features, stats=stats)
 

@@ -39,3 +39,11 @@ def test_docs_cli_md_holds_every_commands_current_help():
     assert BEGIN in text and END in text
     current = text[text.index(BEGIN):text.index(END) + len(END)]
     assert current == render(), "docs/cli.md is out of date: run 'python -m wdr_pipe.cli.helpdoc docs/cli.md'"
+
+
+def test_docs_cli_md_holds_the_exit_codes_of_the_code():
+    from wdr_pipe.cli.helpdoc import EXIT_BEGIN, EXIT_END, render_exit_codes
+
+    text = (DOCS / "docs" / "cli.md").read_text()
+    current = text[text.index(EXIT_BEGIN):text.index(EXIT_END) + len(EXIT_END)]
+    assert current == render_exit_codes(), "docs/cli.md is out of date: run 'python -m wdr_pipe.cli.helpdoc docs/cli.md'"

@@ -16,8 +16,8 @@ def test_demo_end_to_end_then_rerun_reuses_everything(tmp_path):
     assert "train: 24 ok, 3 failed (decode_error 1, not_found 1, not_image 1)" in first.output
     assert "38 ok, 0 failed; ran 3, reused 0" in first.output
     store = Store(tmp_path / "d" / "store")
-    assert store.splits() == ["test", "train", "validation"] and len(store.feature_keys()) == 1
-    assert (store.stats_dir("train") / "sample_weights.parquet").exists()
+    assert store.splits() == ["test", "train", "validation"] and len(store.features.keys()) == 1
+    assert (store.label_stats_dir("train") / "sample_weights.parquet").exists()
     config = tomllib.loads((tmp_path / "d" / "demo.toml").read_text())  # the user can edit and rerun it
     assert set(config["train"]) == {"deep_fixed", "deep_half", "deep_tune", "wdr", "wdr_weighted"}
     rows = [line for line in first.output.splitlines() if line.startswith(("| Deep", "| Ensembled"))]

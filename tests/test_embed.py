@@ -48,7 +48,7 @@ def ids_of(path):
 
 
 def marker_mtimes(store, key):
-    return {p: p.stat().st_mtime_ns for p in Store(store).embeddings_root(key).rglob("*.stats.json")}
+    return {p: p.stat().st_mtime_ns for p in Store(store).embeddings.root(key).rglob("*.stats.json")}
 
 
 # -- the stage -------------------------------------------------------------------------------------------
@@ -58,14 +58,14 @@ def test_shards_are_row_aligned_committed_and_a_rerun_does_nothing(embedded):
     assert result.ran == 4 and result.reused == 0 and result.counts == {"ok": 72, "failed": 0}
     assert result.details["images_per_s"] > 0 and result.details["dtype"] == "float16"
     for split in ("train", "validation", "test"):
-        for image_shard, shard in store.embedding_shards(key, split):
+        for image_shard, shard in store.embeddings.shards(key, split):
             assert ids_of(shard) == ids_of(image_shard)
             field = pq.read_schema(shard).field("embedding")
             assert str(field.type) == "fixed_size_list<element: halffloat>[1280]"
             assert json.loads(commit_path(shard).read_text())["device"] == "cpu"
-    doc = json.loads(store.embedding_config_path(key).read_text())
+    doc = json.loads(store.embeddings.config_path(key).read_text())
     assert doc["config"]["size"] == PX and doc["dim"] == 1280 and doc["source"]["pretrained"] is True
-    assert (store.embeddings_root(key) / "result.json").exists()
+    assert (store.embeddings.root(key) / "result.json").exists()
     (listed,) = store_info(root)["embeddings"]
     assert listed["key"] == key and listed["shards"] == {"test": 1, "train": 2, "validation": 1}
     before = marker_mtimes(root, key)
@@ -93,14 +93,14 @@ def test_a_changed_image_shard_or_a_killed_run_recomputes_exactly_those_shards(e
     store, key = Store(root), embedded[1].key
     marker = commit_path(store.image_shards("train")[0])
     marker.write_text(marker.read_text() + " ")  # as a re-fetch does
-    killed = store.embeddings_dir(key, "validation") / "part-00000.parquet"
+    killed = store.embeddings.dir(key, "validation") / "part-00000.parquet"
     commit_path(killed).unlink()
     (killed.parent / f"{TMP_PREFIX}part-00000.parquet.x").write_bytes(b"half")
     before = marker_mtimes(root, key)
     again = compute_embeddings(root, SPEC, device="cpu")
     assert (again.ran, again.reused, again.details["images_computed"]) == (2, 2, 40 + 16)
     changed = {p for p, t in marker_mtimes(root, key).items() if before.get(p) != t}
-    assert changed == {store.embeddings_dir(key, "train") / "part-00000.stats.json", commit_path(killed)}
+    assert changed == {store.embeddings.dir(key, "train") / "part-00000.stats.json", commit_path(killed)}
     assert not list(killed.parent.glob(TMP_PREFIX + "*"))
 
 
@@ -108,7 +108,7 @@ def test_a_damaged_embedding_shard_is_named_and_rebuild_fixes_it(embedded, tmp_p
     root = tmp_path / "store"
     shutil.copytree(embedded[0], root)
     store, key = Store(root), embedded[1].key
-    shard = store.embeddings_dir(key, "validation") / "part-00000.parquet"
+    shard = store.embeddings.dir(key, "validation") / "part-00000.parquet"
     table = pq.read_table(shard)
     pq.write_table(table.take(list(range(table.num_rows))[::-1]), shard)  # the rows in another order
     with pytest.raises(UserError, match=r"part-00000\.parquet: damaged embedding shard \(its image_ids are not "
@@ -143,7 +143,7 @@ def small_cfg(store, out, **kw):
 def test_deep_fixed_trains_from_cached_embeddings_and_decodes_no_image(embedded, tmp_path, monkeypatch, caplog):
     root = tmp_path / "store"
     shutil.copytree(embedded[0], root)
-    shutil.rmtree(Store(root).embeddings_root(embedded[1].key))
+    shutil.rmtree(Store(root).embeddings.root(embedded[1].key))
     cfg = small_cfg(root, tmp_path / "first", deep="fixed", parts="deep,wide,recurrent")
     with caplog.at_level("INFO", logger="wdr_pipe"):
         first = train(cfg)  # no embeddings yet: computed first
@@ -201,7 +201,7 @@ def test_runs_made_before_stream_images_existed_still_resume(tmp_path):
 
 def test_embedding_loader_streams_the_image_loaders_rows_in_the_same_order(embedded):
     root, result = embedded
-    key = Store(root).feature_keys()[0]
+    key = Store(root).features.keys()[0]
     common = dict(batch_size=5, num_workers=2, seed=4, weighted=True, feature_key=key, rank=1, world_size=2,
                   drop_last=True)
     images = list(make_loader(root, "train", config=DataConfig(size=32), **common))
@@ -322,7 +322,7 @@ def test_bad_input_is_one_clear_message(embedded, search_store, tmp_path):
     for call, message in cases:
         with pytest.raises(UserError, match=message):
             call()
-    assert Store(root).embedding_keys() == [key] and not Store(empty).embedding_keys()
+    assert Store(root).embeddings.keys() == [key] and not Store(empty).embeddings.keys()
     assert not (tmp_path / "r").exists()
     res = CliRunner().invoke(cli, ["similar", "--store", str(root), "--embeddings", key, "999"])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "image id '999'" in res.output
@@ -332,9 +332,9 @@ def test_bad_input_is_one_clear_message(embedded, search_store, tmp_path):
 def test_cuda_embeddings_agree_with_the_cpus(embedded, tmp_path):
     root = tmp_path / "store"
     shutil.copytree(embedded[0], root)
-    shutil.rmtree(Store(root).embeddings_root(embedded[1].key))
+    shutil.rmtree(Store(root).embeddings.root(embedded[1].key))
     gpu = compute_embeddings(root, SPEC, splits=["validation"], device="cuda")
-    shard = Store(root).embeddings_dir(gpu.key, "validation") / "part-00000.parquet"
+    shard = Store(root).embeddings.dir(gpu.key, "validation") / "part-00000.parquet"
     assert json.loads(commit_path(shard).read_text())["precision"] == "bf16" and gpu.details["batch_size"] >= 8
     a = next(iter(make_embedding_loader(root, "validation", 16, embedding_key=gpu.key, train=False)))["embedding"]
     b = next(iter(make_embedding_loader(embedded[0], "validation", 16, embedding_key=gpu.key, train=False)))

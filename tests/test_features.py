@@ -14,8 +14,7 @@ from wdr_pipe.cache import Store, commit_path, config_dict, config_key, shard_id
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline import features as F
-from wdr_pipe.pipeline.features import FeatureConfig, compute_features
+from wdr_pipe.pipeline.features import FeatureConfig, compute_features, decode_resize
 
 ROWS = {"train": 48, "validation": 16, "test": 8}
 SHARDS = {"train": 3, "validation": 1, "test": 1}
@@ -45,10 +44,10 @@ def test_writes_row_aligned_shards_under_the_config_key(image_store):
     doc = json.loads((image_store / "features" / cfg.key / "config.json").read_text())
     assert doc["key"] == cfg.key and doc["config"] == config_dict(cfg) and doc["hog_dim"] == 8100
     store = Store(image_store)
-    assert cfg.key in store.feature_keys()
+    assert cfg.key in store.features.keys()
     for split in ROWS:
         for shard in store.image_shards(split):
-            out = store.features_dir(cfg.key, split) / shard.name
+            out = store.features.dir(cfg.key, split) / shard.name
             t = pq.read_table(out)
             assert t.schema.equals(cfg.schema())
             assert t.column("image_id").equals(pq.read_table(shard, columns=["image_id"]).column(0))
@@ -59,11 +58,11 @@ def test_writes_row_aligned_shards_under_the_config_key(image_store):
     # the stored numbers are skimage's HOG of the decoded, resized, grayscale image
     shard = store.image_shards("validation")[0]
     images = pq.read_table(shard, columns=["jpeg"]).column(0).to_pylist()[:3]
-    t = pq.read_table(store.features_dir(cfg.key, "validation") / shard.name).slice(0, 3)
+    t = pq.read_table(store.features.dir(cfg.key, "validation") / shard.name).slice(0, 3)
     hogs = np.array(t.column("hog").to_pylist(), np.float32)
     hists = np.array(t.column("color_hist").to_pylist(), np.float32)
     for jpeg, h, c in zip(images, hogs, hists):
-        gray = cv2.cvtColor(F.decode_resize(jpeg, 128), cv2.COLOR_RGB2GRAY)
+        gray = cv2.cvtColor(decode_resize(jpeg, 128), cv2.COLOR_RGB2GRAY)
         np.testing.assert_allclose(h, hog(gray, 9, (8, 8), (2, 2), "L2-Hys"), atol=1e-4)
         assert c.sum() == pytest.approx(1.0, abs=1e-5)
 
@@ -83,7 +82,7 @@ def test_changed_config_writes_a_new_key_and_keeps_the_old(image_store):
     summary, work = run(image_store, new_cfg)
     assert summary.key == new_cfg.key != old_cfg.key and work["shards_computed"] == 5
     assert snapshot(image_store, old_cfg.key) == before
-    assert sorted(Store(image_store).feature_keys()) == sorted([old_cfg.key, new_cfg.key])
+    assert sorted(Store(image_store).features.keys()) == sorted([old_cfg.key, new_cfg.key])
     t = pq.read_table(next((image_store / "features" / new_cfg.key / "test").glob("part-*.parquet")))
     assert t.schema.field("color_hist").type == pa.list_(pa.float16(), 64)
     assert run(image_store, old_cfg)[1]["shards_computed"] == 0  # the old key is still complete
@@ -218,7 +217,7 @@ def test_a_stale_feature_shard_is_not_read_as_current(image_store):
     marker = commit_path(image_store / "images" / "validation" / "part-00000.parquet")
     marker.write_text(marker.read_text().replace('"ok"', '"ok" ', 1))  # the image shard was fetched again
     with pytest.raises(UserError, match="computed from an earlier version of .*part-00000.parquet"):
-        Store(image_store).feature_shards(FeatureConfig().key, "validation")  # what training reads
+        Store(image_store).features.shards(FeatureConfig().key, "validation")  # what training reads
     with pytest.raises(UserError, match="no committed feature shards for split 'validation'"):
         load_split(image_store, "validation")  # readers of finished shards skip it
     run(image_store, splits=["validation"])

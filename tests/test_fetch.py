@@ -19,7 +19,7 @@ import wdr_pipe
 from wdr_pipe.cache import Store, commit_path
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline.download import DownloadConfig
+from wdr_pipe.pipeline.configs import DownloadConfig
 from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
 from wdr_pipe.pipeline.runner import TaskFailed
 from wdr_pipe.demo.serve import ImageServer
@@ -185,7 +185,7 @@ def test_kill_and_resume_stores_every_image_exactly_once(synth_data, tmp_path):
 def test_per_host_cap_is_respected_and_every_item_runs_once():
     import threading
 
-    from wdr_pipe.pipeline.fetch_shard import run_per_host
+    from wdr_pipe.pipeline.fetch.shard import run_per_host
 
     hosts = ["a"] * 6 + ["b"] * 3 + ["c"]
     running, peak, done = {}, {}, []

@@ -5,9 +5,9 @@ import pytest
 from skimage.feature import hog
 
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline.color import color_hist_batch
+from wdr_pipe.pipeline.features.color import color_hist_batch
 from wdr_pipe.pipeline.features import FeatureConfig, decode_resize
-from wdr_pipe.pipeline.hog import hog_batch
+from wdr_pipe.pipeline.features.hog import hog_batch
 
 PARAMS = [  # (size, orientations, cell, block, norm)
     (128, 9, 8, 2, "L2-Hys"),   # the default: 8100 dims

@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from wdr_pipe.demo import synth
-from wdr_pipe.pipeline.imageops import ImageRejected, FetchConfig, decode_resized, process, psnr, target_size
+from wdr_pipe.imaging import ImageRejected, decode_resized, process, target_size
+from wdr_pipe.pipeline.configs import FetchConfig
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images of equal shape."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def photo(w=800, h=1000, seed=0) -> Image.Image:

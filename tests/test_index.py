@@ -12,7 +12,7 @@ from wdr_pipe.cache import Store
 from wdr_pipe.cache.schema import INDEX, LABEL_MAP
 from wdr_pipe.errors import UserError
 from wdr_pipe.demo import synth
-from wdr_pipe.pipeline import clothing
+from wdr_pipe.pipeline.index import clothing
 from wdr_pipe.pipeline.index import ingest, read_index, read_label_map
 
 FGVC5 = {

@@ -19,7 +19,7 @@ from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
+from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
 from wdr_pipe.wdr import DataConfig, Normalize, StoreDataset, TrainTransform, make_loader
 from wdr_pipe.wdr.sampling import _units, build_plan
 
@@ -177,7 +177,7 @@ def test_missing_or_misaligned_features_are_user_errors(store7):
     key = compute_features(store7, ["train"], FeatureConfig(hog_size=32), scheduler="inline").key
     with pytest.raises(UserError, match="no feature config 'nope'"):
         StoreDataset(store7, "train", feature_key="nope")
-    shard = Store(store7).features_dir(key, "train") / "part-00001.parquet"
+    shard = Store(store7).features.dir(key, "train") / "part-00001.parquet"
     t = pq.read_table(shard)
     write_parquet_atomic(t.take(list(range(t.num_rows))[::-1]), shard)  # same rows, wrong order
     ds = StoreDataset(store7, "train", feature_key=key, transform=TrainTransform(48), shuffle=False, batch_size=8)

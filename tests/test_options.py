@@ -17,12 +17,10 @@ from pathlib import Path
 import pytest
 
 from optionwalk import ENV, VALUES, error_line, problems, walk
+from wdr_pipe.checks import bounds
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline import checks
-from wdr_pipe.pipeline.download import DownloadConfig
-from wdr_pipe.pipeline.features import FeatureConfig
-from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-from wdr_pipe.pipeline.label_stats import StatsConfig
+from wdr_pipe.pipeline.configs import DownloadConfig, FeatureConfig, FetchConfig, FetchOptions, StatsConfig
+from wdr_pipe.pipeline.fetch import fetch
 from wdr_pipe.pipeline.runner import run_tasks, scheduler_problem
 
 CASE_SECONDS = 60   # a refusal takes well under a second; a run that works, a few
@@ -97,14 +95,13 @@ def test_the_values_of_the_issue_fail_at_once_in_one_line(walk_inputs, tmp_path,
 
 # -- the library refuses the same values --------------------------------------------
 
-CONFIGS = {"FETCH_BOUNDS": FetchConfig, "DOWNLOAD_BOUNDS": DownloadConfig, "OPTION_BOUNDS": FetchOptions,
-           "FEATURE_BOUNDS": FeatureConfig, "STATS_BOUNDS": StatsConfig}
+CONFIGS = {c.__name__: c for c in (FetchConfig, DownloadConfig, FetchOptions, FeatureConfig, StatsConfig)}
 
 
 @pytest.mark.parametrize("table", sorted(CONFIGS))
 def test_every_config_refuses_each_end_of_its_ranges_by_option_value_and_range(table):
     cls = CONFIGS[table]
-    for field, bound in getattr(checks, table).items():
+    for field, bound in bounds(cls).items():
         step = 1 if bound.integer else 1e-3
         outside = [bound.hi + step, float("nan"), "3", None, True]
         outside.append(bound.lo if bound.lo_open else bound.lo - step)
@@ -148,16 +145,16 @@ def documented_ranges():
 
 def range_tables():
     """command -> the tables of ``Bound`` its options are checked with (data and model side)."""
-    from wdr_pipe.cli.dev import DEMO_BOUNDS
+    from wdr_pipe.demo.demo import DemoSettings
     from wdr_pipe.wdr import checks as m
 
-    return {"fetch": [checks.FETCH_BOUNDS, checks.DOWNLOAD_BOUNDS, checks.OPTION_BOUNDS],
-            "features": [checks.FEATURE_BOUNDS], "stats": [checks.STATS_BOUNDS],
+    return {"fetch": [bounds(FetchConfig), bounds(DownloadConfig), bounds(FetchOptions)],
+            "features": [bounds(FeatureConfig)], "stats": [bounds(StatsConfig)],
             "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
             "thresholds": [{"min_positives": m.MIN_POSITIVES, "workers": m.WORKERS}],
             "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
             "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
-            "similar": [{"k": m.K}], "demo": [DEMO_BOUNDS]}
+            "similar": [{"k": m.K}], "demo": [bounds(DemoSettings)]}
 
 
 def test_docs_cli_lists_every_range_as_the_code_has_it():

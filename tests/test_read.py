@@ -174,12 +174,12 @@ def test_load_split_in_three_forms(feature_store, synth_data):
 def test_load_split_reads_only_shards_committed_on_both_sides(feature_store):
     root, key = feature_store
     store = Store(root)
-    commit_path(store.features_dir(key, "train") / "part-00001.parquet").unlink()  # features not finished
+    commit_path(store.features.dir(key, "train") / "part-00001.parquet").unlink()  # features not finished
     d = load_split(root, "train")
     assert d["image_id"].tolist() == [str(i) for i in range(1, 21) if i != 3] + [str(i) for i in range(41, 49)]
     # a feature shard that does not match its image shard is refused with the fix
-    t = pq.read_table(store.features_dir(key, "train") / "part-00002.parquet")
-    write_parquet_atomic(t.slice(1), store.features_dir(key, "train") / "part-00002.parquet")
+    t = pq.read_table(store.features.dir(key, "train") / "part-00002.parquet")
+    write_parquet_atomic(t.slice(1), store.features.dir(key, "train") / "part-00002.parquet")
     with pytest.raises(UserError, match="not row-aligned.*rerun 'wdr-pipe features --store .* --split train --rebuild'"):
         load_split(root, "train")
 
@@ -241,7 +241,7 @@ def test_store_info_command_text_and_json(feature_store):
 
 def test_store_info_tells_fetched_failed_and_not_yet_attempted_rows(synth_data, tmp_path):
     from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-    from wdr_pipe.pipeline.label_stats import StatsConfig, compute_stats
+    from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
 
     data_root, records = synth_data
     train = [r for r in records if r.split == "train"][:40]

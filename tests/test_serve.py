@@ -242,13 +242,13 @@ def test_concurrent_clients_all_get_the_file(root, data):
         assert results == [True] * 80 and s.hits["/" + REL] == 80
 
 
-def test_standalone_module_serves_until_terminated(root, data):
-    proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.demo.serve", str(root), "--port", "0"],
+def test_wdr_pipe_serve_serves_until_terminated(root, data):
+    proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.cli", "serve", str(root), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving ")
-        base = line.split(" at ")[1].strip()
+        base = line.split(" at ")[1].split()[0]
         assert requests.get(f"{base}/{REL}", timeout=5).content == data
     finally:
         proc.terminate()

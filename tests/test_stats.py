@@ -16,12 +16,12 @@ import wdr_pipe
 
 from wdr_pipe.cache import (Store, cooccurrence_matrix, label_counts, label_embeddings, label_space, label_weights,
                             load_labels, sample_weights, commit_path)
-from wdr_pipe.cache import STATS_TABLES
+from wdr_pipe.cache import LABEL_STATS_TABLES
 from wdr_pipe.cache.schema import IMAGES
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline.glove import fit_glove
-from wdr_pipe.pipeline.label_stats import (StatsConfig, compute_stats, cooccurrence, multi_hot_csr, per_image_weights,
+from wdr_pipe.pipeline.stats.glove import fit_glove
+from wdr_pipe.pipeline.stats import (StatsConfig, compute_stats, cooccurrence, multi_hot_csr, per_image_weights,
                                      per_label_weights, pos_weights, split_stats)
 
 FAST = StatsConfig(epochs=300)
@@ -97,7 +97,7 @@ def test_glove_fits_a_structured_matrix():
 
 
 def _mtimes(store, splits=("train", "validation")):
-    return {(s, p.name): p.stat().st_mtime_ns for s in splits for p in store.stats_dir(s).iterdir()}
+    return {(s, p.name): p.stat().st_mtime_ns for s in splits for p in store.label_stats_dir(s).iterdir()}
 
 
 def test_compute_stats_on_a_store(image_store, synth_data):
@@ -107,7 +107,7 @@ def test_compute_stats_on_a_store(image_store, synth_data):
     assert {k: v["status"] for k, v in summary.splits.items()} == {"test": "skipped", "train": "computed",
                                                            "validation": "computed"}
     assert events[-1].done == events[-1].total == 3
-    assert not store.stats_dir("test").exists()
+    assert not store.label_stats_dir("test").exists()
     space = label_space(store)
     ids, y = load_labels(store, "train")
     labels, counts = label_counts(store, "train")
@@ -116,7 +116,7 @@ def test_compute_stats_on_a_store(image_store, synth_data):
     assert counts[space.tolist().index(recs[0].labels[0])] == sum(recs[0].labels[0] in r.labels for r in recs)
     cm = cooccurrence_matrix(store, "train")
     assert np.array_equal(cm, y.T.astype(np.int64) @ y)
-    co = pq.read_table(store.stats_dir("train") / "cooccurrence.parquet")
+    co = pq.read_table(store.label_stats_dir("train") / "cooccurrence.parquet")
     assert co.schema.field("count").type == pa.int64()
     assert all(a < b for a, b in zip(co["label_a"].to_pylist(), co["label_b"].to_pylist()))
     assert min(co["count"].to_pylist()) > 0
@@ -129,7 +129,7 @@ def test_compute_stats_on_a_store(image_store, synth_data):
     assert sid.tolist() == ids.tolist() == [r.image_id for r in recs]
     w = lw["weight"].to_numpy()
     np.testing.assert_allclose(sw, (y @ w) / y.sum(1), rtol=1e-5)
-    doc = json.loads((store.stats_dir("train") / "config.json").read_text())
+    doc = json.loads((store.label_stats_dir("train") / "config.json").read_text())
     assert doc["config"]["epochs"] == 300 and doc["images"] == 48 and doc["fit"]["loss_end"] < doc["fit"]["loss_start"]
 
 
@@ -154,7 +154,7 @@ def test_rerun_does_no_work_until_inputs_or_config_change(image_store):
     # a changed setting redoes both; a half-written stats folder (no config.json) is redone
     summary = compute_stats(store, ["train", "validation"], cfg=StatsConfig(epochs=300, alpha=0.5))
     assert {s["status"] for s in summary.splits.values()} == {"computed"}
-    (store.stats_dir("validation") / "config.json").unlink()
+    (store.label_stats_dir("validation") / "config.json").unlink()
     assert compute_stats(store, ["validation"], cfg=StatsConfig(epochs=300, alpha=0.5)).splits["validation"]["status"] \
         == "computed"
     with pytest.raises(UserError, match="--split nope: no such split"):
@@ -171,7 +171,7 @@ def test_stats_command(image_store):
                                    "--epochs", "200"])
     assert res.exit_code == 0, res.output
     assert "train: 48 images" in res.output
-    assert sorted(p.stem for p in (image_store / "stats" / "train").glob("*.parquet")) == sorted(STATS_TABLES)
+    assert sorted(p.stem for p in (image_store / "stats" / "train").glob("*.parquet")) == sorted(LABEL_STATS_TABLES)
     assert label_embeddings(image_store, "train")[1].shape[1] == 8
     res = CliRunner().invoke(cli, ["stats", "--store", str(image_store), "--split", "train", "--dim", "8",
                                    "--epochs", "200"])

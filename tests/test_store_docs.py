@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from test_read import _add_failures
-from wdr_pipe.cache import STATS_TABLES, Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
+from wdr_pipe.cache import LABEL_STATS_TABLES, Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import (COOCCURRENCE, FAILURES, IMAGES, INDEX, LABEL_COUNTS, LABEL_MAP, LABEL_WEIGHTS,
-                                   SAMPLE_WEIGHTS, SEARCH_IDS, embeddings_schema, features_schema,
+                                   SAMPLE_WEIGHTS, SEARCH_IDS, label_embeddings_schema, features_schema,
                                    image_embeddings_schema)
-from wdr_pipe.pipeline import label_stats as stats
+from wdr_pipe.pipeline import stats
 from wdr_pipe.demo import synth
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
 from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
@@ -77,11 +77,11 @@ def run(name, store):
 def test_every_table_and_column_is_documented():
     text = DOC.read_text(encoding="utf-8")
     tables = [INDEX, IMAGES, FAILURES, LABEL_MAP, features_schema(3, 2), LABEL_COUNTS, COOCCURRENCE,
-              LABEL_WEIGHTS, SAMPLE_WEIGHTS, embeddings_schema(4), image_embeddings_schema(4), SEARCH_IDS]
+              LABEL_WEIGHTS, SAMPLE_WEIGHTS, label_embeddings_schema(4), image_embeddings_schema(4), SEARCH_IDS]
     missing = [f.name for t in tables for f in t if f"`{f.name}`" not in text]
     assert not missing, f"columns not in docs/store.md: {missing}"
     for name in ["_store.json", "label_map.parquet", "failures.parquet", "stats.json", "config.json",
-                 "index.faiss", "ids.parquet", "manifest.json", *[f"{n}.parquet" for n in STATS_TABLES]]:
+                 "index.faiss", "ids.parquet", "manifest.json", *[f"{n}.parquet" for n in LABEL_STATS_TABLES]]:
         assert name in text
 
 

@@ -103,3 +103,52 @@ def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkp
     tune = steps["train.tune"]["result"]
     assert (tune["reused"], tune["ran"]) == (at, 12 - at)  # continued from its checkpoint, no step twice
     assert tune["counts"] == {"steps": 12, "samples": 96, "skipped": 0}
+
+
+# -- issue 19 §6: one schema types every key of the file, checked before any work -------------------
+BASE = 'store = "s"\nruns = "runs"\n'
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[fetch]\nindexes = "x.json"\n',
+     r'run.toml:4: \[fetch\] indexes = "x.json": not a list of texts; write indexes = \["x.json"\]'),
+    ('[features]\nsplits = "train"\n',
+     r'run.toml:4: \[features\] splits = "train": not a list of texts; write splits = \["train"\]'),
+    ('[train.a]\nepochs = 1\n[train.b]\nepochs = 1\n[ensemble.e]\nruns = 5\n',
+     r"run.toml:8: \[ensemble.e\] runs = 5: not a list of texts; write runs = \[\"a\", \"b\"\]"),
+    ('[train.t]\nepochs = 1\n[train.t1]\nepochs = 1\n[ensemble.e]\nruns = "t1"\n',
+     r'run.toml:8: \[ensemble.e\] runs = "t1": not a list of texts; write runs = \["t1"\]'),
+    ('workers = "x"\n', r'run.toml:3: workers = "x": not an integer; write workers = 3'),
+    ('workers = 0\n', r"run.toml:3: workers = 0: use 1 or more"),
+    ('scheduler = "nonsense"\n', r"run.toml:3: scheduler = \"nonsense\": give 'inline' or a dask scheduler address"),
+    ('[train.a]\nepochs = 1\n[evaluate]\nsplit = 5\n', r'run.toml:6: \[evaluate\] split = 5: not text; write split = "text"'),
+    ('[stats]\nepochs = -1\n', r"run.toml:4: \[stats\] epochs = -1: use 0 to 100,000"),
+    ('[fetch]\nindexes = ["x.json"]\nholdout = "validation"\n',
+     r'run.toml:5: \[fetch\] holdout = "validation": give NAME=FRACTION with 0 < FRACTION < 1'),
+    ('[fetch]\nindexes = ["x.json"]\nsize = "big"\n', r'run.toml:5: \[fetch\] size = "big": not an integer'),
+    ('[train.a]\nepochs = "3"\n', r'run.toml:4: \[train.a\] epochs = "3": not an integer; write epochs = 3'),
+    ('[train.a]\npretrained = 1\n', r"run.toml:4: \[train.a\] pretrained = 1: not true or false; write pretrained = true"),
+    ('[train.a]\nlr = -1\n', r"run.toml:4: \[train.a\]: train config: lr -1 \(--lr\): use more than 0 up to 10"),
+])
+def test_every_key_of_a_run_file_is_typed_and_checked_before_any_work(tmp_path, body, message):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(BASE + body)
+    with pytest.raises(UserError, match=message) as e:
+        make_plan(load_config(cfg))
+    assert "\n" not in str(e.value)
+    res = CliRunner().invoke(cli, ["run", str(cfg), "--dry-run"])  # the dry run refuses it the same way
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and str(e.value) in errors[0], res.output
+    assert not (tmp_path / "s").exists() and not (tmp_path / "runs").exists()
+
+
+def test_lists_stay_lists_and_the_data_tables_take_every_fetch_setting(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(BASE + 'workers = 2\n[fetch]\nindexes = ["a.json", "b.json"]\nmax_failed = 0.05\n'
+                          'holdout = "validation=0.25"\n[features]\nsplits = ["train"]\n[train.t]\nparts = "deep,wide"\n')
+    loaded = load_config(cfg)
+    assert loaded.fetch.indexes == (str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert loaded.fetch.max_failed == 0.05 and loaded.features.splits == ("train",)
+    assert loaded.cluster.workers == 2 and "workers" not in loaded.train["t"]  # the data stages' workers only
+    plan = make_plan(loaded)
+    assert plan.names() == ["fetch", "features", "stats", "train.t"]

@@ -94,7 +94,6 @@ def image_task() -> Iterator[None]:
 # against ``max_pixels`` (decompression bombs); EXIF orientation is applied;
 # palette, alpha, grayscale and CMYK images become RGB (alpha composited on white).
 
-RESIZE_MODES = ("shorter", "longer", "center_crop", "pad")
 HEADROOM = 1.3  # Pillow path: JPEG draft at least this much larger than the target
 FAST_MAX = 1.35  # shrinks up to this factor use blur + cubic, larger ones Pillow's bicubic
 # EXIF orientation -> numpy ops on an (H, W, 3) array, as Pillow's exif_transpose does them
@@ -134,7 +133,7 @@ def target_size(w: int, h: int, size: int, mode: str) -> Tuple[int, int]:
     elif mode in ("longer", "pad"):
         scale = size / max(w, h)
     else:
-        raise ValueError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
+        raise ValueError(f"unknown resize mode {mode!r} (FetchConfig's resize_mode checks it)")
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 

@@ -7,9 +7,10 @@ umask), so colleagues and dask workers running as another user can read a
 store on a shared file system when the umask allows it.
 
 A shard (several files and a commit marker) is replaced, never deleted first:
-``staged_path`` writes each new file beside the old one, and ``publish`` renames
-them over the old files only once all of them are complete, then writes the
-commit marker. Until then the previous version stays committed and readable.
+``staged_path`` writes each new file beside the old one (``staging`` collects
+several and removes them all if one fails), and ``publish`` renames them over
+the old files only once all of them are complete, then writes the commit
+marker. Until then the previous version stays committed and readable.
 """
 from __future__ import annotations
 
@@ -80,6 +81,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def staging() -> Iterator[Dict[Path, Path]]:
+    """A dict for the block to fill with ``{final path: staged temporary}`` (``stage_parquet``); if
+    the block fails, every file staged so far is removed. Then ``publish`` puts them in place."""
+    staged: Dict[Path, Path] = {}
+    try:
+        yield staged
+    except BaseException:
+        for tmp in staged.values():
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -1,6 +1,7 @@
 """The one way JSON files are read and written: stores, run folders, results, thresholds, manifests.
 
-``read_json(path, fix)`` returns the document, or raises a ``UserError`` that
+``read_json(path, fix)`` returns the document (``None`` for a missing file with
+``missing_ok``), or raises a ``UserError`` that
 names the file and ``fix`` (what the user does about a missing, unreadable or
 non-object file). ``write_json(path, doc)`` writes it atomically (temp file,
 fsync, rename), keys sorted and indented, numpy scalars and arrays as plain
@@ -12,19 +13,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..errors import UserError
 
 DEFAULT_FIX = "restore it, or run the command that wrote it again"
 
 
-def read_json(path, fix: str = DEFAULT_FIX) -> Dict[str, Any]:
-    """The JSON object in ``path``; a ``UserError`` naming the file and ``fix`` otherwise."""
+def read_json(path, fix: str = DEFAULT_FIX, missing_ok: bool = False) -> Optional[Dict[str, Any]]:
+    """The JSON object in ``path``; a ``UserError`` naming the file and ``fix`` otherwise
+    (``missing_ok``: ``None`` for a file that is not there)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if missing_ok:
+            return None
         raise UserError(f"{path}: missing; {fix}") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({type(e).__name__}: {str(e)[:200]}); {fix}") from None

@@ -1,7 +1,8 @@
 """Config hashing: a frozen dataclass, hashed, is a stage's cache key.
 
 The key covers every field of the config plus the dataclass name, so two
-stages never share a key and any change of a setting gives a new key.
+stages never share a key and any change of a setting gives a new key. A stage's
+``config.json`` is ``config_doc`` written by ``jsonfile.write_json``.
 """
 from __future__ import annotations
 
@@ -29,19 +30,16 @@ def config_key(cfg: Any, *extra: Any, length: int = 12) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
-def config_text(cfg: Any, **more: Any) -> str:
-    """The readable config (with its key and ``more`` fields) as the text of a ``config.json``."""
-    doc = {"key": config_key(cfg), "config": config_dict(cfg), **more}
-    return json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+def config_doc(cfg: Any, **more: Any) -> dict:
+    """The readable config with its key (and ``more`` fields): what a stage's ``config.json`` holds."""
+    return {"key": config_key(cfg), "config": config_dict(cfg), **more}
 
 
 def write_config(path: Path, cfg: Any, **more: Any) -> None:
     """Write the readable config (with its key) beside a stage's output, atomically."""
-    from .atomic import write_text_atomic
+    from .jsonfile import write_json
 
-    write_text_atomic(Path(path), config_text(cfg, **more))
+    write_json(Path(path), config_doc(cfg, **more))
 
 
-def read_json(path: Path) -> dict:
-    with open(path, "r", encoding="utf-8") as f:
-        return json.load(f)
+from .jsonfile import read_json  # noqa: E402,F401  (the model side imports it from here until the merge)

@@ -1,4 +1,4 @@
-"""Reading the label statistics of a split (written by ``wdr_pipe.pipeline.label_stats``)."""
+"""Reading the label statistics of a split (written by ``wdr_pipe.pipeline.stats``)."""
 from __future__ import annotations
 
 from typing import Tuple
@@ -15,8 +15,8 @@ MAX_DENSE = 16384  # labels: the largest dense co-occurrence matrix handed out (
 
 def _stats_table(store: StoreLike, split: str, name: str, columns=None) -> pa.Table:
     store = as_store(store)
-    path = store.stats_file(split, name)
-    if not store.stats_config_path(split).exists() or not path.exists():
+    path = store.label_stats_file(split, name)
+    if not store.label_stats_config_path(split).exists() or not path.exists():
         raise UserError(f"{path}: no label statistics for split {split!r}; "
                         f"run 'wdr-pipe stats --store {store.root} --split {split}'")
     return pq.read_table(path, columns=columns)
@@ -32,7 +32,7 @@ def cooccurrence_matrix(store: StoreLike, split: str) -> np.ndarray:
     """Dense symmetric (L, L) int64 matrix: [i, j] = images with both labels, [i, i] = label count."""
     labels, counts = label_counts(store, split)
     if len(labels) > MAX_DENSE:
-        raise UserError(f"{as_store(store).stats_file(split, 'cooccurrence')}: {len(labels)} labels would make a "
+        raise UserError(f"{as_store(store).label_stats_file(split, 'cooccurrence')}: {len(labels)} labels would make a "
                         f"{len(labels)} x {len(labels)} matrix; read that table (sparse pairs) instead")
     t = _stats_table(store, split, "cooccurrence")
     a = np.searchsorted(labels, t.column("label_a").to_numpy())

@@ -63,7 +63,7 @@ def features_schema(hog_dim: int, hist_dim: int, dtype: str = "float32") -> pa.S
     )
 
 
-# -- label statistics (stats/<split>/, written by pipeline/label_stats.py) --------------
+# -- label statistics (stats/<split>/, written by pipeline/stats/) ------------------------
 LABEL_COUNTS = pa.schema([("label", pa.int32()), ("count", pa.int64())])
 COOCCURRENCE = pa.schema([("label_a", pa.int32()), ("label_b", pa.int32()), ("count", pa.int64())])
 LABEL_WEIGHTS = pa.schema([("label", pa.int32()), ("count", pa.int64()), ("weight", pa.float32()),
@@ -71,11 +71,12 @@ LABEL_WEIGHTS = pa.schema([("label", pa.int32()), ("count", pa.int64()), ("weigh
 SAMPLE_WEIGHTS = pa.schema([pa.field("image_id", pa.string(), nullable=False), ("weight", pa.float32())])
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
+def label_embeddings_schema(dim: int) -> pa.Schema:
+    """Schema of ``label_embeddings.parquet``: one vector per label id."""
     return pa.schema([("label", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
 
 
-# -- image embeddings (embeddings/<key>/<split>/, written by wdr/embed.py) ---------------
+# -- image embeddings (embeddings/<key>/<split>/, written by the model side's embed stage) ---------------
 def image_embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
     """Schema of an embedding shard: the backbone's pooled vector per image, row-aligned with its image shard."""
     t = pa.float16() if dtype == "float16" else pa.float32()

@@ -1,14 +1,16 @@
-"""Small readers for evaluation and prediction: a split's index ids, the label map, fetch settings,
-failures by reason and row counts (footers and small columns only; no image is read).
+"""Small readers: a split's index ids, the label map, fetch settings, what its fetch counted
+(ok, failed by reason, rows covered) and row counts (footers and small
+columns only; no image is read).
 """
 from __future__ import annotations
 
-import json
+import collections
 from typing import Dict, List, Optional
 
 import pyarrow.parquet as pq
 
 from ..errors import UserError
+from .commit import read_commit
 from .store import StoreLike, as_store, failures_path
 
 
@@ -36,11 +38,8 @@ def label_map(store: StoreLike):
 def fetch_settings(store: StoreLike, split: str) -> Optional[Dict]:
     """The image settings ``split`` was fetched with (``size``, ``resize_mode``, ``quality``,
     ``min_size``, ``max_pixels``), or ``None`` when they were not recorded."""
-    path = as_store(store).fetch_settings_path(split)
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8"))["config"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    doc = as_store(store).fetch_settings(split)
+    return None if doc is None else dict(doc["config"])
 
 
 def image_rows(store: StoreLike, split: str) -> int:
@@ -48,15 +47,28 @@ def image_rows(store: StoreLike, split: str) -> int:
     return sum(pq.read_metadata(p).num_rows for p in as_store(store).image_shards(split))
 
 
-def failures_by_status(store: StoreLike, split: str) -> Dict[str, int]:
-    """Failed rows of the committed shards of ``split``, counted by fetch status."""
-    out: Dict[str, int] = {}
+def fetch_counts(store: StoreLike, split: str) -> Dict[str, object]:
+    """What the committed image shards of ``split`` hold: ``ok`` rows (footers), ``failed`` rows and
+    ``by_status`` (their failure files' ``status`` column, sorted by status) and ``covered`` (index
+    rows that a fetch has tried, from the commit markers)."""
+    ok = failed = covered = 0
+    by_status: Dict[str, int] = collections.Counter()
     for shard in as_store(store).image_shards(split):
-        path = failures_path(shard)
-        if path.exists():
-            for row in pq.read_table(path, columns=["status"]).column("status").value_counts().to_pylist():
-                out[row["values"]] = out.get(row["values"], 0) + int(row["counts"])
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        rows, fails = pq.read_metadata(shard).num_rows, collections.Counter()
+        if failures_path(shard).exists():
+            for row in pq.read_table(failures_path(shard), columns=["status"]).column("status").value_counts().to_pylist():
+                fails[row["values"]] += int(row["counts"])
+        ok, failed = ok + rows, failed + sum(fails.values())
+        by_status.update(fails)
+        span = (read_commit(shard) or {}).get("rows")
+        covered += span[1] - span[0] if isinstance(span, list) and len(span) == 2 else rows + sum(fails.values())
+    return {"ok": ok, "failed": failed, "by_status": dict(sorted(by_status.items())), "covered": covered}
+
+
+def failures_by_status(store: StoreLike, split: str) -> Dict[str, int]:
+    """Failed rows of the committed shards of ``split``, counted by fetch status, the most frequent first."""
+    counts = fetch_counts(store, split)["by_status"]
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def has_labels(store: StoreLike, split: str) -> bool:
@@ -68,4 +80,4 @@ def has_labels(store: StoreLike, split: str) -> bool:
     return False
 
 
-__all__ = ["failures_by_status", "fetch_settings", "has_labels", "image_rows", "index_ids", "label_map"]
+__all__ = ["failures_by_status", "fetch_counts", "fetch_settings", "has_labels", "image_rows", "index_ids", "label_map"]

@@ -1,8 +1,10 @@
 """The ``wdr-pipe`` command: a thin click layer over the library.
 
-``common.py`` holds what every command shares (errors, progress, options);
-``data.py`` the data stages, ``model.py`` training, ``dev.py`` the generated data, server and demo.
-Each command parses, calls one library function and prints its result.
+``common.py`` holds what every command shares (errors and exit codes, progress, shared options),
+``options.py`` makes a command's options from its settings class; ``data.py`` has the data
+commands, ``model.py`` training, ``evaluate.py`` scoring, ``embed.py`` embeddings and search,
+``run.py`` the workflow, ``dev.py`` the generated data, server and demo, ``helpdoc.py`` the
+generated parts of docs/cli.md. Each command parses, calls the library and prints its result's lines.
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """What every command shares: error rendering, exit codes, progress bars, result lines and options.
 
-A ``UserError`` raised by the library becomes a one-line ``click.ClickException``;
-progress from the library's one hook is drawn as a tqdm bar on a terminal and
-logged every few seconds otherwise. Exit codes (docs/cli.md): 0 done, 1 a problem the
-user can fix, 2 a bad command line, 3 ``fetch --max-failed`` exceeded, 4 an unexpected
-error (its traceback goes to a log file whose path is printed), 130 Ctrl-C.
+An error the library raises becomes one ``Error: ...`` line and the exit code of its kind
+(``EXIT_CODES``, which docs/cli.md's table is generated from); progress from the library's one
+hook is drawn as a tqdm bar on a terminal and logged every few seconds otherwise.
 """
 from __future__ import annotations
 
@@ -18,22 +16,52 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import click
 
-from ..errors import UserError
 from ..checks import Bound
-from ..pipeline.runner import TaskFailed, max_workers, scheduler_problem
+from ..errors import BadSetting, TooManyFailed, UserError, first_line
+from ..pipeline.runner import TaskFailed
 from ..progress import Progress
 from ..result import StageResult
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 log = logging.getLogger("wdr_pipe")
 
-EXIT_USER, EXIT_USAGE, EXIT_MAX_FAILED, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+
+@dataclass(frozen=True)
+class ExitCode:
+    code: int
+    meaning: str
+    todo: str
+
+
+# Every command ends with one of these (docs/cli.md's table is generated from it: python -m wdr_pipe.cli.helpdoc).
+EXIT_CODES = (
+    ExitCode(0, "done. For `fetch` this includes images that could not be fetched: they are recorded with their "
+                "reason, counted in the summary and in `wdr-pipe store info`, and `--retry-failed` tries them again",
+             "nothing, or look at the failures"),
+    ExitCode(1, "a problem you can fix: an input file (a store, a run folder, a `run` file), a value that does not "
+                "fit them (a split the store lacks, a step the plan lacks), the disk, an unreachable scheduler. "
+                "The line names the file or option and the fix", "follow the line"),
+    ExitCode(2, "a bad command line: an unknown option, a missing argument, or a value its option refuses on its "
+                "own: out of range, not one of the choices, malformed (whether click or the command's settings "
+                "find it). The line names the option, the value and what it accepts", "fix the command"),
+    ExitCode(3, "`fetch --max-failed FRACTION`: more than that fraction of the fetched rows failed (the store is "
+                "written and valid)", "look at the failures; pipelines stop here"),
+    ExitCode(4, "an unexpected error: a bug, or a broken setup such as an unusable proxy setting. A shard task "
+                "that raised it was not committed (finished shards are kept); the line names the task and a log "
+                "file with the traceback (`STORE/_logs/<stage>-<time>-<pid>.log`, or `wdr-pipe-<time>-<pid>.log` "
+                "in the temp folder when there is no store yet)", "report it with that file"),
+    ExitCode(130, "interrupted (Ctrl-C). The run stops within a second or two; finished shards are kept",
+             "run the same command again to resume"),
+)
+EXIT_DONE, EXIT_USER, EXIT_USAGE, EXIT_MAX_FAILED, EXIT_UNEXPECTED, EXIT_INTERRUPTED = (e.code for e in EXIT_CODES)
 INTERRUPTED = "interrupted; finished shards are kept, run the same command again to resume"
+UNEXPECTED = "(a bug or a broken setup; please report it with that file)"
 
 
 class Failure(click.ClickException):
@@ -56,11 +84,20 @@ def _crash_log(e: BaseException) -> str:
         return f"could not write the traceback to {path} ({err.strerror})"
 
 
+def unexpected(kind: str, message: str, where: str) -> Failure:
+    """The one line of an unexpected error: its kind, the first line of its message, where the traceback is."""
+    return Failure(f"unexpected {kind}: {first_line(message)}; {where} {UNEXPECTED}", EXIT_UNEXPECTED)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Every failure as one line and its exit code: never a traceback on the terminal."""
+    """Every failure as one line and the exit code of its kind: never a traceback on the terminal."""
     try:
         yield
+    except BadSetting as e:
+        raise Failure(str(e), EXIT_USAGE) from e
+    except TooManyFailed as e:
+        raise Failure(str(e), EXIT_MAX_FAILED) from e
     except UserError as e:
         raise Failure(str(e), EXIT_USER) from e
     except TaskFailed as e:
@@ -70,9 +107,17 @@ def user_errors() -> Iterator[None]:
     except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise
     except Exception as e:  # a bug or a broken setup: one line here, the traceback in a file
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise Failure(f"unexpected {type(e).__name__}: {first}; {_crash_log(e)} (a bug or a broken setup; "
-                      "please report it with that file)", EXIT_UNEXPECTED) from e
+        raise unexpected(type(e).__name__, str(e), _crash_log(e)) from e
+
+
+@contextlib.contextmanager
+def settings_errors() -> Iterator[None]:
+    """Around making a command's settings or config from its command line: whatever they refuse is a
+    bad command line (exit 2), as when click refuses a value, whichever check finds it."""
+    try:
+        yield
+    except UserError as e:
+        raise Failure(str(e), EXIT_USAGE) from e
 
 
 class ProgressBar:
@@ -123,6 +168,30 @@ def progress_bar(desc: str, unit: str = "img") -> Iterator[ProgressBar]:
         bar.close()
 
 
+@contextlib.contextmanager
+def stage_bars(show: bool = True) -> Iterator[Callable[[str], Optional[ProgressBar]]]:
+    """``progress_for(stage)`` for a run of several stages: each stage gets a new bar and closes the
+    previous one (``show=False``: no bars, as on the ranks of a ``run`` other than 0)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bars = []
+
+    def progress_for(stage: str) -> Optional[ProgressBar]:
+        if not show:
+            return None
+        if bars:
+            bars[-1].close()  # the previous stage is over
+        bars.append(ProgressBar(stage, unit="step" if stage.startswith("train") else "img"))
+        return bars[-1]
+
+    try:
+        with logging_redirect_tqdm():
+            yield progress_for
+    finally:
+        for bar in bars:
+            bar.close()
+
+
 def echo_result(result: StageResult, as_json: bool = False) -> None:
     """Print a stage's result: its summary lines and its one line, or the whole result as JSON."""
     click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else "\n".join(result.lines()))
@@ -160,30 +229,6 @@ def store_option(create: bool = False):
     return click.option("--store", "store", required=True, callback=not_empty,
                         type=click.Path(file_okay=False, exists=not create),
                         help="Store folder" + (" (created if missing)." if create else "."))
-
-
-def _check_workers(ctx, param, value):
-    if value is not None and value > max_workers():
-        raise click.BadParameter(f"{value} is more than {max_workers()} (4 per core of this machine)")
-    return value
-
-
-def workers_option(f):
-    return click.option("--workers", type=click.IntRange(min=1), default=None, callback=_check_workers,
-                        help="Local worker processes, at most 4 per core [default: one per core].")(f)
-
-
-def _check_scheduler(ctx, param, value):
-    problem = scheduler_problem(value)
-    if problem:
-        raise click.BadParameter(f"{value!r}: {problem}.", ctx, param)
-    return value
-
-
-def scheduler_option(f):
-    return click.option("--scheduler", default=None, metavar="ADDRESS", callback=_check_scheduler,
-                        help="dask.distributed scheduler to run on (tcp://HOST:8786); default: a local cluster "
-                             "of --workers processes; 'inline': in this process, one shard after another.")(f)
 
 
 def json_option(f):

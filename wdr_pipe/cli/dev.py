@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from ..checks import Bound
-from ..pipeline.checks import FETCH_BOUNDS
-from ..wdr.checks import IMAGE_SIZE
+from ..demo.demo import DemoSettings
+from ..pipeline.runner import Cluster
 from . import cli
-from .common import CONTEXT, ProgressBar, bounded, echo_result, not_empty, user_errors, workers_option
+from .common import CONTEXT, not_empty, settings_errors, stage_bars, user_errors
+from .options import from_options, options
 
 URL_SCHEMES = ("http://", "https://", "file://")
 
@@ -81,33 +81,14 @@ def serve(root: str, host: str, port: int) -> None:
 
 
 # -- demo ----------------------------------------------------------------------
-DEMO_BOUNDS = {  # demo option -> accepted range
-    "train": Bound("--train", 16, 1_000_000, unit="images"),  # 16: the batch size of the demo's runs (demo.COMMON)
-    "validation": Bound("--validation", 4, 1_000_000, unit="images"),
-    "test": Bound("--test", 1, 1_000_000, unit="images"),
-    "size": Bound("--size", 32, FETCH_BOUNDS["size"].hi, unit="px"),
-    "image_size": Bound("--image-size", 32, IMAGE_SIZE.hi, unit="px"),
-    "epochs": Bound("--epochs", 1, 1000),
-}
 
 
 @cli.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False), callback=not_empty,
               help="Folder for the generated data, the store, the runs and demo.toml.")
-@click.option("--train", "n_train", type=bounded(DEMO_BOUNDS["train"]), default=480, show_default=True,
-              help="Generated training images (at least one batch of the demo's runs).")
-@click.option("--validation", "n_validation", type=bounded(DEMO_BOUNDS["validation"]), default=120,
-              show_default=True, help="Generated validation images.")
-@click.option("--test", "n_test", type=bounded(DEMO_BOUNDS["test"]), default=60, show_default=True,
-              help="Generated test images.")
-@click.option("--size", type=bounded(DEMO_BOUNDS["size"]), default=160, show_default=True,
-              help="Stored image size (shorter side).")
-@click.option("--image-size", type=bounded(DEMO_BOUNDS["image_size"]), default=128, show_default=True,
-              help="Training image size.")
-@click.option("--epochs", type=bounded(DEMO_BOUNDS["epochs"]), default=4, show_default=True,
-              help="Epochs of each fine-tuned run (Deep fixed gets twice as many).")
-@workers_option
-def demo(out, n_train, n_validation, n_test, size, image_size, epochs, workers):
+@options(DemoSettings)
+@options(Cluster, only=("workers",))
+def demo(out, workers, **given):
     """Run the whole pipeline on generated garment photos served on 127.0.0.1.
 
     Draws an FGVC5-style data set (with a few broken URLs), serves it on loopback, writes
@@ -120,38 +101,11 @@ def demo(out, n_train, n_validation, n_test, size, image_size, epochs, workers):
     Example:
       wdr-pipe demo --out demo-out && wdr-pipe run demo-out/demo.toml
     """
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from ..demo.demo import run_demo
 
-    bars = []
-
-    def progress_for(stage):
-        if bars:
-            bars[-1].close()  # the previous stage is over
-        bars.append(ProgressBar(stage, unit="step" if stage.startswith("train") else "img"))
-        return bars[-1]
-
-    try:
-        with user_errors(), logging_redirect_tqdm():
-            res = run_demo(out, n_train, n_validation, n_test, size=size, image_size=image_size, epochs=epochs,
-                           workers=workers, progress_for=progress_for)
-    finally:
-        for bar in bars:
-            bar.close()
-    results = {o.step.name: o.result for o in res.outcomes}
-    for name, s in results["fetch"].splits.items():
-        reasons = ", ".join(f"{k} {v}" for k, v in s["by_status"].items()) or "none"
-        click.echo(f"fetch    {name}: {s['ok']} ok, {s['failed']} failed ({reasons})")
-    for o in res.outcomes:
-        echo_result(o.result)
-    for split, st in results["stats"].splits.items():
-        click.echo(f"stats    {split}: {st['status']}")
-    click.echo("\nValidation micro-F1 (the WDR paper's table, on generated data):\n")
-    click.echo(f"| {'model':<36} | {'F1 at 0.5':>9} | {'per-class thresholds':>20} |")
-    click.echo(f"|{'-' * 38}|{'-' * 10}:|{'-' * 21}:|")
-    for row in res.table():
-        tuned = "-" if row["f1_tuned"] is None else f"{row['f1_tuned']:.3f}"
-        click.echo(f"| {row['row']:<36} | {row['f1_at_0.5']:>9.3f} | {tuned:>20} |")
-    click.echo(f"\nreport: {res.output_of('report')}\nsubmission: {res.output_of('predict')}")
-    click.echo(f"store: {res.store}; runs: {res.store.parent / 'runs'}; config: {res.config}")
+    with user_errors():
+        with settings_errors():
+            settings = from_options(DemoSettings, given)
+        with stage_bars() as progress_for:
+            res = run_demo(out, settings, workers=workers, progress_for=progress_for)
+    click.echo("\n".join(res.lines()))

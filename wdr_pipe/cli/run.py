@@ -6,7 +6,7 @@ import json
 import click
 
 from . import cli
-from .common import CONTEXT, EXIT_UNEXPECTED, EXIT_USER, Failure, ProgressBar, json_option, user_errors
+from .common import CONTEXT, EXIT_UNEXPECTED, EXIT_USER, Failure, json_option, stage_bars, unexpected, user_errors
 
 
 @cli.command("run", context_settings=CONTEXT)
@@ -35,7 +35,7 @@ def run_cmd(config, force, dry_run, as_json):
       wdr-pipe run demo-out/demo.toml --force train.wdr
     """
     from ..wdr.compare import compare_runs, format_table
-    from ..workflow import Ranks, load_config, make_plan, run_folders
+    from ..workflow import Ranks, load_config, make_plan, outcome_lines, run_folders
 
     ranks = Ranks()
     try:
@@ -43,9 +43,7 @@ def run_cmd(config, force, dry_run, as_json):
             cfg = load_config(config)
             plan = make_plan(cfg)
             if dry_run:
-                for step in plan.steps:
-                    deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
-                    click.echo(f"{step.name:<22} {step.what}{deps}")
+                click.echo("\n".join(plan.lines()))
                 return
             ranks.start()
             outcomes = _execute(plan, force, ranks)
@@ -63,40 +61,21 @@ def run_cmd(config, force, dry_run, as_json):
         click.echo(json.dumps([{"step": o.step.name, "status": o.status, "seconds": round(o.seconds, 2),
                                 "result": o.result.to_dict()} for o in outcomes], indent=2, default=str))
         return
-    click.echo(f"{'step':<22}{'status':<8}{'seconds':>9}  result")
-    for o in outcomes:
-        click.echo(f"{o.step.name:<22}{o.status + ('*' if o.forced else ''):<8}{o.seconds:>9.1f}  {o.result.line()}")
+    click.echo("\n".join(outcome_lines(outcomes)))
     folders = run_folders(cfg)
     if folders:
         with user_errors():
-            click.echo("\n" + format_table(*compare_runs(folders, (cfg.evaluate or {}).get("split", "validation"))))
+            click.echo("\n" + format_table(*compare_runs(folders, plan.evaluation_split)))
 
 
 def _execute(plan, force, ranks):
     """The plan's steps with progress bars (rank 0's only); rank 0's failed step as its own line here."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from ..workflow import StepFailed, execute
 
-    bars = []
-
-    def progress_for(name):
-        if not ranks.main:
-            return None
-        if bars:
-            bars[-1].close()
-        bars.append(ProgressBar(name, unit="step" if name.startswith("train") else "img"))
-        return bars[-1]
-
     try:
-        with logging_redirect_tqdm():
+        with stage_bars(show=ranks.main) as progress_for:
             return execute(plan, force, progress_for, ranks)
     except StepFailed as e:  # raised on rank 0 by its step: the same line on this rank
         if e.user or e.kind == "TaskFailed":
             raise Failure(e.message, EXIT_USER if e.user else EXIT_UNEXPECTED) from None
-        first = (e.message.strip().splitlines() or [""])[0][:300]
-        raise Failure(f"unexpected {e.kind}: {first}; rank 0 wrote the traceback (a bug or a broken setup; "
-                      "please report it with that file)", EXIT_UNEXPECTED) from None
-    finally:
-        for bar in bars:
-            bar.close()
+        raise unexpected(e.kind, e.message, "rank 0 wrote the traceback") from None

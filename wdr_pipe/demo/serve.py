@@ -9,8 +9,7 @@ memory::
         srv.fault_url("429", "images/train/1.jpg")  # .../fault/429/images/train/1.jpg
         srv.hits["/images/train/1.jpg"]             # requests seen for that path
 
-Standalone: ``python -m wdr_pipe.demo.serve ROOT --port N`` (or
-``wdr-pipe serve ROOT``) serves until Ctrl-C and prints its base URL.
+Standalone: ``wdr-pipe serve ROOT --port N`` serves until Ctrl-C and prints its base URL.
 
 Fault contract: ``GET /fault/<kind>/<relpath>`` for any file ``relpath``
 (the file must exist, otherwise 404). Exact and deterministic:
@@ -43,7 +42,6 @@ within about a second even while drip or slow connections are open.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import http.server
 import io
@@ -52,7 +50,6 @@ import mimetypes
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 import zlib
@@ -379,19 +376,3 @@ def serve_until_interrupted(root, host: str = "127.0.0.1", port: int = 0, on_rea
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m wdr_pipe.demo.serve",
-                                description="Serve ROOT over HTTP with fault injection (see the module doc).",
-                                epilog="example: python -m wdr_pipe.demo.serve demo-data/ --port 8000")
-    p.add_argument("root", help="folder whose files are served at /<relpath>")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
-    a = p.parse_args(argv)
-    serve_until_interrupted(a.root, a.host, a.port,
-                            on_ready=lambda url: print(f"serving {a.root} at {url}", flush=True))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

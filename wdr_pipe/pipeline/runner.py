@@ -30,10 +30,12 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..errors import UserError
+from ..checks import Bound, setting
+from ..errors import BadSetting, UserError, first_line
 from ..progress import Hook, Progress, emit
 
 log = logging.getLogger("wdr_pipe")
@@ -68,13 +70,12 @@ def max_workers() -> int:
     return WORKERS_PER_CORE * (os.cpu_count() or 1)
 
 
-def check_workers(workers: Optional[int]) -> None:
-    """``None`` (one per core) or 1 .. ``max_workers()``; anything else is a ``UserError``."""
-    if workers is None:
-        return
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= max_workers():
-        raise UserError(f"--workers {workers!r}: use 1 to {max_workers()} "
-                        f"({WORKERS_PER_CORE} per core of this machine), or leave it out for one per core")
+WORKERS = Bound("--workers", 1, None, optional=True)  # None: one per core; and at most max_workers()
+
+
+def workers_problem(workers: Optional[int]) -> Optional[str]:
+    """Why ``workers`` is not ``None`` or 1 .. ``max_workers()`` (this machine's); ``None`` when it is fine."""
+    return None if workers is None else Bound("--workers", 1, max_workers()).problem(workers)
 
 
 def scheduler_problem(scheduler: Optional[str]) -> Optional[str]:
@@ -91,10 +92,28 @@ def scheduler_problem(scheduler: Optional[str]) -> Optional[str]:
     return None
 
 
-def check_scheduler(scheduler: Optional[str]) -> None:
-    problem = scheduler_problem(scheduler)
-    if problem:
-        raise UserError(f"--scheduler {scheduler!r}: {problem}")
+@dataclass(frozen=True)
+class Cluster:
+    """Where a data stage runs its shard tasks: the command line's ``--workers`` / ``--scheduler``
+    and the top-level ``workers`` / ``scheduler`` of a ``run`` file. Checked when made, so a stage
+    that makes one first refuses a bad value before any work."""
+
+    workers: Optional[int] = setting(
+        None, bound=WORKERS, check=workers_problem,
+        help=f"Local worker processes, at most {WORKERS_PER_CORE} per core [default: one per core].")
+    scheduler: Optional[str] = setting(
+        None, check=scheduler_problem, metavar="ADDRESS",
+        help="dask.distributed scheduler to run on (tcp://HOST:8786); default: a local cluster of --workers "
+             "processes; 'inline': in this process, one shard after another.")
+
+    def __post_init__(self):
+        problem = workers_problem(self.workers)
+        if problem:
+            raise BadSetting(f"--workers {self.workers!r}: {problem} ({WORKERS_PER_CORE} per core of this machine), "
+                             "or leave it out for one per core", "workers")
+        problem = scheduler_problem(self.scheduler)
+        if problem:
+            raise BadSetting(f"--scheduler {self.scheduler!r}: {problem}", "scheduler")
 
 
 class _Totals:
@@ -156,7 +175,7 @@ class _Failure:
 
     def __call__(self, task: Any, kind: str, message: str, trace: str) -> TaskFailed:
         what = self.describe(task)
-        first = (message.strip().splitlines() or [""])[0][:300]
+        first = first_line(message)
         where = "no log written"
         if self.log_path is not None:
             from ..cache.atomic import write_text_atomic
@@ -180,8 +199,7 @@ def run_tasks(fn: TaskFn, tasks: Sequence[Any], *, stage: str, total: Optional[i
               describe: Optional[Callable[[Any], str]] = None, log_path: Optional[Path] = None) -> List[Any]:
     """Run ``fn`` over ``tasks``; see the module doc. ``final(result)`` gives a task's last counters;
     ``describe(task)`` names a task in an error; ``log_path`` receives the traceback of a failed task."""
-    check_workers(workers)
-    check_scheduler(scheduler)
+    Cluster(workers, scheduler)
     tasks = list(tasks)
     totals = _Totals(stage, total, progress)
     fail = _Failure(stage, describe or (lambda t: f"task {tasks.index(t)}"), log_path)
@@ -247,19 +265,27 @@ def _kill_workers(cluster) -> None:
             pass
 
 
-def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final, fail: _Failure) -> List[Any]:
-    from distributed import Client, as_completed
+def _connect(scheduler: str):
+    from distributed import Client
 
-    cluster = None
+    try:
+        _probe(scheduler)
+        return Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as e:
+        raise UserError(
+            f"cannot reach dask scheduler {scheduler!r} ({e}); check the address or drop --scheduler to run locally"
+        ) from e
+
+
+def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final, fail: _Failure) -> List[Any]:
+    """The tasks on a cluster; on Ctrl-C a local cluster's workers are killed first, then everything closes."""
+    from distributed import Client
+
+    cluster = client = topic = None
+    futures: List[Any] = []
     try:
         if scheduler:
-            try:
-                _probe(scheduler)
-                client = Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError, ValueError) as e:
-                raise UserError(
-                    f"cannot reach dask scheduler {scheduler!r} ({e}); check the address or drop --scheduler to run locally"
-                ) from e
+            client = _connect(scheduler)
         else:
             cluster = _local_cluster(workers)
             client = Client(cluster)
@@ -267,39 +293,43 @@ def _run_dask(fn, tasks, totals: _Totals, scheduler, workers, timeout, final, fa
         client.subscribe_topic(topic, lambda event: totals.update(*event[1]))
         futures = [client.submit(_remote_call, fn, t, i, topic, pure=False, key=f"{totals.stage}-{i}-{topic[-8:]}")
                    for i, t in enumerate(tasks)]
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: List[Any] = [None] * len(tasks)
-        try:
-            for fut in as_completed(futures, timeout=timeout):
-                i = index[fut.key]
-                try:
-                    results[i] = fut.result()
-                except (UserError, KeyboardInterrupt):
-                    raise
-                except TaskCrashed as e:
-                    raise fail(tasks[i], e.kind, e.message, e.trace) from None
-                except Exception as e:  # a worker that died (KilledWorker), a task that cannot be sent...
-                    raise fail(tasks[i], type(e).__name__, str(e), traceback.format_exc()) from None
-                if final is not None:
-                    totals.update(i, final(results[i]))
-        except TimeoutError as e:
-            raise UserError(
-                f"{totals.stage}: not finished after {timeout:.0f}s; finished shards are kept, rerun to resume"
-            ) from e
-        except KeyboardInterrupt:
-            if cluster is not None:
-                _kill_workers(cluster)
-            raise
-        finally:
-            client.unsubscribe_topic(topic)
-            for f in futures:
-                f.cancel()
-            client.close(timeout=5)
-        return results
+        return _collect(futures, tasks, totals, timeout, final, fail)
     except KeyboardInterrupt:
         if cluster is not None:
             _kill_workers(cluster)
         raise
     finally:
+        if client is not None:
+            if topic is not None:
+                client.unsubscribe_topic(topic)
+            for f in futures:
+                f.cancel()
+            client.close(timeout=5)
         if cluster is not None:
             cluster.close(timeout=10)
+
+
+def _collect(futures, tasks, totals: _Totals, timeout, final, fail: _Failure) -> List[Any]:
+    """The futures' results in task order as they finish; the first failure or the timeout ends it."""
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: List[Any] = [None] * len(tasks)
+    try:
+        for fut in as_completed(futures, timeout=timeout):
+            i = index[fut.key]
+            try:
+                results[i] = fut.result()
+            except (UserError, KeyboardInterrupt):
+                raise
+            except TaskCrashed as e:
+                raise fail(tasks[i], e.kind, e.message, e.trace) from None
+            except Exception as e:  # a worker that died (KilledWorker), a task that cannot be sent...
+                raise fail(tasks[i], type(e).__name__, str(e), traceback.format_exc()) from None
+            if final is not None:
+                totals.update(i, final(results[i]))
+    except TimeoutError as e:
+        raise UserError(
+            f"{totals.stage}: not finished after {timeout:.0f}s; finished shards are kept, rerun to resume"
+        ) from e
+    return results

@@ -1,10 +1,11 @@
-"""``wdr-pipe run``: one TOML file describes the whole DAG (fetch, features, stats, training runs,
-ensembles, evaluation, prediction, the report);
-each step is the library's own stage, skipped by its own keys when its output exists.
-Under torchrun rank 0 runs the steps other than training and every rank trains (``ranks.py``)."""
-from .config import RunConfig, load_config
-from .plan import Outcome, Plan, Step, execute, make_plan, run_folders
+"""``wdr-pipe run``: one TOML file describes the whole workflow (fetch, features, stats, training runs,
+ensembles, evaluation, prediction, the report): ``schema.py`` types every key of the file,
+``config.py`` reads and checks it, ``plan.py`` turns it into steps, each the library's own stage,
+skipped by its own keys when its output exists. Under torchrun rank 0 runs the steps other than
+training and every rank trains (``ranks.py``)."""
+from .config import WorkflowConfig, load_config, with_cluster
+from .plan import Outcome, Plan, Step, evaluation_split, execute, make_plan, outcome_lines, run_folders
 from .ranks import Ranks, StepFailed
 
-__all__ = ["Outcome", "Plan", "Ranks", "RunConfig", "Step", "StepFailed", "execute", "load_config", "make_plan",
-           "run_folders"]
+__all__ = ["Outcome", "Plan", "Ranks", "Step", "StepFailed", "WorkflowConfig", "evaluation_split", "execute",
+           "load_config", "make_plan", "outcome_lines", "run_folders", "with_cluster"]

@@ -1,10 +1,13 @@
-"""``wdr-pipe run CONFIG.toml``: the TOML file that describes the whole DAG, read and checked.
+"""``wdr-pipe run CONFIG.toml``: the TOML file that describes the whole workflow, read and checked.
 
-Keys are the flags of the commands, dashes as underscores; an unknown key is
-an error naming its line. Paths are relative to the TOML file's folder.
+Keys are the flags of the commands, dashes as underscores; the schema of the file
+(``schema.py``) is generated from the commands' settings and configs, and every key and
+value is checked against it before anything is planned. Paths are relative to the TOML
+file's folder.
 
     store = "store"                       # the store folder
     runs = "runs"                         # run folders go to runs/<name>
+    workers = 4                           # dask worker processes of the data stages (or scheduler = ADDRESS)
 
     [fetch]                               # wdr-pipe fetch
     indexes = ["data/train.json", "data/validation.json", "data/test.json"]
@@ -24,56 +27,44 @@ an error naming its line. Paths are relative to the TOML file's folder.
     init = "deep_fixed"                   # another run of this file: the paper's two phases
     parts = "deep,wide,recurrent"
 
-Every value is checked by the stage's own config class when the plan is made,
-before anything runs.
+Every value is checked by the schema when the file is read, and by the stage's own config
+class when the plan is made (``--dry-run`` too), before anything runs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
-from ..errors import UserError
+from ..errors import BadSetting, UserError
+from ..pipeline.runner import Cluster
+from ..pipeline.settings import FeatureSettings, FetchSettings, StatsSettings
+from .schema import check_file, line_of, place, tables
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-FETCH_KEYS = {"indexes", "split", "label_map", "holdout", "size", "resize_mode", "quality", "min_size", "shard_size",
-              "threads", "per_host", "timeout", "deadline", "retries", "max_bytes", "limit", "retry_failed"}
-FEATURE_KEYS = {"hog_size", "orientations", "bins", "keep_background", "dtype", "splits"}
-STATS_KEYS = {"dim", "alpha", "epochs", "seed", "pos_weight_clip", "splits"}
-TOP_KEYS = {"store", "runs", "workers", "scheduler", "fetch", "features", "stats", "train", "evaluate", "ensemble",
-            "predict", "report"}
-EVALUATE_KEYS = {"split", "checkpoint", "tta", "saliency", "saliency_labels", "batch_size"}
-ENSEMBLE_KEYS = {"runs", "method", "split", "folds", "seed", "C", "min_positives", "checkpoint", "tta", "batch_size"}
-PREDICT_KEYS = {"run", "split", "out", "probs", "checkpoint", "tta", "batch_size"}
-REPORT_KEYS = {"run", "split"}
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PATHS = {"train": ("weights",), "predict": ("out", "probs")}  # model-side keys that are paths
 
 
-def train_keys() -> set:
-    from ..wdr.trainconfig import TrainConfig
-
-    return {f.name for f in dataclasses.fields(TrainConfig)} - {"store", "out"}
-
-
-@dataclass
-class RunConfig:
-    """The checked content of a ``run`` TOML file (paths absolute)."""
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """The checked content of a ``run`` TOML file (paths absolute); ``text`` is the file, for the
+    line numbers of later messages."""
 
     path: Path
+    text: str
     store: Path
     runs: Path
-    workers: Optional[int] = None
-    scheduler: Optional[str] = None
-    fetch: Optional[Dict[str, Any]] = None
-    features: Optional[Dict[str, Any]] = None
-    stats: Optional[Dict[str, Any]] = None
+    cluster: Cluster = Cluster()
+    fetch: Optional[FetchSettings] = None
+    features: Optional[FeatureSettings] = None
+    stats: StatsSettings = StatsSettings()
     train: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     evaluate: Optional[Dict[str, Any]] = None        # evaluate every run and ensemble with these settings
     ensemble: Dict[str, Dict[str, Any]] = field(default_factory=dict)
@@ -88,7 +79,8 @@ class RunConfig:
             if name in order:
                 return
             if name in stack:
-                raise UserError(f"{self.path}: [train.{name}] init makes a cycle: {' -> '.join(stack + [name])}")
+                raise UserError(f"{self.place(f'train.{name}', 'init')} init makes a cycle: "
+                                f"{' -> '.join(stack + [name])}")
             init = self.train[name].get("init")
             if init in self.train:
                 visit(init, stack + [name])
@@ -98,104 +90,108 @@ class RunConfig:
             visit(name, [])
         return order
 
+    def place(self, table: str = "", key: str = "") -> str:
+        """``FILE:LINE: [table]``: where a message about ``key`` of ``table`` points."""
+        return place(self.path, self.text, table, key)
 
-def _line_of(text: str, key: str, table: str = "") -> int:
-    """The first line that sets ``key`` (after the table header ``[table]`` if given), 1-based."""
-    start = 0
-    if table:
-        m = re.search(rf"^\s*\[{re.escape(table)}\]\s*$", text, re.M)
-        start = m.end() if m else 0
-    m = re.search(rf"^\s*{re.escape(key)}\s*=", text[start:], re.M)
-    if not m:
-        m = re.search(rf"^\s*\[(?:[\w.]*\.)?{re.escape(key)}\]", text, re.M)
-        start = 0 if m else start
-    return text.count("\n", 0, start + m.start()) + 1 if m else 0
-
-
-def _check_keys(path: Path, text: str, table: str, got: Dict[str, Any], allowed: set) -> None:
-    for key in got:
-        if key not in allowed:
-            line = _line_of(text, key, table)
-            where = f"[{table}] " if table else ""
-            raise UserError(f"{path}:{line}: unknown key {where}{key!r}; use one of: {', '.join(sorted(allowed))}")
+    @contextlib.contextmanager
+    def checking(self, table: str) -> Iterator[None]:
+        """Around making a stage's config from ``[table]``: its refusal, one line naming the file and line."""
+        try:
+            yield
+        except BadSetting as e:
+            raise UserError(f"{self.place(table, e.field)}: {e}") from None
+        except UserError as e:
+            raise UserError(f"{self.place(table)}: {e}") from None
+        except TypeError as e:  # a key the config does not take (the schema checks names; this is a safety net)
+            raise UserError(f"{self.place(table)}: {e}") from None
 
 
-def _abs(base: Path, value: Any, key: str, path: Path) -> str:
-    if not isinstance(value, str) or not value:
-        raise UserError(f"{path}: {key} must be a path (text), not {value!r}")
-    return str((base / Path(value).expanduser()).resolve())
-
-
-def load_config(path) -> RunConfig:
-    """Read and check ``path`` (keys and types of the file itself; values are checked by the stages)."""
-    path = Path(path)
+def _read(path: Path):
     try:
         text = path.read_text(encoding="utf-8")
-        doc = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; pass a run config (see 'wdr-pipe run --help')") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
-    base = path.resolve().parent
-    _check_keys(path, text, "", doc, TOP_KEYS)
-    for name, keys in (("fetch", FETCH_KEYS), ("features", FEATURE_KEYS), ("stats", STATS_KEYS),
-                       ("evaluate", EVALUATE_KEYS), ("predict", PREDICT_KEYS), ("report", REPORT_KEYS)):
-        if name in doc and not isinstance(doc[name], dict):
-            raise UserError(f"{path}:{_line_of(text, name)}: {name} must be a table [{name}]")
-        _check_keys(path, text, name, doc.get(name, {}), keys)
-    if "store" not in doc:
-        raise UserError(f"{path}: no 'store = \"FOLDER\"' line; say where the store is (or goes)")
-    train = doc.get("train", {})
-    if not isinstance(train, dict) or any(not isinstance(v, dict) for v in train.values()):
-        raise UserError(f"{path}: training runs are tables [train.NAME] of train flags")
-    allowed = train_keys()
-    for name, flags in train.items():
-        if not RUN_NAME.match(name):
-            raise UserError(f"{path}: [train.{name}]: a run name is letters, digits, '_', '.' or '-'")
-        _check_keys(path, text, f"train.{name}", flags, allowed)
-    ensembles = doc.get("ensemble", {})
-    if not isinstance(ensembles, dict) or any(not isinstance(v, dict) for v in ensembles.values()):
-        raise UserError(f"{path}: ensembles are tables [ensemble.NAME] with runs = [\"run\", ...]")
-    for name, flags in ensembles.items():
-        if not RUN_NAME.match(name) or name in train:
-            raise UserError(f"{path}: [ensemble.{name}]: give it a name of letters, digits, '_', '.' or '-' "
-                            "that no [train.NAME] has")
-        _check_keys(path, text, f"ensemble.{name}", flags, ENSEMBLE_KEYS)
-        unknown = [r for r in flags.get("runs", []) if r not in train]
-        if len(flags.get("runs", [])) < 2 or unknown:
-            raise UserError(f"{path}: [ensemble.{name}] runs = {flags.get('runs')}: name two or more [train.NAME] "
-                            f"runs of this file" + (f" ({', '.join(map(str, unknown))} is none)" if unknown else ""))
+
+
+def _paths(doc: Dict[str, Any], base: Path) -> Dict[str, Any]:
+    """``doc`` with every path key made absolute against ``base`` (the file's folder)."""
+    def absolute(value):
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return str((base / Path(value).expanduser()).resolve())
+
+    def fix(block: Dict[str, Any], keys) -> Dict[str, Any]:
+        return {k: absolute(v) if k in keys else v for k, v in block.items()}
+
+    out = {"runs": "runs", **doc}
+    for name, table in tables().items():
+        keys = {k for k, spec in table.keys.items()
+                if (spec.setting is not None and spec.setting.path) or k in PATHS.get(name, ())}
+        if not name:
+            out = fix(out, keys)
+        elif name in out:
+            out[name] = ({run: fix(block, keys) for run, block in out[name].items()} if table.named
+                         else fix(out[name], keys))
+    return out
+
+
+def _check_references(path: Path, text: str, doc: Dict[str, Any]) -> None:
+    """Names of other runs: ensemble members, the run to predict with and to report on."""
+    train, ensembles = doc.get("train", {}), doc.get("ensemble", {})
+    for name in ensembles:
+        if name in train:
+            raise UserError(f"{place(path, text, f'ensemble.{name}')}: give it a name no [train.NAME] has")
+        runs = ensembles[name]["runs"]
+        unknown = [r for r in runs if r not in train]
+        if len(runs) < 2 or unknown:
+            raise UserError(f"{place(path, text, f'ensemble.{name}', 'runs')} runs = {runs}: name two or more "
+                            f"[train.NAME] runs of this file" + (f" ({', '.join(unknown)} is none)" if unknown else ""))
     for name in ("predict", "report"):
         target = doc.get(name, {}).get("run")
         if name in doc and target not in set(train) | set(ensembles):
-            raise UserError(f"{path}: [{name}] run = {target!r}: name a [train.NAME] or [ensemble.NAME] of this file")
-    predict = dict(doc["predict"]) if "predict" in doc else None
-    if predict is not None:
-        for key in ("out", "probs"):
-            if key in predict:
-                predict[key] = _abs(base, predict[key], f"[predict] {key}", path)
-        if "out" not in predict:
-            raise UserError(f"{path}: [predict] needs out = \"submission.csv\"")
-    fetch = dict(doc["fetch"]) if "fetch" in doc else None
-    if fetch is not None:
-        if not fetch.get("indexes"):
-            raise UserError(f"{path}: [fetch] needs indexes = [\"train.json\", ...]")
-        fetch["indexes"] = [_abs(base, p, "[fetch] indexes", path) for p in fetch["indexes"]]
-        if "label_map" in fetch:
-            fetch["label_map"] = _abs(base, fetch["label_map"], "[fetch] label_map", path)
-    runs = {name: dict(flags) for name, flags in train.items()}
-    for name, flags in runs.items():
-        for key in ("weights",):
-            if key in flags:
-                flags[key] = _abs(base, flags[key], f"[train.{name}] {key}", path)
-    cfg = RunConfig(path=path, store=Path(_abs(base, doc["store"], "store", path)),
-                    runs=Path(_abs(base, doc.get("runs", "runs"), "runs", path)), workers=doc.get("workers"),
-                    scheduler=doc.get("scheduler"), fetch=fetch, features=doc.get("features"),
-                    stats=doc.get("stats"), train=runs, evaluate=doc.get("evaluate"), ensemble=ensembles,
-                    predict=predict, report=doc.get("report"))
-    for name, flags in runs.items():  # init: another run of this file, or a run folder
-        init = flags.get("init")
-        if init is not None and init not in runs:
-            flags["init"] = _abs(base, init, f"[train.{name}] init", path)
+            raise UserError(f"{place(path, text, name, 'run')} run = {target!r}: name a [train.NAME] or "
+                            "[ensemble.NAME] of this file")
+
+
+def _settings(path: Path, text: str, cls, table: str, values: Dict[str, Any]):
+    """``cls(**values)``, its refusal pointing at the key's line."""
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except BadSetting as e:
+        raise UserError(f"{place(path, text, table, e.field)} {e}") from None
+
+
+def load_config(path) -> WorkflowConfig:
+    """Read ``path`` and check it whole: keys, types and values (``schema.py``), paths, run names."""
+    path = Path(path)
+    text, doc = _read(path)
+    check_file(path, text, doc)
+    _check_references(path, text, doc)
+    doc = _paths(doc, path.resolve().parent)
+    train = doc.get("train", {})
+    for flags in train.values():  # init: another run of this file, or a run folder
+        if "init" in flags and flags["init"] not in train:
+            flags["init"] = str((path.resolve().parent / Path(flags["init"]).expanduser()).resolve())
+    top = {k: doc[k] for k in ("workers", "scheduler") if k in doc}
+    cfg = WorkflowConfig(
+        path=path, text=text, store=Path(doc["store"]), runs=Path(doc["runs"]),
+        cluster=_settings(path, text, Cluster, "", top),
+        fetch=_settings(path, text, FetchSettings, "fetch", doc["fetch"]) if "fetch" in doc else None,
+        features=_settings(path, text, FeatureSettings, "features", doc["features"]) if "features" in doc else None,
+        stats=_settings(path, text, StatsSettings, "stats", doc.get("stats", {})),
+        train=train, evaluate=doc.get("evaluate"), ensemble=doc.get("ensemble", {}), predict=doc.get("predict"),
+        report=doc.get("report"))
     cfg.run_order()
     return cfg
+
+
+def with_cluster(cfg: WorkflowConfig, cluster: Cluster) -> WorkflowConfig:
+    """``cfg`` with the data stages run on ``cluster`` instead."""
+    return dataclasses.replace(cfg, cluster=cluster)
+
+
+__all__ = ["WorkflowConfig", "line_of", "load_config", "with_cluster"]

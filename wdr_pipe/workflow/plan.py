@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
+from ..checks import default_of
 from ..errors import UserError
 from ..progress import Hook
 from ..result import StageResult
-from .config import RunConfig
+from .config import WorkflowConfig
 from .ranks import Ranks
 
 log = logging.getLogger("wdr_pipe")
@@ -54,11 +55,16 @@ class Outcome:
 
 @dataclass
 class Plan:
-    config: RunConfig
+    config: WorkflowConfig
+    evaluation_split: str                      # the split every run is evaluated (and reported, compared) on
     steps: List[Step] = field(default_factory=list)
 
     def names(self) -> List[str]:
         return [s.name for s in self.steps]
+
+    def lines(self) -> List[str]:
+        """The plan for a person (``run --dry-run``): a step a line, with what it waits for."""
+        return [f"{s.name:<22} {s.what}" + (f"  (after {', '.join(s.deps)})" if s.deps else "") for s in self.steps]
 
     def dependants(self, names: Sequence[str]) -> List[str]:
         """``names`` and every step that depends on them, directly or not, in plan order."""
@@ -69,62 +75,41 @@ class Plan:
         return [n for n in self.names() if n in out]
 
 
-def _fetch_step(cfg: RunConfig) -> Step:
-    from ..pipeline.download import DownloadConfig
-    from ..pipeline.fetch import FetchConfig, FetchOptions, fetch
-
-    f = dict(cfg.fetch)
-    image = FetchConfig(**{k: f.pop(k) for k in ("size", "resize_mode", "quality", "min_size") if k in f})
-    timeout = f.pop("timeout", None)
-    dl = DownloadConfig(**{k: f.pop(k) for k in ("deadline", "retries", "max_bytes") if k in f},
-                        **({"connect_timeout": timeout, "read_timeout": timeout} if timeout is not None else {}))
-    opts = FetchOptions(**{k: f.pop(k) for k in ("shard_size", "threads", "per_host") if k in f}, download=dl)
-    indexes = f.pop("indexes")
-    if "holdout" in f:  # "validation=0.33", as on the command line
-        name, _, fraction = str(f["holdout"]).partition("=")
-        try:
-            f["holdout"] = (name, float(fraction))
-        except ValueError:
-            raise UserError(f"{cfg.path}: [fetch] holdout = {f['holdout']!r}: give \"NAME=FRACTION\"") from None
+def _fetch_step(cfg: WorkflowConfig) -> Step:
+    settings = cfg.fetch
+    with cfg.checking("fetch"):
+        image, _ = settings.configs()
 
     def action(progress: Hook, force: bool) -> StageResult:
-        return fetch(cfg.store, indexes, image, opts, workers=cfg.workers, scheduler=cfg.scheduler,
-                     progress=progress, **f)
+        result = settings.run(cfg.store, cfg.cluster, progress=progress)
+        settings.verdict(result)
+        return result
 
-    return Step("fetch", [], action, f"fetch {len(indexes)} index(es) into {cfg.store} ({image.size} px)")
+    return Step("fetch", [], action, f"fetch {len(settings.indexes)} index(es) into {cfg.store} ({image.size} px)")
 
 
-def _features_step(cfg: RunConfig, deps: List[str]) -> Step:
-    from ..pipeline.features import FeatureConfig, compute_features
+def _features_step(cfg: WorkflowConfig, deps: List[str]) -> Step:
+    from ..pipeline.settings import FeatureSettings
 
-    f = dict(cfg.features or {})
-    splits = f.pop("splits", None)
-    if "keep_background" in f:
-        f["ignore_background"] = not f.pop("keep_background")
-    fc = FeatureConfig(**f)
+    settings = cfg.features or FeatureSettings()
+    with cfg.checking("features"):
+        fc = settings.config()
 
     def action(progress: Hook, force: bool) -> StageResult:
-        return compute_features(cfg.store, splits, fc, rebuild=force, workers=cfg.workers,
-                                scheduler=cfg.scheduler, progress=progress)
+        return settings.run(cfg.store, cfg.cluster, progress=progress, rebuild=force)
 
     return Step("features", deps, action, f"features {fc.key} (HOG {fc.hog_size} px, {fc.bins} colour bins)",
                 key=fc.key)
 
 
-def _stats_step(cfg: RunConfig, deps: List[str]) -> Step:
-    from ..pipeline.label_stats import StatsConfig, compute_stats
-
-    f = dict(cfg.stats or {})
-    splits = f.pop("splits", None)
-    sc = StatsConfig(**f)
-
-    def action(progress: Hook, force: bool) -> StageResult:
-        return compute_stats(cfg.store, splits, sc, progress=progress, rebuild=force)
-
-    return Step("stats", deps, action, "label statistics of every labelled split")
+def _stats_step(cfg: WorkflowConfig, deps: List[str]) -> Step:
+    with cfg.checking("stats"):
+        cfg.stats.config()
+    return Step("stats", deps, lambda progress, force: cfg.stats.run(cfg.store, progress=progress, rebuild=force),
+                "label statistics of every labelled split")
 
 
-def _train_step(cfg: RunConfig, name: str, deps: List[str], feature_key: Optional[str]) -> Step:
+def _train_step(cfg: WorkflowConfig, name: str, deps: List[str], feature_key: Optional[str]) -> Step:
     from ..wdr.train import train
     from ..wdr.trainconfig import TrainConfig
 
@@ -133,14 +118,8 @@ def _train_step(cfg: RunConfig, name: str, deps: List[str], feature_key: Optiona
         flags.setdefault("feature_key", feature_key)  # the features this file computes
     if flags.get("init") in cfg.train:
         flags["init"] = str(cfg.runs / flags["init"])
-    if cfg.workers is not None and "workers" not in flags:
-        flags["workers"] = cfg.workers
-    try:
+    with cfg.checking(f"train.{name}"):
         tc = TrainConfig(store=str(cfg.store), out=str(cfg.runs / name), **flags)
-    except TypeError as e:  # a key the trainer does not take (load_config checks names; this is types)
-        raise UserError(f"{cfg.path}: [train.{name}]: {e}") from None
-    except UserError as e:
-        raise UserError(f"{cfg.path}: [train.{name}]: {e}") from None
 
     def prepare(force: bool) -> None:
         if force:
@@ -162,54 +141,66 @@ def _set_aside(folder: str) -> None:
         log.info("forced: the previous %s is kept in %s", folder, aside)
 
 
-def _evaluate_step(cfg: RunConfig, name: str, deps: List[str]) -> Step:
+def _evaluate_step(cfg: WorkflowConfig, name: str, deps: List[str]) -> Step:
     from ..wdr.evaluate import EvalConfig, evaluate
 
-    ec = EvalConfig(store=str(cfg.store), run=str(cfg.runs / name), **(cfg.evaluate or {}))
+    with cfg.checking("evaluate"):
+        ec = EvalConfig(store=str(cfg.store), run=str(cfg.runs / name), **(cfg.evaluate or {}))
     return Step(f"evaluate.{name}", deps, lambda progress, force: evaluate(ec, progress=progress),
                 f"evaluate {name} on {ec.split}")
 
 
-def _ensemble_step(cfg: RunConfig, name: str) -> Step:
+def _ensemble_step(cfg: WorkflowConfig, name: str) -> Step:
     from ..wdr.ensemble import EnsembleConfig, make_ensemble
 
     flags = dict(cfg.ensemble[name])
-    members = [str(cfg.runs / r) for r in flags.pop("runs")]
-    ec = EnsembleConfig(runs=tuple(members), out=str(cfg.runs / name), store=str(cfg.store), **flags)
+    members = flags.pop("runs")
+    with cfg.checking(f"ensemble.{name}"):
+        ec = EnsembleConfig(runs=tuple(str(cfg.runs / r) for r in members), out=str(cfg.runs / name),
+                            store=str(cfg.store), **flags)
+
     def action(progress: Hook, force: bool) -> StageResult:
         if force:
             _set_aside(ec.out)
         return make_ensemble(ec, progress=progress)
 
-    return Step(f"ensemble.{name}", [f"train.{r}" for r in cfg.ensemble[name]["runs"]], action,
-                f"ensemble {name}: {ec.method} of {', '.join(cfg.ensemble[name]['runs'])}")
+    return Step(f"ensemble.{name}", [f"train.{r}" for r in members], action,
+                f"ensemble {name}: {ec.method} of {', '.join(members)}")
 
 
-def _producer(cfg: RunConfig, name: str) -> str:
+def _producer(cfg: WorkflowConfig, name: str) -> str:
     return f"ensemble.{name}" if name in cfg.ensemble else f"train.{name}"
 
 
-def _predict_step(cfg: RunConfig) -> Step:
+def _predict_step(cfg: WorkflowConfig) -> Step:
     from ..wdr.predict import PredictConfig, predict_split
 
     flags = dict(cfg.predict)
     name = flags.pop("run")
-    pc = PredictConfig(store=str(cfg.store), run=str(cfg.runs / name), **flags)
+    with cfg.checking("predict"):
+        pc = PredictConfig(store=str(cfg.store), run=str(cfg.runs / name), **flags)
     return Step("predict", [_producer(cfg, name)], lambda progress, force: predict_split(pc, progress=progress),
                 f"predict {pc.split} with {name} -> {pc.out}")
 
 
-def _report_step(cfg: RunConfig, deps: List[str]) -> Step:
+def _report_step(cfg: WorkflowConfig, split: str, deps: List[str]) -> Step:
     from ..report import build_report
 
-    name, split = cfg.report["run"], cfg.report.get("split", (cfg.evaluate or {}).get("split", "validation"))
+    name, split = cfg.report["run"], cfg.report.get("split") or split
     return Step("report", deps, lambda progress, force: build_report(str(cfg.runs / name), split, str(cfg.store)),
                 f"report of {name} on {split}")
 
 
-def make_plan(cfg: RunConfig) -> Plan:
+def evaluation_split(cfg: WorkflowConfig) -> str:
+    """The split of ``[evaluate]``, else evaluation's own default."""
+    from ..wdr.evaluate import EvalConfig
+
+    return (cfg.evaluate or {}).get("split", default_of(EvalConfig, "split"))
+
+
+def make_plan(cfg: WorkflowConfig) -> Plan:
     """Every step of ``cfg``, its settings checked by the stage's own config classes."""
-    plan = Plan(cfg)
+    plan = Plan(cfg, evaluation_split(cfg))
     data: List[str] = []
     if cfg.fetch is not None:
         plan.steps.append(_fetch_step(cfg))
@@ -235,13 +226,22 @@ def make_plan(cfg: RunConfig) -> Plan:
     if cfg.report is not None:
         target = cfg.report["run"]
         deps = [f"evaluate.{target}"] if cfg.evaluate is not None else [_producer(cfg, target)]
-        plan.steps.append(_report_step(cfg, deps))
+        plan.steps.append(_report_step(cfg, plan.evaluation_split, deps))
     return plan
 
 
-def run_folders(cfg: RunConfig) -> List[str]:
+def outcome_lines(outcomes: Sequence[Outcome]) -> List[str]:
+    """What ``run`` prints when done: a step a line, its status (``*``: forced), time and result line."""
+    return [f"{'step':<22}{'status':<8}{'seconds':>9}  result"] + [
+        f"{o.step.name:<22}{o.status + ('*' if o.forced else ''):<8}{o.seconds:>9.1f}  {o.result.line()}"
+        for o in outcomes]
+
+
+def run_folders(cfg: WorkflowConfig) -> List[str]:
     """The run and ensemble folders of ``cfg`` that exist, in plan order (for ``compare``)."""
-    return [str(cfg.runs / n) for n in [*cfg.run_order(), *cfg.ensemble] if (cfg.runs / n / "result.json").exists()]
+    from ..cache import result_path
+
+    return [str(cfg.runs / n) for n in [*cfg.run_order(), *cfg.ensemble] if result_path(cfg.runs / n).exists()]
 
 
 def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str], Hook] = lambda name: None,
@@ -272,4 +272,5 @@ def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str],
     return outcomes
 
 
-__all__ = ["Outcome", "Plan", "Step", "execute", "make_plan", "run_folders"]
+__all__ = ["Outcome", "Plan", "Step", "evaluation_split", "execute", "make_plan", "outcome_lines",
+           "run_folders"]

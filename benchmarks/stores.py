@@ -1,4 +1,5 @@
-"""Stores written by the real stages from a generated data set, for tests and benchmarks.
+"""Stores written by the real stages from a generated data set, for the benchmarks and the tests
+(``tests/conftest.py`` imports it from here; it is not part of the package).
 
 ``build_store`` takes the records of a drawn data set (``synth.make_dataset``),
 writes its FGVC5 indexes with ``file://`` URLs to the drawn JPEG files, and runs
@@ -15,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
-from ..pipeline.features import FeatureConfig, compute_features
-from ..pipeline.fetch import FetchConfig, FetchOptions, fetch
-from ..pipeline.label_stats import StatsConfig, compute_stats
-from . import synth
+from wdr_pipe.demo import synth
+from wdr_pipe.pipeline.configs import FeatureConfig, FetchConfig, FetchOptions, StatsConfig
+from wdr_pipe.pipeline.features import compute_features
+from wdr_pipe.pipeline.fetch import fetch
+from wdr_pipe.pipeline.stats import compute_stats
 
 
 def build_store(root: Path, data_root: Path, records: Sequence[synth.Record], *, size: int = 96,

@@ -1,8 +1,8 @@
 """Stored HOG and colour-histogram features of a store as dense matrices.
 
 Nothing here decodes an image. Feature shards are read only where both the
-image shard and its feature shard are committed and row-aligned
-(``Store.feature_shards``).
+image shard and its feature shard are committed, current and row-aligned
+(``store.features.shards``).
 
     >>> ids, hog, hist = load_features(store, "train")  # (N,), (N, D1), (N, D2)
     >>> data = load_split(store, "train", as_="torch")  # dict of tensors
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UserError
-from .keys import read_json
+from .jsonfile import read_json
 from .labels import label_space, multi_hot
 from .store import StoreLike, as_store, read_columns
 
@@ -28,7 +28,7 @@ log = logging.getLogger("wdr_pipe")
 def feature_config(store: StoreLike, key: Optional[str] = None) -> dict:
     """The ``config.json`` of a feature key: ``{"key": ..., "config": {...}}``."""
     store = as_store(store)
-    return read_json(store.feature_config_path(store.resolve_feature_key(key)))
+    return read_json(store.features.config_path(store.features.resolve_key(key)))
 
 
 def fixed_matrix(col: pa.ChunkedArray, out: np.ndarray, start: int) -> None:
@@ -77,8 +77,8 @@ def load_features(store: StoreLike, split: str, key: Optional[str] = None,
     Arrays keep the stored dtype (float32, or float16 if the features were stored so).
     """
     store = as_store(store)
-    key = store.resolve_feature_key(key)
-    ids, hog, hist, ok = _read_features([f for _, f in store.feature_shards(key, split, complete=False)])
+    key = store.features.resolve_key(key)
+    ids, hog, hist, ok = _read_features([f for _, f in store.features.shards(key, split, complete=False)])
     if drop_failed and not ok.all():
         log.info("%s/%s: dropped %d rows whose image failed to decode", key, split, int((~ok).sum()))
         ids, hog, hist = _keep(ok, ids, hog, hist)
@@ -97,14 +97,13 @@ def load_split(store: StoreLike, split: str, key: Optional[str] = None, as_: str
     if as_ not in ("numpy", "pandas", "torch"):
         raise UserError(f"as_={as_!r}: use 'numpy', 'pandas' or 'torch'")
     store = as_store(store)
-    key = store.resolve_feature_key(key)
-    pairs = store.feature_shards(key, split, complete=False)
+    key = store.features.resolve_key(key)
+    pairs = store.features.shards(key, split, complete=False)
     ids, hog, hist, ok = _read_features([f for _, f in pairs])
     lab = read_columns([p for p, _ in pairs], ["image_id", "labels"])
     if not np.array_equal(lab.column("image_id").to_numpy(zero_copy_only=False), ids):
-        raise UserError(f"{store.features_dir(key, split)}: feature shards are not row-aligned with "
-                        f"{store.images_dir(split)}; rerun 'wdr-pipe features --store {store.root} --split {split} "
-                        f"--rebuild'")
+        store.features.misaligned(store.features.dir(key, split), split,
+                                  f"its image_ids are not those of {store.images_dir(split)} in the same order")
     labelled = lab.num_rows > 0 and lab.column("labels").null_count < lab.num_rows
     space = label_space(store) if labelled else None
     labels = multi_hot(lab.column("labels"), space, where=str(store.images_dir(split))) if labelled else None

@@ -34,16 +34,9 @@ import functools
 import cv2
 import numpy as np
 
+from ..configs import BLOCK_NORMS
+
 EPS = 1e-5
-BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
-
-
-def hog_dim(size: int, orientations: int, cell: int, block: int) -> int:
-    """Length of the descriptor of a ``size`` x ``size`` image."""
-    n_blocks = size // cell - block + 1
-    if n_blocks <= 0:
-        raise ValueError(f"a {size}x{size} image is smaller than one block of {block}x{block} cells of {cell} px")
-    return n_blocks * n_blocks * block * block * orientations
 
 
 def _gradients(images: np.ndarray):

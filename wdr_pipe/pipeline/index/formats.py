@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..cache.schema import INDEX
-from ..errors import UserError
+from ...cache.schema import INDEX
+from ...errors import UserError
 from .urls import check_urls
 
 log = logging.getLogger("wdr_pipe")

@@ -1,21 +1,20 @@
-"""One fetch shard: rows of an index -> images, failures and stats files.
+"""One fetch shard: rows of an index -> images, failures and the commit marker.
 
 ``fetch_shard(task)`` is the unit of work of ``wdr-pipe fetch`` (one dask
 task). It downloads the shard's rows on a bounded thread pool (at most
 ``per_host`` at once per host), resizes them, and writes
 ``part-NNNNN.parquet`` (the images, in index order),
 ``part-NNNNN.failures.parquet`` (every row that failed, with its status) and
-last ``part-NNNNN.stats.json``, the commit marker. In retry mode it fetches
+last the shard's commit marker (``cache.commit``). In retry mode it fetches
 only the given failed rows and merges them into the committed shard.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
@@ -24,36 +23,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import __version__
-from ..cache import config_dict, config_key, failures_path, commit_path
-from ..cache.atomic import publish, stage_parquet
-from ..cache.schema import FAILURES, IMAGES
-from ..errors import UserError
-from .checks import OPTION_BOUNDS, check_all
-from .download import DownloadConfig, DownloadFailed, Downloader
-from .imageops import FetchConfig, ImageRejected, process
-from ..imaging import image_task
+from ... import __version__
+from ...cache import commit, config_dict, config_key, failures_path
+from ...cache.atomic import stage_parquet, staging
+from ...cache.schema import FAILURES, IMAGES
+from ...imaging import ImageRejected, image_task, process
+from ..configs import FetchConfig, FetchOptions
+from .download import DownloadFailed, Downloader
 
 ROW_GROUP = 256  # rows per Parquet row group: bounded memory for streaming readers
 
 
 @dataclass(frozen=True)
-class FetchOptions:
-    """How to fetch (does not change the result, so not part of the key)."""
+class FetchShard:
+    """One image shard to fetch: rows ``start:end`` of the split's index (``rows``: image id, URLs,
+    labels) into ``path``; ``retry_ids``: only these failed rows, merged into the committed shard."""
 
-    shard_size: int = 1000
-    threads: int = 16
-    per_host: int = 8
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-
-    def __post_init__(self):
-        check_all("fetch options", self, OPTION_BOUNDS)
-        if not isinstance(self.download, DownloadConfig):
-            raise UserError(f"fetch options: download {self.download!r}: give a DownloadConfig")
-
-
-@dataclass
-class ShardTask:
     split: str
     number: int
     start: int
@@ -62,7 +47,7 @@ class ShardTask:
     rows: List[Tuple[str, List[str], Optional[List[int]]]]
     cfg: FetchConfig
     opts: FetchOptions
-    retry_ids: Optional[List[str]] = None  # retry mode: only these failed rows
+    retry_ids: Optional[Tuple[str, ...]] = None
 
 
 # -- one shard -------------------------------------------------------------------
@@ -130,8 +115,8 @@ def run_per_host(n: int, hosts: Sequence[str], fn: Callable[[int], None], thread
         raise errors[0]
 
 
-def fetch_shard(task: ShardTask, on_progress: Callable[[dict], None]) -> dict:
-    """Download and resize one shard; write images, failures and stats (last). Returns the stats."""
+def fetch_shard(task: FetchShard, on_progress: Callable[[dict], None]) -> dict:
+    """Download and resize one shard; write images, failures and the commit marker (last). Returns the marker."""
     t0 = time.monotonic()
     wanted = set(task.retry_ids) if task.retry_ids is not None else None
     todo = [i for i, r in enumerate(task.rows) if wanted is None or r[0] in wanted]
@@ -183,7 +168,7 @@ def _table(rows: List[dict], schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in schema}, schema=schema)
 
 
-def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict], counters: dict,
+def _commit(task: FetchShard, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict], counters: dict,
             seconds: float) -> dict:
     path = Path(task.path)
     images = _table([ok_rows[i] for i in sorted(ok_rows)], IMAGES)
@@ -195,21 +180,18 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
         ids = images["image_id"].to_pylist()
         images = images.take(sorted(range(len(ids)), key=lambda j: order[ids[j]]))
         old_f = pq.read_table(failures_path(path), schema=FAILURES)
-        still = old_f.filter(pc.invert(pc.is_in(old_f["image_id"], value_set=pa.array(task.retry_ids))))
+        still = old_f.filter(pc.invert(pc.is_in(old_f["image_id"], value_set=pa.array(list(task.retry_ids)))))
         failures = pa.concat_tables([still, failures])
     # both files complete beside the old ones first; the old shard stays committed until they are
-    staged = {path: stage_parquet(images, path, row_group_size=ROW_GROUP)}
-    try:
+    with staging() as staged:
+        staged[path] = stage_parquet(images, path, row_group_size=ROW_GROUP)
         staged[failures_path(path)] = stage_parquet(failures, failures_path(path))
-    except BaseException:
-        staged[path].unlink(missing_ok=True)
-        raise
     by_status = collections.Counter(failures["status"].to_pylist())
     examples: Dict[str, list] = {}
     for r in failures.to_pylist():
         if len(examples.setdefault(r["status"], [])) < 3:
             examples[r["status"]].append({"image_id": r["image_id"], "url": r["url"], "error": r["error"]})
-    stats = {
+    marker = {
         "shard": task.number, "split": task.split, "rows": [task.start, task.end],
         "ok": images.num_rows, "failed": failures.num_rows, "status_counts": dict(sorted(by_status.items())),
         "failure_examples": examples, "bytes_downloaded": counters["nbytes"],
@@ -222,5 +204,5 @@ def _commit(task: ShardTask, ok_rows: Dict[int, dict], fail_rows: Dict[int, dict
                     "download": asdict(task.opts.download)},
         "wdr_pipe_version": __version__, "written_at": time.time(),
     }
-    publish(staged, commit_path(path), json.dumps(stats, indent=1) + "\n")  # the commit marker, last
-    return stats
+    commit(staged, path, marker)  # the commit marker, last
+    return marker

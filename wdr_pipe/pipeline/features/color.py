@@ -23,7 +23,7 @@ import functools
 import cv2
 import numpy as np
 
-COLOR_SPACES = ("HSV", "RGB")
+from ..configs import COLOR_SPACES
 
 
 @functools.lru_cache(maxsize=16)
@@ -40,12 +40,6 @@ def _lut(kind: str, bins: int, max_s: float, min_v: float) -> np.ndarray:
             "RGB": [fine, fine, fine],
             "flags": [0 * v, low_s, high_v]}[kind]
     return np.stack(cols, axis=1).astype(np.uint8).reshape(256, 1, 3)
-
-
-def background_mask(hsv: np.ndarray, max_s: float, min_v: float) -> np.ndarray:
-    """True where an 8-bit HSV pixel is near-white background (S/255 < max_s and V/255 > min_v)."""
-    v = np.arange(256) / 255.0
-    return (v < max_s)[hsv[..., 1]] & (v > min_v)[hsv[..., 2]]
 
 
 def color_hist_batch(rgb: np.ndarray, bins: int = 8, color_space: str = "HSV", ignore_background: bool = True,

@@ -1,6 +1,6 @@
 """Download one image's bytes with bounds on everything.
 
-``Downloader(cfg).get(urls)`` tries each URL of an image in order and
+``Downloader(cfg).get(urls)`` (``cfg``: ``configs.DownloadConfig``) tries each URL of an image in order and
 returns ``(data, url)`` or raises :class:`DownloadFailed` with a status.
 - keep-alive connections pooled per host (urllib3, the engine under requests,
   used directly: requests' own per-request work cost 0.3-0.5 ms per image);
@@ -19,7 +19,6 @@ import os
 import random
 import time
 import urllib.request
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 from urllib.parse import unquote, urlsplit
 
@@ -27,29 +26,9 @@ import urllib3
 from urllib3.exceptions import (HTTPError, LocationParseError, MaxRetryError, NewConnectionError,
                                ProtocolError, TimeoutError as Urllib3Timeout)
 
-from ..errors import UserError
-from .checks import DOWNLOAD_BOUNDS, check_all
+from ..configs import DownloadConfig
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class DownloadConfig:
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    deadline: float = 60.0          # seconds per image, all URLs and retries included
-    retries: int = 3                # extra attempts per URL on retryable failures
-    backoff: float = 0.5            # first backoff; doubles each retry, plus jitter
-    max_backoff: float = 10.0       # also caps Retry-After
-    max_bytes: int = 20 * 2**20
-    max_redirects: int = 5
-    pool_size: int = 16
-    user_agent: str = "wdr-pipe (+https://github.com/wdr-pipe)"
-
-    def __post_init__(self):
-        check_all("download config", self, DOWNLOAD_BOUNDS)
-        if not isinstance(self.user_agent, str) or not self.user_agent.strip():
-            raise UserError(f"download config: user_agent {self.user_agent!r}: give a non-empty string")
 
 
 class DownloadFailed(Exception):

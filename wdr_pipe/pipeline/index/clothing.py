@@ -21,8 +21,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pyarrow as pa
 
-from ..cache.schema import INDEX, LABEL_MAP
-from ..errors import UserError
+from ...cache.schema import INDEX, LABEL_MAP
+from ...errors import UserError
 
 log = logging.getLogger("wdr_pipe")
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import UserError
+from ...errors import UserError
 
 SCHEME_RE = r"^[A-Za-z][A-Za-z0-9+.-]*:"
 SPACE_RE = re.compile(r"\s")
