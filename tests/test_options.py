@@ -154,7 +154,7 @@ def range_tables():
     return {"fetch": [checks.FETCH_BOUNDS, checks.DOWNLOAD_BOUNDS, checks.OPTION_BOUNDS],
             "features": [checks.FEATURE_BOUNDS], "stats": [checks.STATS_BOUNDS],
             "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
-            "thresholds": [{"min_positives": m.MIN_POSITIVES, "workers": m.WORKERS}],
+            "thresholds": [{"min_positives": m.MIN_POSITIVES, "loader_workers": m.LOADER_WORKERS}],
             "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
             "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
             "similar": [{"k": m.K}], "demo": [DEMO_BOUNDS]}

@@ -6,7 +6,7 @@ import json
 import click
 
 from . import cli
-from .common import CONTEXT, EXIT_UNEXPECTED, EXIT_USER, Failure, ProgressBar, json_option, user_errors
+from .common import CONTEXT, EXIT_UNEXPECTED, Failure, ProgressBar, json_option, user_errors
 
 
 @cli.command("run", context_settings=CONTEXT)
@@ -34,10 +34,11 @@ def run_cmd(config, force, dry_run, as_json):
       wdr-pipe run demo-out/demo.toml
       wdr-pipe run demo-out/demo.toml --force train.wdr
     """
-    from ..wdr.compare import compare_runs, format_table
-    from ..workflow import Ranks, load_config, make_plan, run_folders
+    from ..wdr.dist import Dist
+    from ..wdr.score.compare import compare_runs, format_table
+    from ..workflow import load_config, make_plan, run_folders
 
-    ranks = Ranks()
+    ranks = Dist()
     try:
         with user_errors():
             cfg = load_config(config)
@@ -47,7 +48,7 @@ def run_cmd(config, force, dry_run, as_json):
                     deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
                     click.echo(f"{step.name:<22} {step.what}{deps}")
                 return
-            ranks.start()
+            ranks.start(device=None)
             outcomes = _execute(plan, force, ranks)
     except click.ClickException as e:
         if not ranks.failed_together:
@@ -76,7 +77,8 @@ def _execute(plan, force, ranks):
     """The plan's steps with progress bars (rank 0's only); rank 0's failed step as its own line here."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..workflow import StepFailed, execute
+    from ..wdr.dist import StepFailed
+    from ..workflow import execute
 
     bars = []
 
@@ -91,9 +93,9 @@ def _execute(plan, force, ranks):
     try:
         with logging_redirect_tqdm():
             return execute(plan, force, progress_for, ranks)
-    except StepFailed as e:  # raised on rank 0 by its step: the same line on this rank
-        if e.user or e.kind == "TaskFailed":
-            raise Failure(e.message, EXIT_USER if e.user else EXIT_UNEXPECTED) from None
+    except StepFailed as e:  # raised on rank 0 by its step (a UserError arrives as one): the same line here
+        if e.kind == "TaskFailed":
+            raise Failure(e.message, EXIT_UNEXPECTED) from None
         first = (e.message.strip().splitlines() or [""])[0][:300]
         raise Failure(f"unexpected {e.kind}: {first}; rank 0 wrote the traceback (a bug or a broken setup; "
                       "please report it with that file)", EXIT_UNEXPECTED) from None

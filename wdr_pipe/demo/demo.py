@@ -99,7 +99,7 @@ def demo_config(size: int = 160, image_size: int = 128, epochs: int = 4, loader_
     """The built-in ``run`` config (paths relative to the demo folder)."""
     runs = ""
     for name, row, flags in ROWS:
-        flags = {**COMMON, "image_size": image_size, "workers": loader_workers, **flags}
+        flags = {**COMMON, "image_size": image_size, "loader_workers": loader_workers, **flags}
         flags["epochs"] = epochs * flags.pop("epochs_factor", 1)
         runs += f"\n# {row}\n[train.{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in flags.items())
     return (f'# The demo: generated garment photos, the WDR paper\'s ablation with ImageNet transfer learning.\n'

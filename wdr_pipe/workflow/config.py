@@ -29,7 +29,6 @@ before anything runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
@@ -57,9 +56,9 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def train_keys() -> set:
-    from ..wdr.trainconfig import TrainConfig
+    from ..wdr.train.config import setting_names
 
-    return {f.name for f in dataclasses.fields(TrainConfig)} - {"store", "out"}
+    return setting_names(aliases=True) - {"store", "out"}
 
 
 @dataclass
