@@ -254,7 +254,7 @@ def embed_shard(embedder: Embedder, cfg: EmbedConfig, image_shard: Path, out: Pa
 
 
 # -- the stage -----------------------------------------------------------------------------------
-def plan(store: Store, splits: Sequence[str], cfg: EmbedConfig, rebuild: bool):
+def pending_shards(store: Store, splits: Sequence[str], cfg: EmbedConfig, rebuild: bool):
     """``(shards to compute, per-split counts of the reused ones, images to compute)``."""
     want = {"float16": "halffloat", "float32": "float"}[cfg.dtype]
 
@@ -279,7 +279,7 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
     t0 = time.monotonic()
     store = as_store(store)
     splits = store.input_splits(splits)
-    tasks, summary, todo = plan(store, splits, cfg, rebuild)
+    tasks, summary, todo = pending_shards(store, splits, cfg, rebuild)
     root = store.embeddings_root(cfg.key)
     details: Dict[str, object] = {"images_computed": 0, "images_per_s": None}
     if tasks:
