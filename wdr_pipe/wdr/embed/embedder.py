@@ -1,6 +1,6 @@
 """A backbone on a device that turns stored JPEG bytes (or decoded images) into pooled vectors.
 
-Shared by the embed stage (``embed.py``) and search (``search.py``, which
+Shared by the embed stage (``stage.py``) and search (``search.py``, which
 embeds a query file on the fly with the same function). The pixels are those
 of the trainer's validation batches: ``imaging.decode_rgb`` in full, the eval
 transform, ``Normalize``; the model runs in eval mode under

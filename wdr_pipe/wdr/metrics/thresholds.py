@@ -1,7 +1,7 @@
 """Per-label decision thresholds that maximise micro-F1: Fan and Lin's cyclic
 optimisation (SCut), vectorised, with a global fallback for rare labels.
 
-Decision rule (as in ``metrics.py``): a label is predicted when its score is
+Decision rule (as in ``scores.py``): a label is predicted when its score is
 **>= its threshold**.
 
 ``tune_thresholds(y_true, scores)`` on a validation split:

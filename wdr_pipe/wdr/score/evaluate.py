@@ -2,7 +2,7 @@
 
 The run (a training run or an ensemble) scores every loadable image of the
 split (``scorer.py``: streamed through the loader, on CUDA when there is one;
-``--tta flip``; ``--checkpoint best|last``), then ``metrics.py`` computes, at
+``--tta flip``; ``--checkpoint best|last``), then ``metrics/scores.py`` computes, at
 0.5 and at the run's tuned thresholds (``thresholds.json``): micro and macro
 F1, precision and recall, mean average precision, subset accuracy and
 Hamming accuracy, and the per-label table. Written to ``RUN/eval/<split>/``
