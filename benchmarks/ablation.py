@@ -4,7 +4,7 @@ A store is written by the real stages (``benchmarks/stores.py``'s ``build_store`
 fetch over file:// URLs at a --stored px shorter side, HOG + colour features
 at 64 px, label statistics) from generated garment photos (``wdr_pipe.demo.synth``,
 24 labels in 6 groups), under --out and kept between runs. Every row is one
-run of the real ``wdr_pipe.wdr.train.train`` with ``tf_efficientnet_lite0
+run of the real ``wdr_pipe.wdr.train.loop.train`` with ``tf_efficientnet_lite0
 --pretrained`` at --size px, the same epochs, learning rate, batch and seed;
 only the flags of the row differ:
 
@@ -116,10 +116,10 @@ def oracle(store: Path, seed: int) -> dict:
 
 
 def config(store: Path, runs: Path, name: str, flags: dict, args):
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     base = dict(store=str(store), out="unset", backbone="tf_efficientnet_lite0", pretrained=True,
-                image_size=args.size, epochs=args.epochs, lr=args.lr, batch_size=args.batch, workers=args.workers,
+                image_size=args.size, epochs=args.epochs, lr=args.lr, batch_size=args.batch, loader_workers=args.workers,
                 warmup_epochs=args.warmup, checkpoint_every=0, thresholds="cv", device=args.device, seed=args.seed)
     # the folder is named by what this script sets, not by TrainConfig.key(): a setting added to wdr-pipe
     # later (at its default) changes that key, and a rerun should still find its runs
@@ -130,8 +130,8 @@ def config(store: Path, runs: Path, name: str, flags: dict, args):
 
 def run_row(cfg, label: str) -> dict:
     """Train (or reuse) one row's run; its figures from ``RUN/result.json``."""
-    from wdr_pipe.wdr.checkpoint import RunDir
-    from wdr_pipe.wdr.train import train
+    from wdr_pipe.wdr.runs.folder import RunFolder
+    from wdr_pipe.wdr.train.loop import train
 
     t = time.perf_counter()
 
@@ -140,7 +140,7 @@ def run_row(cfg, label: str) -> dict:
             print(f"  {label}: step {p.done}/{p.total} ({p.message}), {time.perf_counter() - t:.0f} s", flush=True)
 
     result = train(cfg, progress=hook)
-    doc = json.loads(RunDir(cfg.out).result.read_text())  # a reused run's own time, not 0
+    doc = json.loads(RunFolder(cfg.out).result.read_text())  # a reused run's own time, not 0
     d = doc["details"]
     return {"f1": d["val_f1_at_0.5"], "tuned": d["val_f1_tuned"], "oof": d.get("val_f1_tuned_out_of_fold"),
             "global": d["val_f1_global"], "best_step": d["best_step"], "steps": doc["counts"]["steps"],

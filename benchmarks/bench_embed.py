@@ -57,14 +57,14 @@ def build(out: Path, n_train: int, n_val: int) -> Path:
 
 
 def train_once(store: Path, args, seed: int, stream: bool) -> dict:
-    from wdr_pipe.wdr.train import train
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.train.loop import train
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(store=str(store), out=str(Path(tmp) / "run"), pretrained=True, deep="fixed",
                           parts="deep,wide,recurrent", image_size=args.size, batch_size=args.batch, lr=1e-3,
-                          workers=args.workers, epochs=args.epochs, seed=seed, checkpoint_every=0,
+                          loader_workers=args.workers, epochs=args.epochs, seed=seed, checkpoint_every=0,
                           stream_images=stream, device=args.device)
         t0 = time.perf_counter()
         result = train(cfg, progress=lambda p: marks.append((time.perf_counter(), p.done)) if p.stage == "train"
@@ -81,7 +81,7 @@ def train_once(store: Path, args, seed: int, stream: bool) -> dict:
 def training(args) -> None:
     import torch
 
-    from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
+    from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings
 
     store = build(args.out, args.train, args.val)
     if args.threads:
@@ -139,8 +139,8 @@ def fake_embeddings(root: Path, n: int, dim: int = 1280, shard: int = 10_000) ->
     from wdr_pipe.cache import Store, commit_path, shard_identity, write_config
     from wdr_pipe.cache.atomic import write_parquet_atomic, write_text_atomic
     from wdr_pipe.cache.schema import IMAGES, image_embeddings_schema
-    from wdr_pipe.wdr.embed import WRITE_OPTIONS, EmbedConfig
-    from wdr_pipe.wdr.transforms import DataConfig
+    from wdr_pipe.wdr.embed.stage import WRITE_OPTIONS, EmbedConfig
+    from wdr_pipe.wdr.data.transforms import DataConfig
 
     store = Store(root, create=True)
     cfg = EmbedConfig.of("tf_efficientnet_lite0", "bench", DataConfig(), "float16")
@@ -172,7 +172,7 @@ def search(args) -> None:
     import numpy as np
     import torch
 
-    from wdr_pipe.wdr.search import SearchIndex, _faiss, build_index, similar
+    from wdr_pipe.wdr.embed.search import SearchIndex, _faiss, build_index, similar
 
     threads = args.threads or 1
     _faiss().omp_set_num_threads(threads)  # one query: OpenMP threads only wait on a busy machine

@@ -44,22 +44,22 @@ def build(out: Path, n_test: int) -> Path:
 
 
 def run_folder(store: Path, out: Path, args) -> Path:
-    from wdr_pipe.wdr.train import train
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.train.loop import train
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     run = out / f"run-{store.name}"
-    train(TrainConfig(store=str(store), out=str(run), pretrained=True, epochs=1, batch_size=32, workers=args.workers,
+    train(TrainConfig(store=str(store), out=str(run), pretrained=True, epochs=1, batch_size=32, loader_workers=args.workers,
                       checkpoint_every=0, device=args.device))
     return run
 
 
 def predict(store: Path, run: Path, args, tta: str) -> tuple:
-    from wdr_pipe.wdr.predict import PredictConfig, predict_split
+    from wdr_pipe.wdr.score.predict import PredictConfig, predict_split
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         r = predict_split(PredictConfig(store=str(store), run=str(run), out=str(Path(tmp) / "sub.csv"), tta=tta,
-                                        batch_size=args.batch, workers=args.workers, device=args.device))
+                                        batch_size=args.batch, loader_workers=args.workers, device=args.device))
         wall = time.perf_counter() - t
     return r.details["images_per_s"], r.counts["rows"] / wall
 
@@ -67,11 +67,11 @@ def predict(store: Path, run: Path, args, tta: str) -> tuple:
 def ceiling(store: Path, run: Path, args) -> float:
     import torch
 
-    from wdr_pipe.wdr.data import make_loader
-    from wdr_pipe.wdr.runs import open_run
-    from wdr_pipe.wdr.scorer import ModelScorer
+    from wdr_pipe.wdr.data.loader import make_loader
+    from wdr_pipe.wdr.runs.folder import open_run
+    from wdr_pipe.wdr.score.scorer import ModelScorer
 
-    scorer = ModelScorer(open_run(run), device=args.device, batch_size=args.batch, workers=0)
+    scorer = ModelScorer(open_run(run), device=args.device, batch_size=args.batch, loader_workers=0)
     batch = next(iter(make_loader(store, "test", args.batch, num_workers=0, train=False, config=scorer.data_config)))
     x = scorer.normalize(batch["image"].to(scorer.device)).contiguous(memory_format=torch.channels_last)
     scorer.probs(x)  # warm-up

@@ -30,8 +30,8 @@ def main() -> None:
     from torch import nn
 
     from timing import best
-    from wdr_pipe.wdr.model import ModelConfig, build_model
-    from wdr_pipe.wdr.saliency import grad_cam
+    from wdr_pipe.wdr.model.network import ModelConfig, build_model
+    from wdr_pipe.wdr.model.saliency import grad_cam
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6)

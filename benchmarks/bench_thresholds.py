@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from wdr_pipe.wdr.thresholds import _sort_desc, cross_validated_gain, global_threshold, tune_thresholds
+from wdr_pipe.wdr.metrics.thresholds import _sort_desc, cross_validated_gain, global_threshold, tune_thresholds
 from timing import best  # noqa: E402  (benchmarks/timing.py)
 
 

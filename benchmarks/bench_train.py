@@ -4,7 +4,7 @@ A store is written by the real stages (fetch over file:// URLs, shorter side
 320 px as ``wdr-pipe fetch`` stores them) from generated garment photos, under
 --out (kept between runs). For ``--deep tune`` and ``--deep fixed``:
 
-- trainer: ``wdr_pipe.wdr.train.train`` itself, ``tf_efficientnet_lite0`` at
+- trainer: ``wdr_pipe.wdr.train.loop.train`` itself, ``tf_efficientnet_lite0`` at
   --size px, batches of --batch from --workers loader workers; images/s over
   the second epoch's steps (from the progress hook's timestamps, so the
   loader's start, validation and checkpoints are left out);
@@ -44,15 +44,15 @@ def build(out: Path, n_train: int) -> Path:
 
 
 def config(store: Path, out: Path, deep: str, args):
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     return TrainConfig(store=str(store), out=str(out), deep=deep, image_size=args.size, batch_size=args.batch,
-                       workers=args.workers, epochs=2, checkpoint_every=0, thresholds="none", device=args.device)
+                       loader_workers=args.workers, epochs=2, checkpoint_every=0, thresholds="none", device=args.device)
 
 
 def trainer(store: Path, deep: str, args) -> float:
     """Images/s of ``train()`` over its second epoch."""
-    from wdr_pipe.wdr.train import train
+    from wdr_pipe.wdr.train.loop import train
 
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,20 +68,24 @@ def ceiling(store: Path, deep: str, args) -> float:
     import torch
 
     from wdr_pipe.cache import open_store
-    from wdr_pipe.wdr import make_loader
-    from wdr_pipe.wdr import trainsetup as setup
+    from wdr_pipe.wdr.data.loader import make_loader
+    from wdr_pipe.wdr.data.transforms import data_config
+    from wdr_pipe.wdr.dist import pick_device
+    from wdr_pipe.wdr.model.network import build_model
+    from wdr_pipe.wdr.train.inputs import prepare_inputs
+    from wdr_pipe.wdr.train.loss import Criterion
+    from wdr_pipe.wdr.train.optim import make_optimizer
 
     cfg = config(store, Path("unused"), deep, args)
-    dist = setup.Dist(cfg.device)
-    device = dist.device
+    device = pick_device(cfg.device)
     amp = device.type == "cuda"
-    data = setup.prepare_data(open_store(store), cfg)
-    model = setup.build(cfg, data).to(device, memory_format=torch.channels_last)
-    loader = make_loader(store, "train", cfg.batch_size, num_workers=0, config=setup.data_config_of(model, args.size),
-                         device=device, drop_last=True)
+    inputs = prepare_inputs(open_store(store), cfg)
+    model = build_model(cfg.model_config(), len(inputs.label_ids)).to(device, memory_format=torch.channels_last)
+    loader = make_loader(store, "train", cfg.batch_size, num_workers=0,
+                         config=data_config(model.backbone, size=args.size), device=device, drop_last=True)
     batch = next(iter(loader))
-    opt, sched = setup.optimizer(cfg, model, len(loader))
-    crit = setup.criterion(cfg, None, device)
+    opt, sched = make_optimizer(cfg, model, len(loader))
+    crit = Criterion(cfg.loss, None).to(device)
     model.train()
 
     def step(i):

@@ -1,7 +1,9 @@
 """The layout's rules, checked on the source: data flows down, the store layer alone knows paths.
 
 cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, checks, errors, progress, result;
-the report (report) reads the model side's and the store's files.
+the report (report) reads the model side's and the store's files; wdr uses pipeline's configs and pure kernels
+only. Inside wdr the rooms are stacked: metrics (numpy only) at the bottom; data, model and dist; runs;
+embed; score; train at the top, imported by nothing but cli and workflow.
 """
 import ast
 import importlib
@@ -17,7 +19,7 @@ ALLOWED = {
     "demo": {"demo", "checks", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
     "workflow": {"workflow", "checks", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "checks", "cache", "imaging", "errors", "progress", "result", ""},
-    "wdr": {"wdr", "checks", "cache", "imaging", "errors", "progress", "result", ""},
+    "wdr": {"wdr", "checks", "pipeline", "cache", "imaging", "errors", "progress", "result", ""},
     "report": {"report", "checks", "wdr", "cache", "errors", "result", ""},
     "cache": {"cache", "errors", "result", ""},
     "checks": {"errors"},
@@ -28,17 +30,22 @@ STORE_FILES = {"_store.json", "_fetch.json", "_duplicates.parquet", "label_map.p
                ".failures.parquet", "config.json", "result.json", "index.faiss", "ids.parquet", "manifest.json"}
 STORE_NAMES = {"index", "images", "features", "stats", "embeddings", "_search", ".parquet", *STORE_FILES}
 # input data sets (not stores) have an images/ folder of their own,
-# and a run folder (not a store; the model side's) has a config.json and a result.json of its own
+# and a run folder (not a store) has files of its own, named in wdr/runs/ alone
 INPUT_FOLDERS = {("demo/synth.py", "images"), ("pipeline/index/clothing.py", "images"),
-                 ("wdr/checkpoint.py", "config.json"), ("wdr/checkpoint.py", "result.json"),
-                 # run folders' files, spelled by the model side until the merge gives them one noun
-                 ("wdr/ensemble.py", "stack_oof.parquet"), ("wdr/ensemble.py", "result.json"),
-                 ("wdr/evaluate.py", "predictions.parquet"), ("wdr/scorer.py", "predictions.parquet")}
-# the model side's JSON readers, until the merge moves them to cache.read_json (see docs/architecture.md)
+                 ("wdr/runs/folder.py", "config.json"), ("wdr/runs/folder.py", "result.json"),
+                 ("wdr/runs/evalfiles.py", "predictions.parquet"), ("wdr/runs/folder.py", "stack_oof.parquet")}
+# JSON that is not a store's or a run's file (those go through cache.read_json)
 JSON_READERS = {"pipeline/index/formats.py": "the user's FGVC5 JSON index: an input, not a store's file",
-                "report/__init__.py": "model side, until the merge", "wdr/compare.py": "model side, until the merge",
-                "wdr/runs.py": "model side, until the merge", "wdr/thresholds.py": "model side, until the merge",
-                "wdr/checkpoint.py": "model side, until the merge", "wdr/evalfiles.py": "model side, until the merge"}
+                "wdr/runs/folder.py": "metrics.jsonl: JSON Lines, read line by line (a killed run's last line may be cut)",
+                "wdr/runs/evalfiles.py": "a Parquet file's key-value metadata, not a file",
+                "wdr/metrics/thresholds.py": "thresholds.json keeps label ids in column order; metrics/ imports numpy only"}
+# what wdr may use of pipeline: its configs and pure kernels, never a stage
+WDR_FROM_PIPELINE = {"wdr_pipe.pipeline.configs": {"FeatureConfig", "FetchConfig"},
+                     "wdr_pipe.pipeline.features.stage": {"compute_batch"},
+                     "wdr_pipe.pipeline.features.hog": None, "wdr_pipe.pipeline.features.color": None}  # None: any name
+# the rooms of wdr, bottom up: a room imports its own modules and those of rooms below it
+# (data, model and dist share a level); wdr/checks.py and wdr/__init__.py belong to every room
+WDR_LEVELS = {"metrics": 0, "data": 1, "model": 1, "dist": 1, "runs": 2, "embed": 3, "score": 4, "train": 5}
 
 
 def modules():
@@ -188,3 +195,62 @@ def test_no_module_over_400_lines():
     long = [f"{p.relative_to(ROOT.parent)}: {n}" for _, p, _ in modules()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400]
     assert not long, long
+
+
+def wdr_room(name: str) -> str:
+    """``wdr_pipe.wdr.score.scorer`` -> ``score``; ``wdr_pipe.wdr.checks`` / ``wdr_pipe.wdr`` -> ``""``."""
+    parts = name.split(".")
+    if parts[:2] != ["wdr_pipe", "wdr"] or len(parts) < 3:
+        return ""
+    return parts[2] if parts[2] in WDR_LEVELS else ""
+
+
+def test_wdr_uses_only_pipelines_configs_and_pure_kernels():
+    bad = []
+    for name, path, tree in modules():
+        if part(name) != "wdr":
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = next((t for t, line in internal_imports(name, path, ast.Module([node], [])) if
+                           part(t) == "pipeline"), None)
+            if target is None:
+                continue
+            allowed = WDR_FROM_PIPELINE.get(target, set())
+            names = {a.name for a in node.names}
+            if target not in WDR_FROM_PIPELINE or (allowed is not None and not names <= allowed):
+                bad.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} imports {sorted(names)} from {target}")
+    assert not bad, "wdr imports more of pipeline than its configs and pure kernels:\n" + "\n".join(bad)
+
+
+def test_wdr_rooms_import_only_rooms_below_them():
+    bad = []
+    for name, path, tree in modules():
+        src = wdr_room(name)
+        for target, line in internal_imports(name, path, tree):
+            dst = wdr_room(target)
+            if dst == "train" and src != "train" and part(name) not in ("cli", "workflow"):
+                bad.append(f"{path.relative_to(ROOT.parent)}:{line} imports {target} (only cli and workflow may)")
+            if part(name) != "wdr" or not src or not dst or dst == src:
+                continue
+            if WDR_LEVELS[dst] >= WDR_LEVELS[src] and not (WDR_LEVELS[dst] == WDR_LEVELS[src] == 1):
+                bad.append(f"{path.relative_to(ROOT.parent)}:{line}: {src} imports {target}, a room not below it")
+            if src == "metrics":
+                bad.append(f"{path.relative_to(ROOT.parent)}:{line}: metrics imports {target}")
+    assert not bad, "imports against the rooms of wdr:\n" + "\n".join(bad)
+
+
+def test_metrics_import_no_torch_and_nothing_of_wdr_but_themselves():
+    bad = []
+    for name, path, tree in modules():
+        if wdr_room(name) != "metrics":
+            continue
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{path.relative_to(ROOT.parent)}:{node.lineno} imports {m}" for m in mods
+                    if m.split(".")[0] == "torch"]
+        bad += [f"{path.relative_to(ROOT.parent)}:{line} imports {t}" for t, line in internal_imports(name, path, tree)
+                if part(t) == "wdr" and wdr_room(t) != "metrics"]
+    assert not bad, "metrics must stay numpy only:\n" + "\n".join(bad)

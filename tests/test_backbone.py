@@ -10,7 +10,7 @@ import timm
 import torch
 
 from wdr_pipe.errors import UserError
-from wdr_pipe.wdr import backbone as bb
+from wdr_pipe.wdr.model import backbone as bb
 
 NAME = "tf_efficientnet_lite0"
 

@@ -22,13 +22,13 @@ from wdr_pipe.cli import cli
 from wdr_pipe.demo import synth
 from wdr_pipe.errors import UserError
 from wdr_pipe.wdr import DataConfig, make_loader
-from wdr_pipe.wdr.backbone import create_backbone
-from wdr_pipe.wdr.checkpoint import RunDir, eval_weights, load_checkpoint
-from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings, resolve
-from wdr_pipe.wdr.embed_data import make_embedding_loader
-from wdr_pipe.wdr.search import SearchIndex, similar
-from wdr_pipe.wdr.train import train
-from wdr_pipe.wdr.trainconfig import TrainConfig, settings_diff
+from wdr_pipe.wdr.model.backbone import create_backbone
+from wdr_pipe.wdr.runs.checkpoint import eval_weights, load_checkpoint
+from wdr_pipe.wdr.runs.folder import RunFolder
+from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings, resolve
+from wdr_pipe.wdr.embed.search import SearchIndex, similar
+from wdr_pipe.wdr.train.loop import train
+from wdr_pipe.wdr.train.config import TrainConfig, settings_diff
 
 PX = 64
 SPEC = EmbedSpec(pretrained=True, image_size=PX)
@@ -81,7 +81,7 @@ def test_vectors_are_the_backbone_on_the_trainers_validation_pixels(embedded):
     batch = next(iter(loader))
     with torch.no_grad():
         want = model(loader.normalize(batch["image"])).numpy()
-    got = make_embedding_loader(root, "validation", 16, embedding_key=result.key, train=False)
+    got = make_loader(root, "validation", 16, embedding_key=result.key, train=False)
     emb = next(iter(got))
     assert emb["image_id"] == batch["image_id"]
     np.testing.assert_allclose(emb["embedding"].numpy(), want, rtol=2e-3, atol=2e-3)  # float16 storage
@@ -135,7 +135,7 @@ def test_the_key_follows_weights_size_and_dtype(embedded, tmp_path):
 
 # -- training from the cache ------------------------------------------------------------------------------
 def small_cfg(store, out, **kw):
-    return TrainConfig(store=str(store), out=str(out), **{**dict(image_size=PX, batch_size=16, workers=0,
+    return TrainConfig(store=str(store), out=str(out), **{**dict(image_size=PX, batch_size=16, loader_workers=0,
                                                                  checkpoint_every=0, epochs=1, pretrained=True,
                                                                  thresholds="none"), **kw})
 
@@ -148,17 +148,17 @@ def test_deep_fixed_trains_from_cached_embeddings_and_decodes_no_image(embedded,
     with caplog.at_level("INFO", logger="wdr_pipe"):
         first = train(cfg)  # no embeddings yet: computed first
     assert "training from the cached embeddings" in caplog.text and "computed 64 images' vectors first" in caplog.text
-    key = json.loads(RunDir(cfg.out).config.read_text())["embedding_key"]
+    key = json.loads(RunFolder(cfg.out).config.read_text())["embedding_key"]
     assert key == embedded[1].key == first.details["embedding_key"] and first.counts["samples"] == 48
 
     def no_decode(*a, **k):
         raise AssertionError("an image was decoded")
 
-    import wdr_pipe.wdr.data
-    import wdr_pipe.wdr.embedder
+    import wdr_pipe.wdr.data.loader
+    import wdr_pipe.wdr.embed.embedder
 
-    monkeypatch.setattr(wdr_pipe.wdr.data, "decode_rgb", no_decode)
-    monkeypatch.setattr(wdr_pipe.wdr.embedder, "decode_rgb", no_decode)
+    monkeypatch.setattr(wdr_pipe.wdr.data.loader, "decode_rgb", no_decode)
+    monkeypatch.setattr(wdr_pipe.wdr.embed.embedder, "decode_rgb", no_decode)
     caplog.clear()
     with caplog.at_level("INFO", logger="wdr_pipe"):
         second = train(small_cfg(root, tmp_path / "second", deep="fixed", parts="deep,wide,recurrent"))
@@ -176,17 +176,17 @@ def test_run_embeddings_are_keyed_by_its_checkpoint_and_init_reuses_them(embedde
     result = compute_embeddings(root, EmbedSpec(run=run.out, image_size=PX), splits=["validation"])
     assert result.key != embedded[1].key and result.ran == 1
     model = create_backbone("tf_efficientnet_lite0")
-    weights = eval_weights(load_checkpoint(RunDir(run.out).best))
+    weights = eval_weights(load_checkpoint(RunFolder(run.out).best))
     model.load_state_dict({k[9:]: v for k, v in weights.items() if k.startswith("backbone.")})
     loader = make_loader(root, "validation", 16, num_workers=0, config=resolve(SPEC)[0].data_config, train=False)
     batch = next(iter(loader))
     with torch.no_grad():
         want = model.eval()(loader.normalize(batch["image"])).numpy()
-    got = next(iter(make_embedding_loader(root, "validation", 16, embedding_key=result.key, train=False)))
+    got = next(iter(make_loader(root, "validation", 16, embedding_key=result.key, train=False)))
     np.testing.assert_allclose(got["embedding"].numpy(), want, rtol=2e-3, atol=2e-3)
     phase2 = small_cfg(root, tmp_path / "phase2", init=run.out, deep="fixed", parts="deep,recurrent")
     train(phase2)
-    assert json.loads(RunDir(phase2.out).config.read_text())["embedding_key"] == result.key
+    assert json.loads(RunFolder(phase2.out).config.read_text())["embedding_key"] == result.key
     with pytest.raises(UserError, match="the run .* trained tf_efficientnet_lite0; leave --backbone out"):
         resolve(EmbedSpec(run=run.out, backbone="resnet18"))
 
@@ -205,7 +205,7 @@ def test_embedding_loader_streams_the_image_loaders_rows_in_the_same_order(embed
     common = dict(batch_size=5, num_workers=2, seed=4, weighted=True, feature_key=key, rank=1, world_size=2,
                   drop_last=True)
     images = list(make_loader(root, "train", config=DataConfig(size=32), **common))
-    embeddings = make_embedding_loader(root, "train", embedding_key=result.key, **common)
+    embeddings = make_loader(root, "train", embedding_key=result.key, **common)
     batches = list(embeddings)
     assert len(batches) == len(images) == len(embeddings)
     assert [b["image_id"] for b in batches] == [b["image_id"] for b in images]
@@ -218,7 +218,7 @@ def test_embedding_loader_resumes_mid_epoch_repeating_and_skipping_nothing(embed
     root, result = embedded
 
     def loader():
-        return make_embedding_loader(root, "train", 3, 2, embedding_key=result.key, seed=5)
+        return make_loader(root, "train", 3, 2, embedding_key=result.key, seed=5)
 
     whole = [i for b in loader() for i in b["image_id"]]
     first, before = loader(), []
@@ -315,7 +315,7 @@ def test_bad_input_is_one_clear_message(embedded, search_store, tmp_path):
         (lambda: similar(root, "nowhere/x.jpg", key=key), r"nowhere/x.jpg: no such image file"),
         (lambda: similar(root, "1", key="abc"), r"no embeddings 'abc'; the store has: " + key),
         (lambda: similar(empty, "1"), r"no embeddings yet; run 'wdr-pipe embed --store"),
-        (lambda: make_embedding_loader(root, "train", embedding_key=key, config=DataConfig(size=96)),
+        (lambda: make_loader(root, "train", embedding_key=key, config=DataConfig(size=96)),
          r"embeddings .* were made at 64 px .* not at the 96 px .* asked for"),
         (lambda: small_cfg(root, tmp_path / "r", stream_images=True), r"--stream-images True: only --deep fixed"),
     ]
@@ -336,7 +336,7 @@ def test_cuda_embeddings_agree_with_the_cpus(embedded, tmp_path):
     gpu = compute_embeddings(root, SPEC, splits=["validation"], device="cuda")
     shard = Store(root).embeddings.dir(gpu.key, "validation") / "part-00000.parquet"
     assert json.loads(commit_path(shard).read_text())["precision"] == "bf16" and gpu.details["batch_size"] >= 8
-    a = next(iter(make_embedding_loader(root, "validation", 16, embedding_key=gpu.key, train=False)))["embedding"]
-    b = next(iter(make_embedding_loader(embedded[0], "validation", 16, embedding_key=gpu.key, train=False)))
+    a = next(iter(make_loader(root, "validation", 16, embedding_key=gpu.key, train=False)))["embedding"]
+    b = next(iter(make_loader(embedded[0], "validation", 16, embedding_key=gpu.key, train=False)))
     cos = torch.nn.functional.cosine_similarity(a, b["embedding"])
     assert float(cos.min()) > 0.99

@@ -26,17 +26,17 @@ from wdr_pipe.demo import synth
 from wdr_pipe.demo.serve import ImageServer
 from wdr_pipe.errors import UserError
 from wdr_pipe.report import FIGURES, build_report
-from wdr_pipe.wdr.compare import compare_runs, format_table
-from wdr_pipe.wdr.ensemble import EnsembleConfig, make_ensemble, out_of_fold
-from wdr_pipe.wdr.evalfiles import read_predictions
-from wdr_pipe.wdr.evaluate import EvalConfig, evaluate
-from wdr_pipe.wdr.predict import PredictConfig, predict_split, tag_images
-from wdr_pipe.wdr.runs import open_run
-from wdr_pipe.wdr.train import train
-from wdr_pipe.wdr.trainconfig import TrainConfig
+from wdr_pipe.wdr.score.compare import compare_runs, format_table
+from wdr_pipe.wdr.score.ensemble import EnsembleConfig, make_ensemble, out_of_fold
+from wdr_pipe.wdr.runs.evalfiles import read_predictions
+from wdr_pipe.wdr.score.evaluate import EvalConfig, evaluate
+from wdr_pipe.wdr.score.predict import PredictConfig, predict_split, tag_images
+from wdr_pipe.wdr.runs.folder import open_run
+from wdr_pipe.wdr.train.loop import train
+from wdr_pipe.wdr.train.config import TrainConfig
 
-SMALL = dict(image_size=64, batch_size=16, workers=0, checkpoint_every=0, epochs=2, lr=1e-3, pretrained=True)
-FAST = dict(workers=0, batch_size=16)
+SMALL = dict(image_size=64, batch_size=16, loader_workers=0, checkpoint_every=0, epochs=2, lr=1e-3, pretrained=True)
+FAST = dict(loader_workers=0, batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +117,15 @@ def test_evaluate_metrics_equal_scikit_learn(store, runs):
 
 
 def test_tta_flip_and_last_checkpoint(store, runs):
-    from wdr_pipe.wdr.scorer import ModelScorer
-    from wdr_pipe.wdr.data import make_loader
+    from wdr_pipe.wdr.score.scorer import ModelScorer
+    from wdr_pipe.wdr.data.loader import make_loader
 
     r = evaluate(EvalConfig(store=str(store), run=str(runs / "deep"), tta="flip", checkpoint="last", saliency=0,
                             **FAST))
     m = json.loads((runs / "deep" / "eval" / "validation" / "metrics.json").read_text())
     assert (m["tta"], m["checkpoint"], m["step"]) == ("flip", "last", 6) and r.reused == 0
     scored, _ = read_predictions(runs / "deep" / "eval" / "validation" / "predictions.parquet")
-    plain = ModelScorer(open_run(runs / "deep"), "last", "none", batch_size=16, workers=0)
+    plain = ModelScorer(open_run(runs / "deep"), "last", "none", batch_size=16, loader_workers=0)
     batch = next(iter(make_loader(store, "validation", 16, num_workers=0, train=False, config=plain.data_config)))
     import torch
 

@@ -21,7 +21,7 @@ from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
 from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
 from wdr_pipe.wdr import DataConfig, Normalize, StoreDataset, TrainTransform, make_loader
-from wdr_pipe.wdr.sampling import _units, build_plan
+from wdr_pipe.wdr.data.layout import _units, build_layout
 
 SMALL = DataConfig(size=48)
 
@@ -249,10 +249,10 @@ def test_weighted_sampling_counts_are_proportional_to_weights(weighted_store):
     ranks = [StoreDataset(root, "train", transform=TrainTransform(48), batch_size=4, weighted=True, seed=3,
                           rank=r, world_size=2, num_workers=2) for r in range(2)]
     ds = ranks[1]
-    plan_ids = [i for u in ds.plan.units for i in pq.read_table(ds.plan.images_dir / u.shard, columns=["image_id"])
+    plan_ids = [i for u in ds.layout.units for i in pq.read_table(ds.layout.images_dir / u.shard, columns=["image_id"])
                 .column(0).to_pylist()[u.start:u.start + u.rows]]
     epochs = 400
-    counts = np.zeros((epochs, ds.plan.num_rows))
+    counts = np.zeros((epochs, ds.layout.num_rows))
     for epoch in range(epochs):
         for rank in ranks:
             for worker in range(2):
@@ -381,6 +381,6 @@ def test_train_crops_stay_inside_the_image():
 
 
 def test_plan_has_one_unit_per_row_group(store7):
-    plan = build_plan(Store(store7), "train")
+    plan = build_layout(Store(store7), "train")
     assert plan.num_rows == 48 and sum(u.rows for u in plan.units) == 48
     assert all(len(u.image_groups) == 1 for u in plan.units)  # 7-row row groups, one unit each

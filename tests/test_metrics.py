@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wdr_pipe.errors import UserError
-from wdr_pipe.wdr import metrics
+from wdr_pipe.wdr.metrics import scores as metrics
 
 skm = pytest.importorskip("sklearn.metrics")
 

@@ -9,7 +9,7 @@ import torch
 from timm.models import group_parameters
 
 from wdr_pipe.errors import UserError
-from wdr_pipe.wdr.model import ModelConfig, build_model, weight_layers
+from wdr_pipe.wdr.model.network import ModelConfig, build_model, weight_layers
 
 L, D, B = 6, 5, 2
 MEAN = np.arange(D, dtype=np.float32)
@@ -35,7 +35,7 @@ def batch():
 def steps(model, n=2, lr=0.1):
     """A few SGD steps in train mode on a BCE loss."""
     model.train()
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=lr)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     target = torch.randint(0, 2, (B, L)).float()
     for _ in range(n):
         image, wide = batch()
@@ -141,7 +141,7 @@ def test_label_embeddings(mode):
     emb = model.recurrent.embeddings
     assert emb.shape == ((L, 3) if mode == "random" else VECTORS.shape)
     assert "recurrent.embeddings" in model.state_dict()
-    is_param = any(p is emb for p in model.trainable_parameters())
+    is_param = any(p is emb for p in [p for p in model.parameters() if p.requires_grad])
     assert is_param == (mode != "frozen")
     before = emb.detach().clone()
     if mode != "random":
@@ -249,7 +249,7 @@ def test_vgg16_first_12_layers_fixed_on_meta():
     """The VGG-16 paper's setting, shapes only (meta device: no weights are made or run)."""
     import timm
 
-    from wdr_pipe.wdr.model import WDRModel
+    from wdr_pipe.wdr.model.network import WDRModel
 
     with torch.device("meta"):
         backbone = timm.create_model("vgg16", num_classes=0)
@@ -263,7 +263,7 @@ def test_vgg16_first_12_layers_fixed_on_meta():
 def test_half_group_names_resnet_on_meta():
     import timm
 
-    from wdr_pipe.wdr.model import WDRModel
+    from wdr_pipe.wdr.model.network import WDRModel
 
     with torch.device("meta"):
         model = WDRModel(ModelConfig(backbone="resnet18", deep="half"), timm.create_model("resnet18", num_classes=0), L)

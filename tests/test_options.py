@@ -151,7 +151,7 @@ def range_tables():
     return {"fetch": [bounds(FetchConfig), bounds(DownloadConfig), bounds(FetchOptions)],
             "features": [bounds(FeatureConfig)], "stats": [bounds(StatsConfig)],
             "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
-            "thresholds": [{"min_positives": m.MIN_POSITIVES, "workers": m.WORKERS}],
+            "thresholds": [{"min_positives": m.MIN_POSITIVES, "loader_workers": m.LOADER_WORKERS}],
             "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
             "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
             "similar": [{"k": m.K}], "demo": [bounds(DemoSettings)]}

@@ -34,23 +34,23 @@ SCORING = ["--device", "cpu", "--workers", "0", "--batch-size", "4"]
 def model_inputs(tmp_path_factory):
     """Folders for the walk: a store with features, statistics and embeddings, two finished runs
     (the first evaluated), an image file, and a ``run`` project (config + store) to copy."""
-    from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
-    from wdr_pipe.wdr.evaluate import EvalConfig, evaluate
-    from wdr_pipe.wdr.train import train
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings
+    from wdr_pipe.wdr.score.evaluate import EvalConfig, evaluate
+    from wdr_pipe.wdr.train.loop import train
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     root = tmp_path_factory.mktemp("walk-model")
     records = synth.make_dataset(root / "data", {"train": 8, "validation": 8, "test": 4}, seed=0,
                                  size_range=(64, 96), processes=1)
     store = build_store(root / "store", root / "data", records, size=40, shard_size=8)
-    tiny = dict(backbone="test_efficientnet", epochs=1, batch_size=4, image_size=32, workers=0, device="cpu",
+    tiny = dict(backbone="test_efficientnet", epochs=1, batch_size=4, image_size=32, loader_workers=0, device="cpu",
                 checkpoint_every=0)
     runs = []
     for seed in (0, 1):
         out = root / "runs" / f"tiny{seed}"
         train(TrainConfig(store=str(store), out=str(out), seed=seed, parts="deep,wide,recurrent", **tiny))
         runs.append(out)
-    evaluate(EvalConfig(store=str(store), run=str(runs[0]), device="cpu", workers=0, batch_size=4, saliency=2))
+    evaluate(EvalConfig(store=str(store), run=str(runs[0]), device="cpu", loader_workers=0, batch_size=4, saliency=2))
     compute_embeddings(store, EmbedSpec(run=str(runs[0])), device="cpu", batch_size=4)
     project = root / "project"
     shutil.copytree(store, project / "store")
@@ -141,12 +141,12 @@ def test_every_ranged_option_refuses_what_its_config_refuses():
 
 def configs():
     """table name -> (config class, the arguments it needs besides the field tried)."""
-    from wdr_pipe.wdr.embed import EmbedSpec
-    from wdr_pipe.wdr.ensemble import EnsembleConfig
-    from wdr_pipe.wdr.evaluate import EvalConfig
-    from wdr_pipe.wdr.model import ModelConfig
-    from wdr_pipe.wdr.predict import PredictConfig
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.embed.stage import EmbedSpec
+    from wdr_pipe.wdr.score.ensemble import EnsembleConfig
+    from wdr_pipe.wdr.score.evaluate import EvalConfig
+    from wdr_pipe.wdr.model.network import ModelConfig
+    from wdr_pipe.wdr.score.predict import PredictConfig
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     return {"MODEL_BOUNDS": (ModelConfig, {}), "TRAIN_BOUNDS": (TrainConfig, {"store": "s", "out": "o"}),
             "EVAL_BOUNDS": (EvalConfig, {"store": "s", "run": "r"}),

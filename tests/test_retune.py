@@ -12,16 +12,16 @@ from click.testing import CliRunner
 
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
-from wdr_pipe.wdr.checkpoint import RunDir
-from wdr_pipe.wdr.retune import retune_thresholds
-from wdr_pipe.wdr.train import train
-from wdr_pipe.wdr.trainconfig import TrainConfig
+from wdr_pipe.wdr.runs.folder import RunFolder
+from wdr_pipe.wdr.train.retune import retune_thresholds
+from wdr_pipe.wdr.train.loop import train
+from wdr_pipe.wdr.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
 def finished(wdr_store, tmp_path_factory):
     cfg = TrainConfig(store=str(wdr_store), out=str(tmp_path_factory.mktemp("retune") / "run"), image_size=64,
-                      batch_size=16, workers=0, checkpoint_every=0, epochs=2, lr=1e-3, pretrained=True,
+                      batch_size=16, loader_workers=0, checkpoint_every=0, epochs=2, lr=1e-3, pretrained=True,
                       parts="deep,wide,recurrent", labels="top:12")
     return cfg, train(cfg)
 
@@ -30,7 +30,7 @@ def finished(wdr_store, tmp_path_factory):
 def run(finished, tmp_path):
     cfg, _ = finished
     shutil.copytree(cfg.out, tmp_path / "run")
-    return RunDir(tmp_path / "run")
+    return RunFolder(tmp_path / "run")
 
 
 def read(path):
@@ -104,11 +104,11 @@ def test_a_changed_store_is_refused_and_nothing_is_written(finished, run, tmp_pa
 def test_a_run_trained_from_cached_embeddings_is_scored_from_them(copy_store, tmp_path):
     """--deep fixed trains from the store's cached embeddings; re-tuning scores from them too, so the
     thresholds come back as training tuned them."""
-    cfg = TrainConfig(store=str(copy_store), out=str(tmp_path / "fixed"), image_size=64, batch_size=16, workers=0,
+    cfg = TrainConfig(store=str(copy_store), out=str(tmp_path / "fixed"), image_size=64, batch_size=16, loader_workers=0,
                       checkpoint_every=0, epochs=2, lr=1e-2, pretrained=True, deep="fixed", parts="deep,wide")
     trained = train(cfg)
     assert trained.details["embedding_key"]  # it did train from them
-    run = RunDir(cfg.out)
+    run = RunFolder(cfg.out)
     before = read(run.thresholds)
     result = retune_thresholds(run.root)
     assert read(run.thresholds)["thresholds"] == pytest.approx(before["thresholds"], abs=1e-6)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from wdr_pipe.wdr.model import ModelConfig, build_model
-from wdr_pipe.wdr.saliency import grad_cam, target_layer
+from wdr_pipe.wdr.model.network import ModelConfig, build_model
+from wdr_pipe.wdr.model.saliency import grad_cam, target_layer
 
 pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import GradCAM  # noqa: E402

@@ -17,8 +17,8 @@ from wdr_pipe.cache.schema import (COOCCURRENCE, FAILURES, IMAGES, INDEX, LABEL_
 from wdr_pipe.pipeline import stats
 from wdr_pipe.demo import synth
 from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
-from wdr_pipe.wdr.search import similar
+from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings
+from wdr_pipe.wdr.embed.search import similar
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store.md"
 STORE_LINE = 'STORE = Path("store")'

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from wdr_pipe.errors import UserError
-from wdr_pipe.wdr import metrics
-from wdr_pipe.wdr.thresholds import (ThresholdResult, cross_validated_gain, global_threshold, load_thresholds,
+from wdr_pipe.wdr.metrics import scores as metrics
+from wdr_pipe.wdr.metrics.thresholds import (ThresholdResult, cross_validated_gain, global_threshold, load_thresholds,
                                      optimise_label, save_thresholds, tune_thresholds)
 
 

@@ -24,13 +24,14 @@ from conftest import build_store
 from wdr_pipe.cache import load_labels
 from wdr_pipe.errors import UserError
 from wdr_pipe.demo import synth
-from wdr_pipe.wdr.checkpoint import RunDir, load_checkpoint
-from wdr_pipe.wdr.train import resume, train
-from wdr_pipe.wdr.trainconfig import TrainConfig, settings_diff
-from wdr_pipe.wdr.trainsetup import Criterion
+from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
+from wdr_pipe.wdr.runs.folder import RunFolder
+from wdr_pipe.wdr.train.loop import resume, train
+from wdr_pipe.wdr.train.config import TrainConfig, settings_diff
+from wdr_pipe.wdr.train.loss import Criterion
 
 REPO = Path(wdr_pipe.__file__).resolve().parents[1]
-SMALL = dict(image_size=64, batch_size=16, workers=0, checkpoint_every=0)
+SMALL = dict(image_size=64, batch_size=16, loader_workers=0, checkpoint_every=0)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ def subprocess_env():
 
 
 def metrics(out):
-    return RunDir(out).read_metrics()
+    return RunFolder(out).read_metrics()
 
 
 # -- 1. it learns --------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def test_it_learns_beyond_the_label_prior(store, learned):
     assert f1 >= baseline + 0.05, (f1, baseline)
     assert result.details["val_f1_tuned"] >= f1  # per-label thresholds tuned on the same predictions
     assert result.counts == {"steps": 30, "samples": 480, "skipped": 0} and (result.ran, result.reused) == (30, 0)
-    run = RunDir(cfg.out)
+    run = RunFolder(cfg.out)
     rows = metrics(cfg.out)
     assert [r["step"] for r in rows] == [10, 20, 30] and rows[-1]["loss"] < rows[0]["loss"]
     assert {"epoch", "loss", "lr", "images_per_s", "samples", "val_loss", "val_f1"} <= set(rows[0])
@@ -97,21 +98,21 @@ def test_it_learns_beyond_the_label_prior(store, learned):
 
 # -- 2. exact resume after SIGKILL -----------------------------------------------------------------
 def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_path):
-    kw = dict(epochs=2, drop_rate=0.3, ema=True, ema_decay=0.9, lr=1e-3, workers=1, checkpoint_every=4,
+    kw = dict(epochs=2, drop_rate=0.3, ema=True, ema_decay=0.9, lr=1e-3, loader_workers=1, checkpoint_every=4,
               eval_every=3)  # dropout: the RNG state must come back too
     killed = cfg_for(store, tmp_path / "killed", **kw)
-    code = ("import json, sys; from wdr_pipe.wdr.train import train; from wdr_pipe.wdr.trainconfig import "
+    code = ("import json, sys; from wdr_pipe.wdr.train.loop import train; from wdr_pipe.wdr.train.config import "
             "TrainConfig; train(TrainConfig(**json.loads(sys.argv[1])))")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(killed.to_dict())], env=subprocess_env(),
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = RunDir(killed.out).last
+    last = RunFolder(killed.out).last
     deadline = time.time() + 120
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader worker
     _, err = proc.communicate()
     assert last.exists(), err.decode()[-2000:]
-    assert not RunDir(killed.out).result.exists()  # killed before the end
+    assert not RunFolder(killed.out).result.exists()  # killed before the end
     at = load_checkpoint(last)["step"]
     assert 0 < at < 10, at  # mid-epoch (10 steps an epoch)
 
@@ -119,7 +120,7 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_pa
     whole = train(cfg_for(store, tmp_path / "whole", **kw))
     assert (resumed.reused, resumed.ran) == (at, 20 - at) and whole.ran == 20
     assert resumed.counts == whole.counts == {"steps": 20, "samples": 320, "skipped": 0}  # no sample twice
-    a, b = load_checkpoint(RunDir(killed.out).last), load_checkpoint(RunDir(whole.output).last)
+    a, b = load_checkpoint(RunFolder(killed.out).last), load_checkpoint(RunFolder(whole.output).last)
     for part in ("model", "ema"):
         for k, v in b[part].items():
             assert torch.allclose(a[part][k].float(), v.float(), rtol=1e-5, atol=1e-6), (part, k)
@@ -130,7 +131,7 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_pa
     if importlib.util.find_spec("tensorboard"):  # TensorBoard shows each evaluation once, as metrics.jsonl
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        steps = [e.step for e in EventAccumulator(str(RunDir(killed.out).tb)).Reload().Scalars("val_loss")]
+        steps = [e.step for e in EventAccumulator(str(RunFolder(killed.out).tb)).Reload().Scalars("val_loss")]
         assert steps == [r["step"] for r in rb]
 
 
@@ -138,8 +139,8 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_pa
 def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store, tmp_path):
     cfg = cfg_for(store, tmp_path / "run", epochs=1, checkpoint_every=2, eval_every=3, head="mlp")
     script = tmp_path / "ddp_train.py"
-    script.write_text("import json, os, sys\nfrom wdr_pipe.wdr.train import train\n"
-                      "from wdr_pipe.wdr.trainconfig import TrainConfig\n"
+    script.write_text("import json, os, sys\nfrom wdr_pipe.wdr.train.loop import train\n"
+                      "from wdr_pipe.wdr.train.config import TrainConfig\n"
                       "r = train(TrainConfig(**json.loads(sys.argv[1])))\n"
                       "open(os.path.join(sys.argv[2], 'rank%s.json' % os.environ['RANK']), 'w')"
                       ".write(json.dumps(r.to_dict()))\n")
@@ -148,7 +149,7 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
-    assert r0["details"]["weights_digest"] == r1["details"]["weights_digest"]
+    assert r0["details"]["final_weights_digest"] == r1["details"]["final_weights_digest"]
     assert r0["details"]["world_size"] == 2 and r0["counts"] == {"steps": 5, "samples": 160, "skipped": 0}
     assert r0["details"]["val_images"] == 60  # the padded rows of the last rank counted once
     files = sorted(str(p.relative_to(cfg.out)) for p in Path(cfg.out).rglob("*"))
@@ -157,8 +158,8 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
                             "metrics.jsonl", "result.json", "thresholds.json"] + (["tb", *events] if events else []))
     assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0 alone writes it
     assert [r["step"] for r in metrics(cfg.out)] == [3, 5]
-    assert len(load_checkpoint(RunDir(cfg.out).last)["rng"]) == 2
-    RunDir(cfg.out).result.unlink()  # as if killed at the very end
+    assert len(load_checkpoint(RunFolder(cfg.out).last)["rng"]) == 2
+    RunFolder(cfg.out).result.unlink()  # as if killed at the very end
     with pytest.raises(UserError, match=r"trained on 2 processes, resumed on 1; resume with torchrun "
                                         r"--nproc_per_node 2"):
         resume(cfg.out)
@@ -173,7 +174,7 @@ def test_tensorboard_holds_every_metrics_row(learned):
     cfg, _, _ = learned
     rows = metrics(cfg.out)
     assert len(rows) >= 3  # one per epoch at least
-    events = EventAccumulator(str(RunDir(cfg.out).tb)).Reload()
+    events = EventAccumulator(str(RunFolder(cfg.out).tb)).Reload()
     assert {"loss", "lr", "val_f1", "epoch"} <= set(events.Tags()["scalars"])
     for tag in ("loss", "val_f1", "lr"):
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
@@ -183,10 +184,10 @@ def test_tensorboard_holds_every_metrics_row(learned):
 
 def test_finished_run_is_reused(learned):
     cfg, first, _ = learned
-    before = (RunDir(cfg.out).metrics.read_text(), RunDir(cfg.out).last.stat().st_mtime_ns)
+    before = (RunFolder(cfg.out).metrics.read_text(), RunFolder(cfg.out).last.stat().st_mtime_ns)
     again = train(cfg)
     assert (again.ran, again.reused) == (0, 30) and again.details == first.details
-    assert (RunDir(cfg.out).metrics.read_text(), RunDir(cfg.out).last.stat().st_mtime_ns) == before
+    assert (RunFolder(cfg.out).metrics.read_text(), RunFolder(cfg.out).last.stat().st_mtime_ns) == before
     assert resume(cfg.out).ran == 0
 
 
@@ -210,10 +211,10 @@ def test_unfinished_run_resumes_and_a_changed_store_is_refused(store, tmp_path):
     shutil.copytree(store, copy)
     cfg = cfg_for(copy, tmp_path / "run", epochs=1, batch_size=32)
     first = train(cfg)
-    RunDir(cfg.out).result.unlink()  # killed while tuning thresholds, say
+    RunFolder(cfg.out).result.unlink()  # killed while tuning thresholds, say
     again = train(cfg)
-    assert (again.ran, again.reused) == (0, 5) and again.details["weights_digest"] == first.details["weights_digest"]
-    RunDir(cfg.out).result.unlink()
+    assert (again.ran, again.reused) == (0, 5) and again.details["final_weights_digest"] == first.details["final_weights_digest"]
+    RunFolder(cfg.out).result.unlink()
     marker = sorted((copy / "images" / "train").glob("*.stats.json"))[0]
     marker.write_text(marker.read_text() + " ")
     with pytest.raises(UserError, match=r"the store .* changed since this run started .* start a new run"):
@@ -225,10 +226,10 @@ def test_init_starts_from_another_runs_weights(store, learned, tmp_path):
     cfg, _, _ = learned
     phase2 = cfg_for(store, tmp_path / "p2", init=cfg.out, deep="fixed", parts="deep,wide,recurrent", epochs=1)
     result = train(phase2)
-    init = json.loads(RunDir(phase2.out).config.read_text())["init"]
-    assert init["step"] == load_checkpoint(RunDir(cfg.out).best)["step"]
+    init = json.loads(RunFolder(phase2.out).config.read_text())["init"]
+    assert init["step"] == load_checkpoint(RunFolder(cfg.out).best)["step"]
     assert "head.weight" in init["not_loaded"] and not any(k.startswith("backbone.") for k in init["not_loaded"])
-    src, dst = load_checkpoint(RunDir(cfg.out).best)["model"], load_checkpoint(RunDir(phase2.out).last)["model"]
+    src, dst = load_checkpoint(RunFolder(cfg.out).best)["model"], load_checkpoint(RunFolder(phase2.out).last)["model"]
     fixed = [k for k in src if k.startswith("backbone.") and src[k].is_floating_point()]
     assert fixed and all(torch.equal(src[k], dst[k]) for k in fixed)  # frozen: still phase one's
     assert result.details["val_f1_at_0.5"] > 0
@@ -248,9 +249,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_pa
     with pytest.raises(UserError, match=r"diverged at step 2: the loss is nan; the last good checkpoint \(step 1\)"
                                         r".*lower --lr \(now 0.001\) or with --clip-grad"):
         train(cfg)
-    ckpt = load_checkpoint(RunDir(cfg.out).last)
+    ckpt = load_checkpoint(RunFolder(cfg.out).last)
     assert ckpt["step"] == 1 and all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
-    assert not RunDir(cfg.out).result.exists()
+    assert not RunFolder(cfg.out).result.exists()
 
 
 def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(store, tmp_path, monkeypatch):
@@ -345,10 +346,10 @@ def test_loss_options_train_and_change_the_loss(store, tmp_path):
     assert first_step_loss(store, tmp_path / "asl", loss="asl") < plain / 2  # focusing: easy terms shrink
     wide = first_step_loss(store, tmp_path / "all", weighting="loss", pos_weight="stats", labels="top:10",
                            parts="deep,wide,recurrent", label_embeddings="trainable")
-    run = RunDir(tmp_path / "all")
+    run = RunFolder(tmp_path / "all")
     doc = json.loads(run.config.read_text())
     assert np.isfinite(wide) and len(doc["labels"]["ids"]) == 10 and doc["feature_key"] and doc["wide_dim"] > 0
-    top = np.argsort(-np.array(json.loads(RunDir(tmp_path / "plain").config.read_text())["labels"]["train_positives"]),
+    top = np.argsort(-np.array(json.loads(RunFolder(tmp_path / "plain").config.read_text())["labels"]["train_positives"]),
                      kind="stable")[:10] + 1
     assert doc["labels"]["ids"] == sorted(top.tolist())  # the 10 most frequent training labels
     assert sorted(map(int, json.loads(run.thresholds.read_text())["thresholds"])) == doc["labels"]["ids"]

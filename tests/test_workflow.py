@@ -76,7 +76,8 @@ def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkp
     import time
 
     import wdr_pipe
-    from wdr_pipe.wdr.checkpoint import RunDir, load_checkpoint
+    from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
+    from wdr_pipe.wdr.runs.folder import RunFolder
 
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'store = "{copy_store}"\nruns = "runs"\nscheduler = "inline"\n\n[stats]\nepochs = 50\n\n'
@@ -87,7 +88,7 @@ def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkp
     cmd = [sys.executable, "-m", "wdr_pipe.cli", "run", str(cfg), "--json"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    last = RunDir(tmp_path / "runs" / "tune").last
+    last = RunFolder(tmp_path / "runs" / "tune").last
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -95,7 +96,7 @@ def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkp
     _, err = proc.communicate()
     assert last.exists(), err.decode()[-2000:]
     at = load_checkpoint(last)["step"]
-    assert 0 < at < 12 and not RunDir(tmp_path / "runs" / "tune").result.exists(), at  # 6 steps an epoch
+    assert 0 < at < 12 and not RunFolder(tmp_path / "runs" / "tune").result.exists(), at  # 6 steps an epoch
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     steps = {s["step"]: s for s in json.loads(again.stdout)}

@@ -15,7 +15,7 @@ import pytest
 import wdr_pipe
 from wdr_pipe.demo import synth
 from wdr_pipe.demo.serve import ImageServer
-from wdr_pipe.wdr.checkpoint import RunDir
+from wdr_pipe.wdr.runs.folder import RunFolder
 
 REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 SPLITS = {"train": 32, "validation": 16}
@@ -63,7 +63,7 @@ def test_rank0_runs_the_data_steps_once_both_ranks_train_and_one_table_is_printe
              if line.startswith("INFO wdr_pipe: ") and (": ran in " in line or ": reused in " in line)]
     assert steps == ["fetch", "features", "stats", "train.tiny", "evaluate.tiny"], steps  # each once, by rank 0
     # both ranks trained together: one DDP run, its files written once, world size 2
-    run = RunDir(tmp_path / "runs" / "tiny")
+    run = RunFolder(tmp_path / "runs" / "tiny")
     assert json.loads(run.config.read_text())["world_size"] == 2
     assert json.loads(run.result.read_text())["details"]["world_size"] == 2
     assert (run.root / "eval" / "validation" / "metrics.json").exists()  # evaluate ran after training

@@ -76,7 +76,7 @@ def label_embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema([("label", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
 
 
-# -- image embeddings (embeddings/<key>/<split>/, written by the model side's embed stage) ---------------
+# -- image embeddings (embeddings/<key>/<split>/, written by wdr/embed/stage.py) ---------------
 def image_embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
     """Schema of an embedding shard: the backbone's pooled vector per image, row-aligned with its image shard."""
     t = pa.float16() if dtype == "float16" else pa.float32()

@@ -43,7 +43,7 @@ def embed(store, backbone, pretrained, weights, run, image_size, splits, dtype, 
       wdr-pipe embed --store store/ --backbone resnet50 --weights resnet50.safetensors --split train
       wdr-pipe embed --store store/ --run runs/wdr --dtype float32
     """
-    from ..wdr.embed import EmbedSpec, compute_embeddings
+    from ..wdr.embed.stage import EmbedSpec, compute_embeddings
 
     with user_errors():
         spec = EmbedSpec(backbone=backbone, pretrained=pretrained, weights=weights, run=run, image_size=image_size,
@@ -75,7 +75,7 @@ def similar(store, query, key, k, split, with_labels, device, as_json):
       wdr-pipe similar --store store/ 1234 -k 5 --with-labels
       wdr-pipe similar --store store/ --embeddings 4dad0432899d photo.jpg --json
     """
-    from ..wdr.search import similar as run_similar
+    from ..wdr.embed.search import similar as run_similar
 
     with user_errors():
         found = run_similar(store, query, key=key, split=split, k=k, with_labels=with_labels, device=device)

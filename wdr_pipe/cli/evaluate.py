@@ -1,10 +1,8 @@
 """After training: ``evaluate``, ``predict``, ``ensemble``, ``compare`` and ``report``.
 
-Each parses, calls one library function (``wdr_pipe.wdr.evaluate`` /
+Each parses, calls one library function (``wdr_pipe.wdr.score.evaluate`` /
 ``predict`` / ``ensemble`` / ``compare``, ``wdr_pipe.report``) and prints
-its result. ``predict IMAGE...`` on a run with the wide part is the one place
-the features stage's code (``pipeline.features.compute_batch``) is handed to
-the model side, which may not import it.
+its result.
 """
 from __future__ import annotations
 
@@ -12,17 +10,17 @@ import json
 
 import click
 
-from ..wdr.checks import BATCH_SIZE, ENSEMBLE_BOUNDS, EVAL_BOUNDS, SEED, TOP, WORKERS
+from ..wdr.checks import BATCH_SIZE, ENSEMBLE_BOUNDS, EVAL_BOUNDS, SEED, TOP
 from . import cli
 from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
+from .model import loader_workers_option
 
 RUN_OPTION = click.option("--run", "run", required=True, type=click.Path(), callback=not_empty,
                           help="Run folder of 'wdr-pipe train' or 'wdr-pipe ensemble'.")
 
 
 def _scoring_options(f):
-    f = click.option("--workers", type=bounded(WORKERS), default=2, show_default=True,
-                     help="Loader worker processes.")(f)
+    f = loader_workers_option()(f)
     f = click.option("--batch-size", type=bounded(BATCH_SIZE), default=64, show_default=True,
                      help="Images per batch.")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
@@ -42,7 +40,7 @@ def _scoring_options(f):
               help="Images in the report's Grad-CAM grid (0: none).")
 @click.option("--no-report", is_flag=True, help="Do not build RUN/eval/SPLIT/report.html.")
 @json_option
-def evaluate(store, run, split, checkpoint, tta, device, batch_size, workers, saliency, no_report, as_json):
+def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_workers, saliency, no_report, as_json):
     """Score a labelled split with a run: metrics at 0.5 and at the tuned thresholds, per label, and the report.
 
     Writes RUN/eval/SPLIT/: metrics.json (micro_f1 ...), per_label.csv, predictions.parquet,
@@ -53,11 +51,11 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, workers, sa
       wdr-pipe evaluate --store store/ --run runs/wdr
       wdr-pipe evaluate --store store/ --run runs/wdr --split validation --tta flip --checkpoint last
     """
-    from ..wdr.evaluate import EvalConfig, evaluate as run_evaluate, summary_lines
+    from ..wdr.score.evaluate import EvalConfig, evaluate as run_evaluate, summary_lines
 
     with user_errors():
         cfg = EvalConfig(store=store, run=run, split=split, checkpoint=checkpoint, tta=tta, device=device,
-                         batch_size=batch_size, workers=workers, saliency=saliency)
+                         batch_size=batch_size, loader_workers=loader_workers, saliency=saliency)
         with progress_bar("evaluate") as bar:
             result = run_evaluate(cfg, progress=bar)
         report = None
@@ -75,23 +73,6 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, workers, sa
         click.echo(f"report: {report.output}")
 
 
-def _wide_features(store, key, jpegs):
-    """The wide features of stored-JPEG bytes under the store's feature config ``key`` (features stage code)."""
-    import numpy as np
-
-    from ..cache import feature_config
-    from ..errors import UserError
-    from ..pipeline.features import FeatureConfig, compute_batch
-
-    doc = dict(feature_config(store, key)["config"])
-    doc.pop("type", None)
-    hog, hist, errors = compute_batch(jpegs, FeatureConfig(**doc))
-    bad = [e for e in errors if e]
-    if bad:
-        raise UserError(f"an image's wide features failed ({bad[0]}); pass another photo")
-    return np.concatenate([hog, hist], axis=1).astype(np.float32)
-
-
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, metavar="[IMAGE_OR_URL]...")
 @RUN_OPTION
@@ -107,7 +88,8 @@ def _wide_features(store, key, jpegs):
 @click.option("--top", type=bounded(TOP), default=5, show_default=True,
               help="With images and --json: the top labels listed per image.")
 @json_option
-def predict(images, run, store, split, out, probs, checkpoint, tta, device, batch_size, workers, top, as_json):
+def predict(images, run, store, split, out, probs, checkpoint, tta, device, batch_size, loader_workers, top,
+            as_json):
     """Predict a store split into a Kaggle submission, or tag new photos (files or URLs).
 
     The submission has a row for every image of the split's index, failed downloads included
@@ -120,20 +102,20 @@ def predict(images, run, store, split, out, probs, checkpoint, tta, device, batc
       wdr-pipe predict --run runs/wdr photo.jpg https://shop.example/new-dress.jpg
       wdr-pipe predict --run runs/wdr photo.jpg --json
     """
-    from ..wdr import predict as P
+    from ..wdr.score import predict as P
 
     with user_errors():
         if images:
             if out is not None or probs is not None or split is not None:
                 raise click.UsageError("pass either IMAGE_OR_URL... or --split/--out, not both")
-            tagged = P.tag_images(run, images, store=store, checkpoint=checkpoint, tta=tta, device=device, top=top,
-                                  wide_features=_wide_features)
+            tagged = P.tag_images(run, images, store=store, checkpoint=checkpoint, tta=tta, device=device, top=top)
             click.echo(json.dumps(tagged, indent=2) if as_json else "\n".join(P.tag_lines(tagged)))
             return
         if store is None or out is None:
             raise click.UsageError("pass --store and --out (with --split, default test), or IMAGE_OR_URL...")
         cfg = P.PredictConfig(store=store, run=run, out=out, split="test" if split is None else split, probs=probs,
-                              checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size, workers=workers)
+                              checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+                              loader_workers=loader_workers)
         with progress_bar("predict") as bar:
             result = P.predict_split(cfg, progress=bar)
     if not as_json:
@@ -157,7 +139,8 @@ def predict(images, run, store, split, out, probs, checkpoint, tta, device, batc
 @click.option("--seed", type=bounded(SEED), default=0, show_default=True, help="Seed of the folds.")
 @_scoring_options
 @json_option
-def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, device, batch_size, workers, as_json):
+def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, device, batch_size, loader_workers,
+             as_json):
     """Combine trained runs into one run folder that evaluate and predict accept.
 
     \b
@@ -165,12 +148,12 @@ def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, devi
       wdr-pipe ensemble runs/a runs/b runs/c --out runs/ens
       wdr-pipe ensemble runs/a runs/b --out runs/stack --method stack --folds 5
     """
-    from ..wdr.ensemble import EnsembleConfig, make_ensemble
+    from ..wdr.score.ensemble import EnsembleConfig, make_ensemble
 
     with user_errors():
         cfg = EnsembleConfig(runs=runs, out=out, method=method, store=store, split=split, folds=folds, seed=seed,
                              checkpoint=checkpoint or "best", tta=tta or "none", device=device, batch_size=batch_size,
-                             workers=workers)
+                             loader_workers=loader_workers)
         with progress_bar("ensemble") as bar:
             result = make_ensemble(cfg, progress=bar)
     if not as_json:
@@ -193,7 +176,7 @@ def compare(runs, split, fmt):
       wdr-pipe compare runs/deep runs/wdr runs/ens
       wdr-pipe compare runs/* --format csv > runs.csv
     """
-    from ..wdr.compare import compare_runs, format_table
+    from ..wdr.score.compare import compare_runs, format_table
 
     with user_errors():
         header, rows = compare_runs(runs, split)

@@ -1,18 +1,39 @@
 """Model commands: ``train`` (and ``train --resume``), ``thresholds`` (re-tune a finished run's).
 
-The flags of ``train`` are the fields of ``wdr_pipe.wdr.trainconfig.TrainConfig``
+The flags of ``train`` are the fields of ``wdr_pipe.wdr.train.config.TrainConfig``
 (dashes for underscores); ``TrainConfig`` checks them all and names the flag
-to fix, so this module only parses and delegates.
+to fix, so this module only parses and delegates. ``loader_workers_option``:
+``--loader-workers`` of every model command, with ``--workers``, its earlier
+name, still taken (hidden: ``--workers`` is the data commands' dask processes).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import click
 
-from ..wdr.checks import MIN_POSITIVES, WORKERS
+from ..wdr.checks import LOADER_WORKERS, MIN_POSITIVES
 from . import cli
 from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
+
+
+def loader_workers_option(default=2, help="Loader worker processes."):
+    """``--loader-workers N`` (the parameter ``loader_workers``), and the hidden ``--workers N`` it was called
+    before, which wins when given."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, workers=None, **kwargs):
+            if workers is not None:
+                kwargs["loader_workers"] = workers
+            return f(*args, **kwargs)
+
+        command = click.option("--workers", "workers", type=bounded(LOADER_WORKERS), default=None, hidden=True,
+                               help="The earlier name of --loader-workers.")(command)
+        return click.option("--loader-workers", "loader_workers", type=bounded(LOADER_WORKERS), default=default,
+                            show_default=default is not None, help=help)(command)
+    return decorate
+
 
 # help text of every train flag, in the order --help shows them
 HELP = {
@@ -46,7 +67,7 @@ HELP = {
     "pos_weight": "Weight on positive labels: a number K (the VGG-16 paper) or 'stats' (per label).",
     "init": "Start from another run's weights (train Wide + Recurrent with deep fixed, then fine-tune).",
     "seed": "Seed of the order, the augmentation and the initialisation.",
-    "workers": "Loader worker processes.", "device": "auto, cpu, cuda or cuda:N.",
+    "loader_workers": "Loader worker processes.", "device": "auto, cpu, cuda or cuda:N.",
     "amp": "auto (bf16 and channels_last on CUDA), bf16 or off.", "compile": "torch.compile the model.",
     "checkpoint_every": "Checkpoint every N steps (also at each epoch's end).",
     "eval_every": "Validate every N steps (0: at each epoch's end only).",
@@ -57,14 +78,16 @@ HELP = {
 
 def _train_options(f):
     from ..wdr.checks import MODEL_BOUNDS, TRAIN_BOUNDS
-    from ..wdr.trainconfig import TrainConfig
+    from ..wdr.train.config import TrainConfig
 
     bounds = {**MODEL_BOUNDS, **TRAIN_BOUNDS}  # a numeric flag's range is its config field's
     defaults = {fld.name: fld.default for fld in dataclasses.fields(TrainConfig)}
     for name in reversed(list(HELP)):
         default = defaults[name]
         opt = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
+        if name == "loader_workers":
+            f = loader_workers_option(default, HELP[name])(f)
+        elif isinstance(default, bool):
             f = click.option(opt, name, is_flag=True, help=HELP[name])(f)
         else:
             shown = ",".join(default) if isinstance(default, tuple) else default
@@ -98,8 +121,8 @@ def train(store, out, resume_run, as_json, **settings):
       wdr-pipe train --resume runs/wdr
       torchrun --nproc_per_node 2 -m wdr_pipe.cli train --store store/ --out runs/ddp --pretrained
     """
-    from ..wdr.train import resume, train as run_train
-    from ..wdr.trainconfig import TrainConfig
+    from ..wdr.train.config import TrainConfig
+    from ..wdr.train.loop import resume, train as run_train
 
     with user_errors(), progress_bar("train", unit="step") as bar:
         if resume_run:
@@ -119,9 +142,9 @@ def train(store, out, resume_run, as_json, **settings):
 @click.option("--min-positives", type=bounded(MIN_POSITIVES), default=5, show_default=True,
               help="Labels with fewer validation positives get the one global threshold.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
-@click.option("--workers", type=bounded(WORKERS), default=None, help="Loader worker processes [default: the run's].")
+@loader_workers_option(None, "Loader worker processes [default: the run's].")
 @json_option
-def thresholds(run_dir, mode, min_positives, device, workers, as_json):
+def thresholds(run_dir, mode, min_positives, device, loader_workers, as_json):
     """Tune a finished run's per-class thresholds again on its validation split.
 
     The run's best checkpoint predicts the validation split once; thresholds are tuned on
@@ -133,11 +156,11 @@ def thresholds(run_dir, mode, min_positives, device, workers, as_json):
       wdr-pipe thresholds --run runs/wdr
       wdr-pipe thresholds --run runs/wdr --thresholds cv --min-positives 10
     """
-    from ..wdr.retune import retune_thresholds
+    from ..wdr.train.retune import retune_thresholds
 
     with user_errors(), progress_bar("thresholds", unit="batch") as bar:
-        result = retune_thresholds(run_dir, mode=mode, min_positives=min_positives, device=device, workers=workers,
-                                   progress=bar)
+        result = retune_thresholds(run_dir, mode=mode, min_positives=min_positives, device=device,
+                                   loader_workers=loader_workers, progress=bar)
     echo_result(result, as_json)
     if not as_json:
         d = result.details

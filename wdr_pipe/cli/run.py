@@ -6,7 +6,7 @@ import json
 import click
 
 from . import cli
-from .common import CONTEXT, EXIT_UNEXPECTED, EXIT_USER, Failure, json_option, stage_bars, unexpected, user_errors
+from .common import CONTEXT, EXIT_UNEXPECTED, Failure, json_option, stage_bars, unexpected, user_errors
 
 
 @cli.command("run", context_settings=CONTEXT)
@@ -34,10 +34,11 @@ def run_cmd(config, force, dry_run, as_json):
       wdr-pipe run demo-out/demo.toml
       wdr-pipe run demo-out/demo.toml --force train.wdr
     """
-    from ..wdr.compare import compare_runs, format_table
-    from ..workflow import Ranks, load_config, make_plan, outcome_lines, run_folders
+    from ..wdr.dist import Dist
+    from ..wdr.score.compare import compare_runs, format_table
+    from ..workflow import load_config, make_plan, outcome_lines, run_folders
 
-    ranks = Ranks()
+    ranks = Dist()
     try:
         with user_errors():
             cfg = load_config(config)
@@ -45,7 +46,7 @@ def run_cmd(config, force, dry_run, as_json):
             if dry_run:
                 click.echo("\n".join(plan.lines()))
                 return
-            ranks.start()
+            ranks.start(device=None)
             outcomes = _execute(plan, force, ranks)
     except click.ClickException as e:
         if not ranks.failed_together:
@@ -70,12 +71,13 @@ def run_cmd(config, force, dry_run, as_json):
 
 def _execute(plan, force, ranks):
     """The plan's steps with progress bars (rank 0's only); rank 0's failed step as its own line here."""
-    from ..workflow import StepFailed, execute
+    from ..wdr.dist import StepFailed
+    from ..workflow import execute
 
     try:
         with stage_bars(show=ranks.main) as progress_for:
             return execute(plan, force, progress_for, ranks)
-    except StepFailed as e:  # raised on rank 0 by its step: the same line on this rank
-        if e.user or e.kind == "TaskFailed":
-            raise Failure(e.message, EXIT_USER if e.user else EXIT_UNEXPECTED) from None
+    except StepFailed as e:  # raised on rank 0 by its step (a UserError arrives as one): the same line here
+        if e.kind == "TaskFailed":
+            raise Failure(e.message, EXIT_UNEXPECTED) from None
         raise unexpected(e.kind, e.message, "rank 0 wrote the traceback") from None

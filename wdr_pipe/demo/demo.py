@@ -141,7 +141,7 @@ def demo_config(settings: DemoSettings = DemoSettings()) -> str:
     """The built-in ``run`` config (paths relative to the demo folder)."""
     runs = ""
     for name, row, flags in ROWS:
-        flags = {**COMMON, "image_size": settings.image_size, "workers": LOADER_WORKERS, **flags}
+        flags = {**COMMON, "image_size": settings.image_size, "loader_workers": LOADER_WORKERS, **flags}
         flags["epochs"] = settings.epochs * flags.pop("epochs_factor", 1)
         runs += f"\n# {row}\n[train.{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in flags.items())
     return (f'# The demo: generated garment photos, the WDR paper\'s ablation with ImageNet transfer learning.\n'

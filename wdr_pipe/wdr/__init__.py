@@ -1,16 +1,17 @@
-"""The Wide, Deep and Recurrent model: the streaming loader, the model, training, thresholds and metrics.
+"""The Wide, Deep and Recurrent model side: a room per job (see docs/architecture.md).
 
-Names are imported on first use, so ``wdr_pipe.wdr.metrics`` or ``thresholds``
-do not pull in torch.
+``metrics/`` (numpy only), ``data/`` (the streaming loader), ``model/``, ``dist.py`` (processes and the
+device), ``runs/`` (the run folder), ``score/``, ``embed/`` and ``train/``. Names are imported on first use,
+so ``wdr_pipe.wdr.metrics`` does not pull in torch.
 """
 import importlib
 
 _WHERE = {
-    "Loader": "data", "StoreDataset": "data", "make_loader": "data",
-    "DataConfig": "transforms", "EvalTransform": "transforms", "Normalize": "transforms",
-    "TrainTransform": "transforms", "data_config": "transforms", "make_transform": "transforms",
-    "ModelConfig": "model", "WDRModel": "model", "build_model": "model", "create_backbone": "backbone",
-    "retune_thresholds": "retune",
+    "Loader": "data.loader", "StoreDataset": "data.loader", "make_loader": "data.loader",
+    "DataConfig": "data.transforms", "EvalTransform": "data.transforms", "Normalize": "data.transforms",
+    "TrainTransform": "data.transforms", "data_config": "data.transforms", "make_transform": "data.transforms",
+    "ModelConfig": "model.network", "WDRModel": "model.network", "build_model": "model.network",
+    "create_backbone": "model.backbone", "retune_thresholds": "train.retune",
 }
 
 __all__ = sorted(_WHERE)

@@ -4,7 +4,7 @@ As ``pipeline/checks.py`` does for the data stages: each config checks itself wi
 ``__post_init__`` (``wdr_pipe.checks.check_all``) and the CLI builds its click types from the
 same ``Bound`` (``cli/common.bounded``), so both refuse the same values, naming the option, the
 value and the range: ``train config: lr 0 (--lr): use more than 0 up to 10``. A setting several
-commands share (``--batch-size``, ``--workers``, ``--seed`` ...) has one ``Bound``, said once here.
+commands share (``--batch-size``, ``--loader-workers``, ``--seed`` ...) has one ``Bound``, said once here.
 (This module imports nothing heavy, so the CLI reads the ranges without loading torch.)
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ from ..errors import UserError
 
 # -- shared by several commands -----------------------------------------------------
 BATCH_SIZE = Bound("--batch-size", 1, 65_536, unit="images")
-WORKERS = Bound("--workers", 0, 64)                  # loader worker processes; 0: load in the main process
+LOADER_WORKERS = Bound("--loader-workers", 0, 64)    # loader worker processes; 0: load in the main process
 IMAGE_SIZE = Bound("--image-size", 16, 4096, unit="px", optional=True)  # None: the backbone's (or run's) own
 SEED = Bound("--seed", 0, 2**32 - 1)                 # numpy's seeds
 MIN_POSITIVES = Bound("--min-positives", 1, 1_000_000)
-SCORING_BOUNDS = {"batch_size": BATCH_SIZE, "workers": WORKERS}  # evaluate, predict, ensemble
+SCORING_BOUNDS = {"batch_size": BATCH_SIZE, "loader_workers": LOADER_WORKERS}  # evaluate, predict, ensemble
 
-# ModelConfig (model.py); train's flags of the same names
+# ModelConfig (model/network.py); train's flags of the same names
 MODEL_BOUNDS = {
     "freeze_first": Bound("--freeze-first", 0, 10_000, unit="weight layers"),
     "head_hidden": Bound("--head-hidden", 1, 65_536),
@@ -34,7 +34,7 @@ MODEL_BOUNDS = {
     "embed_dim": Bound("embed_dim", 1, 1024),
 }
 
-# TrainConfig (trainconfig.py): its own settings; the model's are MODEL_BOUNDS, checked by ModelConfig
+# TrainConfig (train/config.py): its own settings; the model's are MODEL_BOUNDS, checked by ModelConfig
 TRAIN_BOUNDS = {
     "image_size": IMAGE_SIZE,
     "epochs": Bound("--epochs", 1, 100_000),
@@ -46,7 +46,7 @@ TRAIN_BOUNDS = {
     "clip_grad": Bound("--clip-grad", 0, 1_000_000, integer=False, lo_open=True, optional=True),
     "ema_decay": Bound("--ema-decay", 0, 1, integer=False, lo_open=True, hi_open=True),
     "seed": SEED,
-    "workers": WORKERS,
+    "loader_workers": LOADER_WORKERS,
     "checkpoint_every": Bound("--checkpoint-every", 0, 1_000_000_000, unit="steps"),
     "eval_every": Bound("--eval-every", 0, 1_000_000_000, unit="steps"),
     "min_positives": MIN_POSITIVES,
@@ -54,23 +54,23 @@ TRAIN_BOUNDS = {
 # --pos-weight K (or 'stats'): checked once the text is read as a number
 POS_WEIGHT = Bound("--pos-weight", 0, 1_000_000, integer=False, lo_open=True)
 
-# EvalConfig (evaluate.py)
+# EvalConfig (score/evaluate.py)
 EVAL_BOUNDS = {**SCORING_BOUNDS,
                "saliency": Bound("--saliency", 0, 100, unit="images"),
                "saliency_labels": Bound("saliency_labels", 1, 100)}
 
-# PredictConfig (predict.py); --top: labels listed per image of 'predict IMAGE...'
+# PredictConfig (score/predict.py); --top: labels listed per image of 'predict IMAGE...'
 PREDICT_BOUNDS = dict(SCORING_BOUNDS)
 TOP = Bound("--top", 1, 10_000, unit="labels")
 
-# EnsembleConfig (ensemble.py)
+# EnsembleConfig (score/ensemble.py)
 ENSEMBLE_BOUNDS = {**SCORING_BOUNDS,
                    "folds": Bound("--folds", 2, 100),
                    "seed": SEED,
                    "C": Bound("C", 0, 1_000_000, integer=False, lo_open=True),
                    "min_positives": replace(MIN_POSITIVES, option="min_positives")}  # no flag of its own
 
-# EmbedSpec (embed.py) and the embed / similar commands
+# EmbedSpec (embed/stage.py) and the embed / similar commands
 EMBED_BOUNDS = {"image_size": IMAGE_SIZE}
 EMBED_BATCH = Bound("--batch-size", 1, 65_536, unit="images", optional=True)  # None: sized to the device
 K = Bound("-k", 1, 10_000, unit="images")
@@ -86,5 +86,5 @@ def check_device(device, option: str = "--device") -> None:
 
 
 __all__ = ["BATCH_SIZE", "EMBED_BATCH", "EMBED_BOUNDS", "ENSEMBLE_BOUNDS", "EVAL_BOUNDS", "IMAGE_SIZE", "K",
-           "MIN_POSITIVES", "MODEL_BOUNDS", "POS_WEIGHT", "PREDICT_BOUNDS", "SCORING_BOUNDS", "SEED", "TOP",
-           "TRAIN_BOUNDS", "WORKERS", "check_device"]
+           "LOADER_WORKERS", "MIN_POSITIVES", "MODEL_BOUNDS", "POS_WEIGHT", "PREDICT_BOUNDS", "SCORING_BOUNDS", "SEED",
+           "TOP", "TRAIN_BOUNDS", "check_device"]

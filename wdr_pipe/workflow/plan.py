@@ -5,7 +5,7 @@ whether there is work to do (``run`` adds no cache of its own): a finished
 step costs a footer read. ``force`` redoes a step and every step after it that
 depends on it; ``dry_run`` only lists the plan.
 
-Under torchrun (``ranks.py``) rank 0 alone runs every step but the training
+Under torchrun (``wdr.dist.Dist``) rank 0 alone runs every step but the training
 ones and the other ranks wait for its outcome; a training step runs on every
 rank (DDP), after its ``prepare`` (setting a forced run's folder aside) has
 run once on rank 0.
@@ -22,8 +22,8 @@ from ..checks import default_of
 from ..errors import UserError
 from ..progress import Hook
 from ..result import StageResult
+from ..wdr.dist import Dist
 from .config import WorkflowConfig
-from .ranks import Ranks
 
 log = logging.getLogger("wdr_pipe")
 
@@ -110,8 +110,8 @@ def _stats_step(cfg: WorkflowConfig, deps: List[str]) -> Step:
 
 
 def _train_step(cfg: WorkflowConfig, name: str, deps: List[str], feature_key: Optional[str]) -> Step:
-    from ..wdr.train import train
-    from ..wdr.trainconfig import TrainConfig
+    from ..wdr.train.config import TrainConfig
+    from ..wdr.train.loop import train
 
     flags = dict(cfg.train[name])
     if feature_key and "wide" in str(flags.get("parts", "")):
@@ -119,7 +119,7 @@ def _train_step(cfg: WorkflowConfig, name: str, deps: List[str], feature_key: Op
     if flags.get("init") in cfg.train:
         flags["init"] = str(cfg.runs / flags["init"])
     with cfg.checking(f"train.{name}"):
-        tc = TrainConfig(store=str(cfg.store), out=str(cfg.runs / name), **flags)
+        tc = TrainConfig.from_dict({"store": str(cfg.store), "out": str(cfg.runs / name), **flags})
 
     def prepare(force: bool) -> None:
         if force:
@@ -142,7 +142,7 @@ def _set_aside(folder: str) -> None:
 
 
 def _evaluate_step(cfg: WorkflowConfig, name: str, deps: List[str]) -> Step:
-    from ..wdr.evaluate import EvalConfig, evaluate
+    from ..wdr.score.evaluate import EvalConfig, evaluate
 
     with cfg.checking("evaluate"):
         ec = EvalConfig(store=str(cfg.store), run=str(cfg.runs / name), **(cfg.evaluate or {}))
@@ -151,7 +151,7 @@ def _evaluate_step(cfg: WorkflowConfig, name: str, deps: List[str]) -> Step:
 
 
 def _ensemble_step(cfg: WorkflowConfig, name: str) -> Step:
-    from ..wdr.ensemble import EnsembleConfig, make_ensemble
+    from ..wdr.score.ensemble import EnsembleConfig, make_ensemble
 
     flags = dict(cfg.ensemble[name])
     members = flags.pop("runs")
@@ -173,7 +173,7 @@ def _producer(cfg: WorkflowConfig, name: str) -> str:
 
 
 def _predict_step(cfg: WorkflowConfig) -> Step:
-    from ..wdr.predict import PredictConfig, predict_split
+    from ..wdr.score.predict import PredictConfig, predict_split
 
     flags = dict(cfg.predict)
     name = flags.pop("run")
@@ -193,7 +193,7 @@ def _report_step(cfg: WorkflowConfig, split: str, deps: List[str]) -> Step:
 
 def evaluation_split(cfg: WorkflowConfig) -> str:
     """The split of ``[evaluate]``, else evaluation's own default."""
-    from ..wdr.evaluate import EvalConfig
+    from ..wdr.score.evaluate import EvalConfig
 
     return (cfg.evaluate or {}).get("split", default_of(EvalConfig, "split"))
 
@@ -245,12 +245,13 @@ def run_folders(cfg: WorkflowConfig) -> List[str]:
 
 
 def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str], Hook] = lambda name: None,
-            ranks: Optional[Ranks] = None) -> List[Outcome]:
+            ranks: Optional[Dist] = None) -> List[Outcome]:
     """Run the steps in order; ``force``: step names (or a prefix such as ``train``) to redo.
 
     ``ranks`` (started) under torchrun: rank 0 runs the steps that are not ``every_rank``, the other
-    ranks get its results (or raise its error, ``StepFailed``); every rank returns the same outcomes."""
-    ranks = ranks or Ranks({})
+    ranks get its results (or raise its error: a ``UserError``, else ``StepFailed``); every rank returns the
+    same outcomes."""
+    ranks = ranks or Dist({})
     names = plan.names()
     chosen = [n for n in names for f in force if n == f or n.startswith(f + ".")]
     unknown = [f for f in force if not any(n == f or n.startswith(f + ".") for n in names)]
@@ -261,11 +262,11 @@ def execute(plan: Plan, force: Sequence[str] = (), progress_for: Callable[[str],
     for step in plan.steps:
         t0, redo = time.monotonic(), step.name in forced
         if step.prepare is not None:
-            ranks.on_main(step.name, lambda: step.prepare(redo))
+            ranks.on_main(lambda: step.prepare(redo), step.name)
         if step.every_rank:
             result = step.action(progress_for(step.name), redo)
         else:
-            result = ranks.on_main(step.name, lambda: step.action(progress_for(step.name), redo))
+            result = ranks.on_main(lambda: step.action(progress_for(step.name), redo), step.name)
         outcomes.append(Outcome(step, result, time.monotonic() - t0, redo))
         if ranks.main:
             log.info("%s: %s in %.1f s", step.name, "ran" if result.ran else "reused", outcomes[-1].seconds)

@@ -1,0 +1,292 @@
+"""Similar-image search over stored embeddings: the VGG-16 paper's use case, on faiss.
+
+``similar(store, query, key=KEY, split="train", k=10)`` returns the ``k``
+stored images of ``split`` nearest to ``query`` by cosine similarity: their
+image ids, URLs, scores and (``with_labels``) labels, with names where the
+store has a label map. ``query`` is an image id of the store (its stored
+vector; the image itself is left out of its own results) or an image file,
+embedded on the fly by the backbone, weights and data config of ``KEY``
+(``embed.load_backbone``, which refuses weights that changed since).
+
+The index is ``faiss.IndexFlatIP`` (exact, exhaustive inner product) over the
+L2-normalised float32 vectors, so a score is the cosine similarity. It is built
+once per key and split (``build_index``) and cached under
+``embeddings/<key>/<split>/_search/``: ``index.faiss``, ``ids.parquet`` (index
+row -> image_id, shard, row) and ``manifest.json`` last, which names the
+embedding shards it was built from (their size and commit-marker digest);
+any change of those rebuilds it. Rows whose image failed to decode are left out.
+faiss-cpu is imported on first use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ...cache import Store, as_store, fixed_matrix, shard_identity, write_result
+from ...cache.atomic import atomic_path, write_parquet_atomic
+from ...cache.jsonfile import read_json, write_json
+from ...cache.schema import SEARCH_IDS
+from ...errors import UserError
+from ...result import StageResult
+from ..checks import K, check_device
+
+log = logging.getLogger("wdr_pipe")
+
+INDEX_VERSION = 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise UserError("similar-image search needs faiss; run `pip install faiss-cpu`") from None
+    return faiss
+
+
+def _read_vectors(path: Path) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(image_ids, float32 vectors, ok mask) of one embedding shard."""
+    t = pq.read_table(path, columns=["image_id", "embedding"])
+    col = t.column("embedding")
+    x = np.empty((t.num_rows, col.type.list_size), np.float32)
+    fixed_matrix(col, x, 0)
+    return t.column("image_id").combine_chunks().cast(pa.string()), x, col.is_valid().to_numpy(zero_copy_only=False)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero): inner product = cosine similarity."""
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(n > 0, n, 1.0), np.float32)
+
+
+def build_index(store, key: Optional[str] = None, split: str = "train", rebuild: bool = False) -> StageResult:
+    """The cached search index of ``key``'s ``split``: reused while its embedding shards are unchanged."""
+    store = as_store(store)
+    key = store.resolve_embedding_key(key)
+    t0 = time.monotonic()
+    pairs = store.embedding_shards(key, split)
+    source = [shard_identity(e) for _, e in pairs]
+    files = store.search_files(key, split)
+    folder = store.search_dir(key, split)
+    if not rebuild and files["manifest"].exists():
+        doc = read_json(files["manifest"])
+        if doc.get("source") == source and doc.get("version") == INDEX_VERSION:
+            return StageResult("search-index", key, str(folder), time.monotonic() - t0, reused=1,
+                               counts={"ok": doc["rows"]}, details={"split": split, "dim": doc["dim"]})
+    files["manifest"].unlink(missing_ok=True)  # uncommit while the files change
+    faiss = _faiss()
+    dim = pq.read_schema(pairs[0][1]).field("embedding").type.list_size
+    x = np.empty((sum(pq.read_metadata(e).num_rows for _, e in pairs), dim), np.float32)  # one copy, filled
+    ids, shard, rows, n = [], [], [], 0
+    for _, path in pairs:
+        image_ids, vectors, ok = _read_vectors(path)
+        keep = np.flatnonzero(ok)
+        x[n:n + len(keep)] = vectors[keep]
+        n += len(keep)
+        ids.append(image_ids.take(pa.array(keep)))
+        shard += [path.name] * len(keep)
+        rows.append(keep.astype(np.int32))
+    x = x[:n]
+    if not n:
+        raise UserError(f"{store.embeddings_dir(key, split)}: no image of split {split!r} has an embedding "
+                        "(every one failed to decode); nothing to search")
+    faiss.normalize_L2(x)  # in place; all-zero rows stay zero
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    with atomic_path(files["index"]) as tmp:
+        faiss.write_index(index, str(tmp))
+    write_parquet_atomic(pa.table([pa.concat_arrays(ids), pa.array(shard, pa.string()),
+                                   pa.array(np.concatenate(rows))], schema=SEARCH_IDS), files["ids"])
+    doc = {"version": INDEX_VERSION, "key": key, "split": split, "rows": int(len(x)), "dim": int(x.shape[1]),
+           "metric": "cosine (IndexFlatIP over L2-normalised vectors)", "source": source}
+    write_json(files["manifest"], doc)
+    result = StageResult("search-index", key, str(folder), time.monotonic() - t0, ran=1, counts={"ok": len(x)},
+                         details={"split": split, "dim": int(x.shape[1])})
+    write_result(folder, result)
+    log.info("search index of %s/%s: %d vectors of %d dims in %.1f s", key, split, len(x), x.shape[1], result.seconds)
+    return result
+
+
+class SearchIndex:
+    """A loaded index: ``search(vectors, k)`` -> (scores, index rows); ``row_of(image_id)``; ``vector(row)``."""
+
+    def __init__(self, store, key: Optional[str] = None, split: str = "train"):
+        self.store = as_store(store)
+        self.key = self.store.resolve_embedding_key(key)
+        self.split = split
+        self.built = build_index(self.store, self.key, split)
+        files = self.store.search_files(self.key, split)
+        t = time.monotonic()
+        self.index = _faiss().read_index(str(files["index"]))
+        self.ids = pq.read_table(files["ids"])
+        self.load_seconds = time.monotonic() - t
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def row_of(self, image_id: str) -> Optional[int]:
+        i = pc.index(self.ids.column("image_id"), image_id).as_py()
+        return None if i < 0 else int(i)
+
+    def vector(self, row: int) -> np.ndarray:
+        return self.index.reconstruct(int(row))
+
+    def search(self, vectors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        return self.index.search(normalise(np.atleast_2d(vectors)), int(min(k, len(self))))
+
+
+@dataclasses.dataclass
+class Neighbours:
+    """What ``similar`` found: the query, its ``k`` nearest images (rank order) and timings."""
+
+    key: str
+    split: str
+    query: Dict[str, Any]
+    results: List[Dict[str, Any]]
+    seconds: Dict[str, float]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def lines(self) -> List[str]:
+        q = self.query
+        head = f"{len(self.results)} images of {self.split} nearest to " + (
+            f"image {q['image_id']} ({q['split']})" if "image_id" in q else f"file {q['file']}") + \
+            f" by cosine similarity (embeddings {self.key}):"
+        out = [head]
+        for r in self.results:
+            labels = ""
+            if "labels" in r:
+                labels = "  [" + ", ".join(r.get("label_names") or [str(x) for x in r["labels"] or []]) + "]"
+            out.append(f"{r['rank']:>3}. {r['score']:.4f}  {r['image_id']}  {r['url']}{labels}")
+        return out
+
+
+def _label_names(store: Store) -> Optional[Dict[int, str]]:
+    if not store.label_map_path.exists():
+        return None
+    t = pq.read_table(store.label_map_path, columns=["labelId", "labelName"])
+    return {int(i): (n if n is not None else str(i)) for i, n in zip(*(c.to_pylist() for c in t.columns))}
+
+
+def _details(store: Store, split: str, where: List[Tuple[str, int]], with_labels: bool) -> List[Dict[str, Any]]:
+    """url (and labels) of image shard rows ``(shard name, row)`` of ``split``, in order."""
+    by_shard: Dict[str, List[int]] = {}
+    for name, row in where:
+        by_shard.setdefault(name, []).append(row)
+    got: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    columns = ["url", "labels"] if with_labels else ["url"]
+    for name, rows in by_shard.items():
+        t = pq.ParquetFile(store.images_dir(split) / name).read(columns=columns).take(pa.array(rows))
+        for row, rec in zip(rows, t.to_pylist()):
+            got[(name, row)] = rec
+    return [got[w] for w in where]
+
+
+def _find_elsewhere(store: Store, key: str, split: str, image_id: str) -> Optional[Tuple[str, np.ndarray]]:
+    """(split, vector) of ``image_id`` in another split's embeddings of ``key``."""
+    for other in store.image_splits():
+        if other == split:
+            continue
+        for image_shard in store.image_shards(other):
+            path = store.embeddings_dir(key, other) / image_shard.name
+            if not path.exists():
+                continue
+            i = pc.index(pq.read_table(path, columns=["image_id"]).column(0), image_id).as_py()
+            if i >= 0:
+                ids, x, ok = _read_vectors(path)
+                if not ok[i]:
+                    raise UserError(f"image {image_id} ({other}) has no embedding: it failed to decode "
+                                    f"({path}); query another image")
+                return other, x[i]
+    return None
+
+
+def embed_file(store: Store, key: str, path: Union[str, Path], device: str = "auto") -> np.ndarray:
+    """The vector of an image file, by the backbone, weights and data config of embeddings ``key``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..dist import pick_device
+    from .embedder import Embedder, decode_all
+    from .stage import EmbedConfig, load_backbone
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror}); pass a readable image file") from None
+    doc = read_json(store.embedding_config_path(key))
+    fields = {f.name for f in dataclasses.fields(EmbedConfig)}
+    cfg = EmbedConfig(**{k: v for k, v in doc["config"].items() if k in fields})
+    if cfg.key != key:
+        raise UserError(f"{store.embedding_config_path(key)}: its settings hash to {cfg.key}, not {key}; "
+                        "the file was edited: embed again with 'wdr-pipe embed'")
+    embedder = Embedder(load_backbone(cfg, doc.get("source", {})), cfg.data_config, pick_device(device))
+    with ThreadPoolExecutor(1) as pool:
+        images, errors = decode_all(embedder, pool, [data])
+    if errors[0] is not None:
+        raise UserError(f"{path}: unreadable image file ({errors[0]}); pass a JPEG, PNG or WebP image")
+    return embedder.vectors(images)[0]
+
+
+def similar(store, query: Union[str, Path], *, key: Optional[str] = None, split: str = "train", k: int = 10,
+            with_labels: bool = False, device: str = "auto", index: Optional[SearchIndex] = None) -> Neighbours:
+    """The ``k`` images of ``split`` nearest to ``query`` (an image id of the store, or an image file)."""
+    store = as_store(store)
+    K.check("similar", k, "k")
+    check_device(device)
+    key = store.resolve_embedding_key(key)
+    if not store.image_shards(split):
+        store.require_images(split)
+    index = index if index is not None else SearchIndex(store, key, split)
+    t = time.monotonic()
+    q: Dict[str, Any] = {}
+    own_row = None
+    text = str(query)
+    if os.path.isfile(text):
+        vec = embed_file(store, key, text, device)
+        q = {"file": text}
+    else:
+        own_row = index.row_of(text)
+        if own_row is not None:
+            vec, q = index.vector(own_row), {"image_id": text, "split": split}
+        else:
+            found = _find_elsewhere(store, key, split, text)
+            if found is None:
+                if os.sep in text or text.lower().endswith(IMAGE_SUFFIXES):
+                    raise UserError(f"{text}: no such image file; pass an image file or an image id of the store")
+                raise UserError(f"image id {text!r} is not in the store {store.root} (searched the embeddings "
+                                f"{key} of {', '.join(store.image_splits())}); pass an image id of the store or "
+                                "an image file")
+            vec, q = found[1], {"image_id": text, "split": found[0]}
+    embed_seconds = time.monotonic() - t
+    t = time.monotonic()
+    scores, rows = index.search(vec, k + (own_row is not None))
+    search_seconds = time.monotonic() - t
+    hits = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0 and r != own_row][:k]
+    ids = index.ids
+    where = [(ids.column("shard")[r].as_py(), ids.column("row")[r].as_py()) for _, r in hits]
+    extra = _details(store, split, where, with_labels)
+    names = _label_names(store) if with_labels else None
+    results = []
+    for rank, ((score, r), more) in enumerate(zip(hits, extra), start=1):
+        rec = {"rank": rank, "image_id": ids.column("image_id")[r].as_py(), "score": round(score, 6), **more}
+        if names is not None:
+            rec["label_names"] = [names.get(x, str(x)) for x in rec.get("labels") or []]
+        results.append(rec)
+    return Neighbours(key, split, q, results, {"load_index": round(index.load_seconds, 4),
+                                               "embed_query": round(embed_seconds, 4),
+                                               "search": round(search_seconds, 6)})
+
+
+__all__ = ["Neighbours", "SearchIndex", "build_index", "embed_file", "normalise", "similar"]
