@@ -1,4 +1,4 @@
-"""Grad-CAM: our hook-based ``wdr_pipe.wdr.saliency.grad_cam`` against the grad-cam package.
+"""Grad-CAM: our hook-based ``wdr_pipe.wdr.model.saliency.grad_cam`` against the grad-cam package.
 
 The report's saliency grid: --images images x --labels labels each, on
 ``tf_efficientnet_lite0`` at 224 px with ``--deep fixed`` (the WDR paper's

@@ -66,7 +66,7 @@ def test_a_config_refusal_is_2_whoever_finds_it():
     """The mechanism the commands use: a ``BadSetting`` from a config (not click) exits 2 through
     ``user_errors``; any refusal while a config is made from the flags (``settings_errors``) does too,
     as TrainConfig's choice checks (plain ``UserError``) in train's command."""
-    from wdr_pipe.wdr.trainconfig import TrainConfig
+    from wdr_pipe.wdr.train.config import TrainConfig
 
     @click.command()
     @click.argument("what")

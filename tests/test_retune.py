@@ -1,4 +1,4 @@
-"""Re-tuning a finished run's thresholds (wdr_pipe.wdr.retune, ``wdr-pipe thresholds``).
+"""Re-tuning a finished run's thresholds (wdr_pipe.wdr.train.retune, ``wdr-pipe thresholds``).
 
 One real run (pretrained ``tf_efficientnet_lite0`` at 64 px, Deep + Wide +
 Recurrent on the 12 most frequent labels, 2 epochs) on the shared generated

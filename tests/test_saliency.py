@@ -1,4 +1,4 @@
-"""Grad-CAM (wdr_pipe.wdr.saliency): the maps equal those of the grad-cam package (pytorch_grad_cam),
+"""Grad-CAM (wdr_pipe.wdr.model.saliency): the maps equal those of the grad-cam package (pytorch_grad_cam),
 for a Deep model and for a Wide + Deep + Recurrent one whose wide input the package sees as fixed.
 
 Real timm models (tf_efficientnet_lite0 at 64 px, random weights: Grad-CAM's arithmetic does not

@@ -1,4 +1,4 @@
-"""wdr_pipe.wdr.thresholds: each step against brute force, the cycle's monotonicity,
+"""wdr_pipe.wdr.metrics.thresholds: each step against brute force, the cycle's monotonicity,
 the rare-label fallback, cross-validation and thresholds.json."""
 from __future__ import annotations
 

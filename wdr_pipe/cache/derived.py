@@ -102,7 +102,7 @@ class Derived:
 
     def misaligned(self, where, split: str, detail: str) -> None:
         """The refusal of rows that are not those of the image shards, in their order."""
-        raise UserError(f"{where}: {detail}; the shards are not row-aligned; rerun '{self.fix(split)} --rebuild'")
+        misaligned(where, detail, f"{self.fix(split)} --rebuild")
 
     def shards(self, key: str, split: str, complete: bool = True) -> List[Tuple[Path, Path]]:
         """``(image shard, derived shard)`` pairs of ``split``, each checked by ``shard``.
@@ -170,11 +170,16 @@ class Derived:
             raise UserError(f"{out}: damaged {self.what} shard ({problem}); {fix}")
 
 
-def plan_derived(store, splits: Sequence[str], out_dir: Callable[[str], Path], what: str, command: str,
-                 schema_problem: SchemaCheck, rebuild: bool = False):
-    """The model side's call until the merge: ``store.embeddings.plan(key, ...)``."""
-    family = store.features if command == "features" else store.embeddings
-    return family.plan(out_dir(splits[0]).parent.name if splits else "", splits, schema_problem, rebuild)
+def misaligned(where, detail: str, fix: str) -> None:
+    """The one refusal of a derived shard whose rows are not its image shard's rows, in their order."""
+    raise UserError(f"{where}: {detail}; the shards are not row-aligned; rerun '{fix}'")
 
 
-__all__ = ["Derived", "DerivedShard", "SchemaCheck", "plan_derived", "split_counts"]
+def check_rows(ids: pa.Array, derived_ids: pa.Array, path: Path, command: str, rows: str) -> None:
+    """At read time (a loader reading a unit of row groups): ``derived_ids``, read from the derived shard
+    ``path``, must be ``ids``, its image shard's ids of the same rows."""
+    if not derived_ids.equals(ids):
+        misaligned(path, f"image_ids of rows {rows} differ from its image shard's", f"wdr-pipe {command} --rebuild")
+
+
+__all__ = ["Derived", "DerivedShard", "SchemaCheck", "check_rows", "misaligned", "split_counts"]

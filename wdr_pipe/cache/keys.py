@@ -41,5 +41,3 @@ def write_config(path: Path, cfg: Any, **more: Any) -> None:
 
     write_json(Path(path), config_doc(cfg, **more))
 
-
-from .jsonfile import read_json  # noqa: E402,F401  (the model side imports it from here until the merge)

@@ -196,21 +196,6 @@ class Store:
         parts = [shard_identity(p) for p in self.image_shards(split)]
         return hashlib.sha256(canonical_json([parts, *extra]).encode()).hexdigest()[:16]
 
-    # -- the model side's spellings, until the merge moves its calls to ``store.features`` /
-    # ``store.embeddings`` / ``label_stats_dir`` (one line each, no rule of their own) ------------
-    def feature_keys(self): return self.features.keys()  # noqa: E704
-    def features_dir(self, key, split): return self.features.dir(key, split)  # noqa: E704
-    def feature_shard(self, key, split, image_shard): return self.features.shard(key, split, image_shard)  # noqa
-    def feature_shards(self, key, split, complete=True): return self.features.shards(key, split, complete)  # noqa
-    def embedding_keys(self): return self.embeddings.keys()  # noqa: E704
-    def embeddings_root(self, key): return self.embeddings.root(key)  # noqa: E704
-    def embeddings_dir(self, key, split): return self.embeddings.dir(key, split)  # noqa: E704
-    def embedding_config_path(self, key): return self.embeddings.config_path(key)  # noqa: E704
-    def resolve_embedding_key(self, key=None): return self.embeddings.resolve_key(key)  # noqa: E704
-    def embedding_shard(self, key, split, image_shard): return self.embeddings.shard(key, split, image_shard)  # noqa
-    def embedding_shards(self, key, split): return self.embeddings.shards(key, split)  # noqa: E704
-    def stats_dir(self, split): return self.label_stats_dir(split)  # noqa: E704
-
 
 def shard_name(n: int) -> str:
     return f"part-{n:05d}"

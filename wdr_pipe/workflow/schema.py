@@ -66,15 +66,16 @@ def tables() -> Dict[str, Table]:
     """Every table of a run file; ``""`` is the top level."""
     from ..pipeline.runner import Cluster
     from ..pipeline.settings import FeatureSettings, FetchSettings, StatsSettings
-    from ..wdr.ensemble import EnsembleConfig
-    from ..wdr.evaluate import EvalConfig
-    from ..wdr.predict import PredictConfig
-    from ..wdr.trainconfig import TrainConfig
+    from ..wdr.score.ensemble import EnsembleConfig
+    from ..wdr.score.evaluate import EvalConfig
+    from ..wdr.score.predict import PredictConfig
+    from ..wdr.train.config import ALIASES, TrainConfig
 
     top = {"store": Key(str, required=True, setting=Setting(path="dir")), "runs": Key(str, setting=Setting(path="dir")),
            **_keys(Cluster)}
     named = {"train": _keys(TrainConfig, ("store", "out"), text_lists=("parts",)),
              "ensemble": _keys(EnsembleConfig, ("store", "out"))}
+    named["train"].update({old: named["train"][new] for old, new in ALIASES.items()})  # earlier names still read
     single = {"fetch": _keys(FetchSettings), "features": _keys(FeatureSettings), "stats": _keys(StatsSettings),
               "evaluate": _keys(EvalConfig, ("store", "run")), "predict": _keys(PredictConfig, ("store",)),
               "report": _keys(Report)}

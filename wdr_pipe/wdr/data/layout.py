@@ -106,7 +106,7 @@ def _aligned_weights(store: Store, split: str, shards: List[Path], weighted: boo
     missing = int((pos < 0).sum())
     if missing:
         log.warning("%s: %d images have no sample weight (stats are older than the images); they get 1.0; "
-                    "rerun 'wdr-pipe stats' to include them", store.stats_dir(split), missing)
+                    "rerun 'wdr-pipe stats' to include them", store.label_stats_dir(split), missing)
     return np.where(pos >= 0, w[np.maximum(pos, 0)], 1.0).astype(np.float32)
 
 
@@ -126,8 +126,8 @@ def build_layout(store: Store, split: str, feature_key: Optional[str] = None, we
         meta = pq.read_metadata(shard)
         valid = np.ones(meta.num_rows, bool)
         bounds = {"feature": None, "embedding": None}
-        for what, key, path_of in (("embedding", embedding_key, store.embedding_shard),
-                                   ("features", feature_key, store.feature_shard)):
+        for what, key, path_of in (("embedding", embedding_key, store.embeddings.shard),
+                                   ("features", feature_key, store.features.shard)):
             if key is None:
                 continue
             path = path_of(key, split, shard)
@@ -142,14 +142,14 @@ def build_layout(store: Store, split: str, feature_key: Optional[str] = None, we
     unit_start = np.concatenate([[0], np.cumsum([len(o) for o in offsets])]).astype(np.int64)
     if not unit_start[-1]:
         if embedding_key is not None:
-            raise UserError(f"{store.embeddings_dir(embedding_key, split)}: no usable rows (every image, embedding "
+            raise UserError(f"{store.embeddings.dir(embedding_key, split)}: no usable rows (every image, embedding "
                             "or feature row failed)")
         raise UserError(f"{store.images_dir(split)}: no usable rows (every image or feature row failed)")
     weights = _aligned_weights(store, split, shards, weighted)
     # shard rows are concatenated in the same order as the units
     weight = np.ones(int(unit_start[-1]), np.float32) if weights is None else weights[np.concatenate(shard_valid)]
-    return SplitLayout(store.images_dir(split), store.features_dir(feature_key, split) if feature_key else None,
-                       store.embeddings_dir(embedding_key, split) if embedding_key else None, units, unit_start,
+    return SplitLayout(store.images_dir(split), store.features.dir(feature_key, split) if feature_key else None,
+                       store.embeddings.dir(embedding_key, split) if embedding_key else None, units, unit_start,
                        np.concatenate(offsets), weight, skipped)
 
 

@@ -91,7 +91,7 @@ class StoreDataset(IterableDataset):
 
             feature_config(store, feature_key)  # a UserError naming the keys the store has
         self.split, self.feature_key, self.batch_size = split, feature_key, int(batch_size)
-        self.embedding_key = store.resolve_embedding_key(embedding_key) if embedding_key is not None else None
+        self.embedding_key = store.embeddings.resolve_key(embedding_key) if embedding_key is not None else None
         self.shuffle, self.seed, self.weighted = bool(shuffle), int(seed), bool(weighted)
         self.buffer_size, self.drop_last, self.num_workers = int(buffer_size), bool(drop_last), int(num_workers)
         self.rank, self.world_size = Dist.share(rank, world_size)
@@ -300,7 +300,7 @@ class Loader:
 
 def check_embeddings(store: Store, key: str, config: DataConfig) -> None:
     """Embeddings ``key`` were made at ``config`` (size, crop, filter, mean, std): never used silently at another."""
-    have = DataConfig.from_dict(read_json(store.embedding_config_path(key))["config"])
+    have = DataConfig.from_dict(read_json(store.embeddings.config_path(key))["config"])
     if have != config:
         raise UserError(f"embeddings {key} were made at {have.size} px ({have}), not at the {config.size} px "
                         f"({config}) asked for; embed at that size, or use other embeddings")
@@ -329,7 +329,7 @@ def make_loader(store: Union[Store, str, Path], split: str, batch_size: int = 64
     """
     if embedding_key is not None:
         store = store if isinstance(store, Store) else open_store(store)
-        embedding_key = store.resolve_embedding_key(embedding_key)
+        embedding_key = store.embeddings.resolve_key(embedding_key)
         if config is not None:
             check_embeddings(store, embedding_key, config)
     train = (split == "train") if train is None else train

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...cache import fixed_matrix, multi_hot
-from ...cache.aligned import check_rows_aligned
+from ...cache.derived import check_rows
 from .layout import SplitLayout
 from .wide import wide_matrix
 
@@ -69,8 +69,8 @@ class UnitReader:
         """The unit's rows of a derived shard (features, embeddings), checked to be the image shard's rows."""
         path = folder / unit.shard
         t = self._read(path, groups, ["image_id", *columns])
-        check_rows_aligned(ids, t.column("image_id").combine_chunks().cast(pa.string()), path, command,
-                           f"{unit.start}..{unit.start + unit.rows - 1}")
+        check_rows(ids, t.column("image_id").combine_chunks().cast(pa.string()), path, command,
+                   f"{unit.start}..{unit.start + unit.rows - 1}")
         return t
 
     def _load(self, u: int) -> Chunk:

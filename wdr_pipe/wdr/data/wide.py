@@ -41,7 +41,7 @@ def wide_stats(store: Store, split: str, key: str, compute: bool = True) -> Tupl
     """``(dim, mean, std)`` of the wide input over ``split``, one feature shard at a time (float64 sums;
     rows whose features failed are left out). ``compute=False``: the dimension only, with mean 0 and std 1
     (a resumed run's model gets its statistics from its checkpoint)."""
-    shards = [f for _, f in store.feature_shards(key, split)]
+    shards = [f for _, f in store.features.shards(key, split)]
     dim = wide_dim(pq.read_schema(shards[0]))
     if not compute:
         return dim, np.zeros(dim, np.float32), np.ones(dim, np.float32)

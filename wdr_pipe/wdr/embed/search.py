@@ -72,9 +72,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def build_index(store, key: Optional[str] = None, split: str = "train", rebuild: bool = False) -> StageResult:
     """The cached search index of ``key``'s ``split``: reused while its embedding shards are unchanged."""
     store = as_store(store)
-    key = store.resolve_embedding_key(key)
+    key = store.embeddings.resolve_key(key)
     t0 = time.monotonic()
-    pairs = store.embedding_shards(key, split)
+    pairs = store.embeddings.shards(key, split)
     source = [shard_identity(e) for _, e in pairs]
     files = store.search_files(key, split)
     folder = store.search_dir(key, split)
@@ -98,7 +98,7 @@ def build_index(store, key: Optional[str] = None, split: str = "train", rebuild:
         rows.append(keep.astype(np.int32))
     x = x[:n]
     if not n:
-        raise UserError(f"{store.embeddings_dir(key, split)}: no image of split {split!r} has an embedding "
+        raise UserError(f"{store.embeddings.dir(key, split)}: no image of split {split!r} has an embedding "
                         "(every one failed to decode); nothing to search")
     faiss.normalize_L2(x)  # in place; all-zero rows stay zero
     index = faiss.IndexFlatIP(x.shape[1])
@@ -122,7 +122,7 @@ class SearchIndex:
 
     def __init__(self, store, key: Optional[str] = None, split: str = "train"):
         self.store = as_store(store)
-        self.key = self.store.resolve_embedding_key(key)
+        self.key = self.store.embeddings.resolve_key(key)
         self.split = split
         self.built = build_index(self.store, self.key, split)
         files = self.store.search_files(self.key, split)
@@ -199,7 +199,7 @@ def _find_elsewhere(store: Store, key: str, split: str, image_id: str) -> Option
         if other == split:
             continue
         for image_shard in store.image_shards(other):
-            path = store.embeddings_dir(key, other) / image_shard.name
+            path = store.embeddings.dir(key, other) / image_shard.name
             if not path.exists():
                 continue
             i = pc.index(pq.read_table(path, columns=["image_id"]).column(0), image_id).as_py()
@@ -225,11 +225,11 @@ def embed_file(store: Store, key: str, path: Union[str, Path], device: str = "au
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read the image file ({e.strerror}); pass a readable image file") from None
-    doc = read_json(store.embedding_config_path(key))
+    doc = read_json(store.embeddings.config_path(key))
     fields = {f.name for f in dataclasses.fields(EmbedConfig)}
     cfg = EmbedConfig(**{k: v for k, v in doc["config"].items() if k in fields})
     if cfg.key != key:
-        raise UserError(f"{store.embedding_config_path(key)}: its settings hash to {cfg.key}, not {key}; "
+        raise UserError(f"{store.embeddings.config_path(key)}: its settings hash to {cfg.key}, not {key}; "
                         "the file was edited: embed again with 'wdr-pipe embed'")
     embedder = Embedder(load_backbone(cfg, doc.get("source", {})), cfg.data_config, pick_device(device))
     with ThreadPoolExecutor(1) as pool:
@@ -245,7 +245,7 @@ def similar(store, query: Union[str, Path], *, key: Optional[str] = None, split:
     store = as_store(store)
     K.check("similar", k, "k")
     check_device(device)
-    key = store.resolve_embedding_key(key)
+    key = store.embeddings.resolve_key(key)
     if not store.image_shards(split):
         store.require_images(split)
     index = index if index is not None else SearchIndex(store, key, split)

@@ -44,7 +44,6 @@ import torch
 
 from ...cache import Store, as_store, commit_path, config_key, write_config, write_result
 from ...cache.atomic import atomic_path
-from ...cache.derived import plan_derived
 from ...cache.jsonfile import write_json
 from ...cache.schema import image_embeddings_schema
 from ...checks import check_all
@@ -264,8 +263,7 @@ def pending_shards(store: Store, splits: Sequence[str], cfg: EmbedConfig, rebuil
         typ = schema.field("embedding").type.value_type
         return None if str(typ) == want else f"its vectors are {typ}, the key says {cfg.dtype}"
 
-    return plan_derived(store, splits, lambda split: store.embeddings_dir(cfg.key, split), "embedding", "embed",
-                        schema_problem, rebuild)
+    return store.embeddings.plan(cfg.key, splits, schema_problem, rebuild)
 
 
 def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[Sequence[str]] = None, *,
@@ -280,7 +278,7 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
     store = as_store(store)
     splits = store.input_splits(splits)
     tasks, summary, todo = pending_shards(store, splits, cfg, rebuild)
-    root = store.embeddings_root(cfg.key)
+    root = store.embeddings.root(cfg.key)
     details: Dict[str, object] = {"images_computed": 0, "images_per_s": None}
     if tasks:
         dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
@@ -288,8 +286,8 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
         embedder = Embedder(model, cfg.data_config, dev, batch_size)
         for t in tasks:  # uncommit first: a killed run never leaves a stale pair
             commit_path(t.out).unlink(missing_ok=True)
-        if rebuild or not store.embedding_config_path(cfg.key).exists():
-            write_config(store.embedding_config_path(cfg.key), cfg, dim=embedder.dim, source=source)
+        if rebuild or not store.embeddings.config_path(cfg.key).exists():
+            write_config(store.embeddings.config_path(cfg.key), cfg, dim=embedder.dim, source=source)
         log.info("embed %s: %d shards to compute (%d images) on %s, batches of %d; %d reused", cfg.key, len(tasks),
                  todo, dev, embedder.batch_size, sum(s["shards_reused"] for s in summary.values()))
         counts = {"done": 0, "failed": 0}
@@ -316,7 +314,7 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
                          counts={"ok": total("rows") - total("errors"), "failed": total("errors")},
                          splits=summary, details={**details, "backbone": cfg.backbone, "dtype": cfg.dtype,
                                                   "image_size": cfg.size})
-    if store.embedding_config_path(cfg.key).exists():
+    if store.embeddings.config_path(cfg.key).exists():
         write_result(root, result)
     return result
 

@@ -59,9 +59,9 @@ def store_columns(run: RunFolder, store: Store, required: bool = True) -> Option
 def check_features(run: RunFolder, store: Store) -> None:
     """A run with the wide part needs its feature config in the store."""
     key = run.feature_key
-    if key and key not in store.feature_keys():
+    if key and key not in store.features.keys():
         raise UserError(f"--store {store.root}: the run {run.root} uses the wide part on feature config {key}, which "
-                        f"this store does not have (it has: {', '.join(store.feature_keys()) or 'none'}); run "
+                        f"this store does not have (it has: {', '.join(store.features.keys()) or 'none'}); run "
                         f"'wdr-pipe features --store {store.root}' with the training store's feature settings")
 
 

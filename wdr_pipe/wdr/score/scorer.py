@@ -160,10 +160,10 @@ class ModelScorer:
     def embedding_key(self, store: Store, split: str) -> Optional[str]:
         """The cached embeddings to score ``split`` from (a run trained from them, no TTA), or None."""
         key = self.run.doc.get("embedding_key")
-        if not key or self.tta != "none" or key not in store.embedding_keys():
+        if not key or self.tta != "none" or key not in store.embeddings.keys():
             return None
         try:
-            store.embedding_shards(key, split)
+            store.embeddings.shards(key, split)
         except UserError as e:
             log.info("%s: scoring from images (%s)", self.run.root, e)
             return None

@@ -103,7 +103,7 @@ def _labels(store: Store, cfg: TrainConfig) -> TrainInputs:
 
 def _feature_key(store: Store, cfg: TrainConfig) -> str:
     """The feature config of the wide part: ``--feature-key``, or the store's only one."""
-    keys = store.feature_keys()
+    keys = store.features.keys()
     key = cfg.feature_key or (keys[0] if len(keys) == 1 else None)
     if key not in keys:
         fix = (f"pass --feature-key, one of {', '.join(keys)}" if keys and not cfg.feature_key else
@@ -140,7 +140,7 @@ def training_embeddings(store: Store, cfg: TrainConfig, model, dcfg: DataConfig,
                  "cached embeddings by, so images are decoded every batch")
         return None
     configs = [EmbedConfig.of(cfg.backbone, digest, dcfg, dtype) for dtype in ("float32", "float16")]
-    chosen = next((c for c in configs if store.embedding_config_path(c.key).exists()), configs[-1])
+    chosen = next((c for c in configs if store.embeddings.config_path(c.key).exists()), configs[-1])
     result = embed(store, chosen, source, [cfg.train_split, cfg.val_split], device=device, progress=progress)
     how = (f"computed {result.details['images_computed']} images' vectors first, reused {result.reused} shards"
            if result.ran else f"all {result.reused} shards were there")
