@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 
 from ..checks import Bound
-from ..errors import UserError
+from ..errors import BadSetting
 
 # -- shared by several commands -----------------------------------------------------
 BATCH_SIZE = Bound("--batch-size", 1, 65_536, unit="images")
@@ -82,7 +82,7 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 def check_device(device, option: str = "--device") -> None:
     """Refuse a device name torch would not take (before any work; whether CUDA is there is asked later)."""
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
-        raise UserError(f"{option} {device!r}: use auto, cpu, cuda or cuda:N")
+        raise BadSetting(f"{option} {device!r}: use auto, cpu, cuda or cuda:N", option)
 
 
 __all__ = ["BATCH_SIZE", "EMBED_BATCH", "EMBED_BOUNDS", "ENSEMBLE_BOUNDS", "EVAL_BOUNDS", "IMAGE_SIZE", "K",

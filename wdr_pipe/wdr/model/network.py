@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from ...checks import check_all
-from ...errors import UserError
+from ...errors import BadSetting, UserError
 from ..checks import MODEL_BOUNDS
 from .backbone import create_backbone, weights_digest
 
@@ -73,8 +73,8 @@ HEADS = ("linear", "mlp")
 EMBEDDINGS = ("random", "frozen", "trainable")
 
 
-def _bad(field: str, value, fix: str) -> UserError:
-    return UserError(f"model config {field}={value!r}: {fix}")
+def _bad(field: str, value, fix: str) -> BadSetting:
+    return BadSetting(f"model config {field}={value!r}: {fix}", field)
 
 
 @dataclass(frozen=True)

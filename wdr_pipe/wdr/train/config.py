@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ...checks import check_all
-from ...errors import UserError
+from ...errors import BadSetting, UserError
 from ..checks import POS_WEIGHT, TRAIN_BOUNDS, check_device
 
 MODEL_FIELDS = ("backbone", "pretrained", "weights", "deep", "freeze_first", "head", "head_hidden",
@@ -128,7 +128,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 if not str(value).strip():
-                    raise UserError(f"{flag(name)} is empty; pass a {'file' if name == 'weights' else 'folder'}")
+                    raise BadSetting(f"{flag(name)} is empty; pass a {'file' if name == 'weights' else 'folder'}")
                 if name != "weights":  # ModelConfig takes the weights file as given
                     put(name, os.path.abspath(os.path.expanduser(str(value))))
         if isinstance(self.parts, str):
@@ -163,7 +163,7 @@ class TrainConfig:
             put("parts", tuple(self.model_config().parts))  # ModelConfig checks the model's fields
         except UserError as e:  # "model config deep='x': fix" / "backbone 'x' is ...": name the flag
             text = re.sub(r"^model config (\w+)=", lambda m: flag(m.group(1)) + " ", str(e))
-            raise UserError(re.sub(r"^backbone ", "--backbone ", text)) from None
+            raise type(e)(re.sub(r"^backbone ", "--backbone ", text)) from None
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -245,7 +245,7 @@ def _pos_weight(v):
         k = None
     problem = POS_WEIGHT.problem(k) if k is not None else f"not a number; use {POS_WEIGHT.text()}"
     if problem:
-        raise UserError(f"train config: pos_weight {v!r} (--pos-weight): {problem} (positives weigh K times), "
+        raise BadSetting(f"train config: pos_weight {v!r} (--pos-weight): {problem} (positives weigh K times), "
                         "or 'stats' (per label, from the store's label statistics)")
     return k
 
@@ -260,6 +260,6 @@ def check_same_settings(root, run_settings: Dict[str, Any], cfg: TrainConfig) ->
 
 def _check(ok: bool, name: str, value, fix: str) -> None:
     if not ok:
-        raise UserError(f"{flag(name)} {_show(value)}: {fix}")
+        raise BadSetting(f"{flag(name)} {_show(value)}: {fix}", name)
 
 __all__ = ["ALIASES", "TrainConfig", "check_same_settings", "flag", "setting_names", "settings_diff"]
