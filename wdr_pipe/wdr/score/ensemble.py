@@ -27,6 +27,7 @@ is left out of the fit and, when scored, gets the mean of the members that did.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...cache import Store, config_key, image_rows, open_store
+from ...cache import Store, image_rows, open_store
+from ...cache.keys import canonical_json
 from ...cache.atomic import write_bytes_atomic
 from ...checks import check_all
 from ...errors import UserError
@@ -193,6 +195,13 @@ class EnsembleConfig:
     batch_size: int = 64
     loader_workers: int = 2
 
+    def key(self) -> str:
+        """The ensemble's cache key: the hash of its fields (as ``cache.config_key``), ``loader_workers`` hashed under its
+        earlier name ``workers`` so that ensembles made before the rename are still recognised as done."""
+        doc = {"type": type(self).__name__, **dataclasses.asdict(self)}
+        doc["workers"] = doc.pop("loader_workers")
+        return hashlib.sha256(canonical_json([doc, []]).encode()).hexdigest()[:12]
+
     def __post_init__(self):
         object.__setattr__(self, "runs", tuple(str(r) for r in self.runs))
         if len(self.runs) < 2:
@@ -227,7 +236,7 @@ def _finished(cfg: EnsembleConfig, out: Path) -> Optional[StageResult]:
     members last finished; None when there is none. Members trained since: a one-line error."""
     folder = RunFolder(out)
     done = folder.result_if_finished()
-    if done is None or done.stage != "ensemble" or done.key != config_key(cfg):
+    if done is None or done.stage != "ensemble" or done.key != cfg.key():
         return None
     made = folder.result.stat().st_mtime
     newer = [r for r in cfg.runs if RunFolder(r).finished and RunFolder(r).result.stat().st_mtime > made]
@@ -293,7 +302,7 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
     save_thresholds(folder.thresholds, first.label_ids, fit)
     folder.write_config(doc, kind="ensemble")
     result = StageResult(
-        stage="ensemble", key=config_key(cfg), output=str(out), seconds=time.time() - t0, ran=len(runs),
+        stage="ensemble", key=cfg.key(), output=str(out), seconds=time.time() - t0, ran=len(runs),
         counts={"members": len(runs), "images": int(len(ids))},
         details={"method": cfg.method, "fit_split": cfg.split, "members_val_f1_at_0.5": members_f1,
                  "val_f1_at_0.5": fit.f1_before, "val_f1_tuned": fit.f1_after,
