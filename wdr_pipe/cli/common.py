@@ -224,11 +224,34 @@ def not_empty(ctx, param, value):
     return value
 
 
-def store_option(create: bool = False):
-    """``--store DIR``: the store folder (``create``: made if missing, as fetch does)."""
-    return click.option("--store", "store", required=True, callback=not_empty,
-                        type=click.Path(file_okay=False, exists=not create),
-                        help="Store folder" + (" (created if missing)." if create else "."))
+def store_option(create: bool = False, required: bool = True, exists: bool = True, help: str = "Store folder."):
+    """``--store DIR``, the one spelling of every command's store: ``create``: made if missing (fetch);
+    ``exists``: refused by click when missing (else the library names the folder and the fix)."""
+    return click.option("--store", "store", required=required, callback=not_empty,
+                        type=click.Path(file_okay=False, exists=exists and not create),
+                        help="Store folder (created if missing)." if create else help)
+
+
+def _check_device(ctx, param, value):
+    from ..wdr.checks import check_device
+
+    if value is not None:
+        try:
+            check_device(value)
+        except UserError as e:
+            raise click.BadParameter(f"{value!r}: {str(e).split(': ', 1)[-1]}", ctx, param) from None
+    return value
+
+
+def device_option(default: Optional[str] = "auto", help: str = "auto (CUDA when there is one), cpu, cuda or cuda:N."):
+    """``--device``, the one spelling of every command's device (checked as the configs check it)."""
+    return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
+                        help=help)
+
+
+def given(**settings):
+    """The settings a command line gave (``None``: not given, so the config's own default applies)."""
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def json_option(f):

@@ -7,7 +7,8 @@ import click
 
 from ..wdr.checks import EMBED_BATCH, IMAGE_SIZE, K
 from . import cli
-from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, store_option, user_errors
+from .common import (CONTEXT, bounded, device_option, echo_result, json_option, not_empty, progress_bar, store_option,
+                     user_errors)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -26,7 +27,7 @@ from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progr
               help="How the vectors are stored.")
 @click.option("--batch-size", type=bounded(EMBED_BATCH), default=None,
               help="Images per forward pass [default: 32 on the CPU; sized to free memory on CUDA].")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when there is one), cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--rebuild", is_flag=True, help="Recompute every shard of these splits under this key.")
 @json_option
 def embed(store, backbone, pretrained, weights, run, image_size, splits, dtype, batch_size, device, rebuild, as_json):
@@ -61,7 +62,7 @@ def embed(store, backbone, pretrained, weights, run, image_size, splits, dtype, 
 @click.option("-k", "k", type=bounded(K), default=10, show_default=True, help="How many images.")
 @click.option("--split", default="train", show_default=True, help="The split to search.")
 @click.option("--with-labels", is_flag=True, help="Show each image's labels (names when the store has a label map).")
-@click.option("--device", default="auto", show_default=True, help="Where a query file is embedded.")
+@device_option(help="Where a query file is embedded: auto (CUDA when there is one), cpu, cuda or cuda:N.")
 @json_option
 def similar(store, query, key, k, split, with_labels, device, as_json):
     """The K stored images most like QUERY, by cosine similarity of their embeddings.

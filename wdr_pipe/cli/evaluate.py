@@ -12,7 +12,8 @@ import click
 
 from ..wdr.checks import BATCH_SIZE, ENSEMBLE_BOUNDS, EVAL_BOUNDS, SEED, TOP
 from . import cli
-from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
+from .common import (CONTEXT, bounded, device_option, echo_result, given, json_option, not_empty, progress_bar,
+                     store_option, user_errors)
 from .model import loader_workers_option
 
 RUN_OPTION = click.option("--run", "run", required=True, type=click.Path(), callback=not_empty,
@@ -23,7 +24,7 @@ def _scoring_options(f):
     f = loader_workers_option()(f)
     f = click.option("--batch-size", type=bounded(BATCH_SIZE), default=64, show_default=True,
                      help="Images per batch.")(f)
-    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
+    f = device_option()(f)
     f = click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
                      help="Test-time augmentation: flip averages each image and its mirror [default: none].")(f)
     f = click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
@@ -32,7 +33,7 @@ def _scoring_options(f):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--store", required=True, type=click.Path(), callback=not_empty, help="The store holding the split.")
+@store_option(exists=False, help="The store holding the split.")
 @RUN_OPTION
 @click.option("--split", default="validation", show_default=True, help="A labelled split of the store.")
 @_scoring_options
@@ -51,11 +52,11 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
       wdr-pipe evaluate --store store/ --run runs/wdr
       wdr-pipe evaluate --store store/ --run runs/wdr --split validation --tta flip --checkpoint last
     """
-    from ..wdr.score.evaluate import EvalConfig, evaluate as run_evaluate, summary_lines
+    from ..wdr.score.evaluate import EvalConfig, evaluate as run_evaluate
 
     with user_errors():
-        cfg = EvalConfig(store=store, run=run, split=split, checkpoint=checkpoint, tta=tta, device=device,
-                         batch_size=batch_size, loader_workers=loader_workers, saliency=saliency)
+        cfg = EvalConfig(**given(store=store, run=run, split=split, checkpoint=checkpoint, tta=tta, device=device,
+                                 batch_size=batch_size, loader_workers=loader_workers, saliency=saliency))
         with progress_bar("evaluate") as bar:
             result = run_evaluate(cfg, progress=bar)
         report = None
@@ -67,8 +68,7 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
         click.echo(json.dumps({"evaluate": result.to_dict(), "report": report.to_dict() if report else None},
                               indent=2, default=str))
         return
-    for line in summary_lines(result):
-        click.echo(line)
+    click.echo("\n".join(result.summary))
     if report is not None:
         click.echo(f"report: {report.output}")
 
@@ -76,9 +76,8 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, metavar="[IMAGE_OR_URL]...")
 @RUN_OPTION
-@click.option("--store", type=click.Path(), default=None, callback=not_empty,
-              help="With --split: the store to predict. With images: whose fetch settings to follow "
-                   "[default: the run's training store].")
+@store_option(required=False, exists=False, help="With --split: the store to predict. With images: whose fetch "
+                                                 "settings to follow [default: the run's training store].")
 @click.option("--split", default=None, help="Predict every row of this split's index [default with --out: test].")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, callback=not_empty,
               help="The submission CSV to write.")
@@ -118,11 +117,6 @@ def predict(images, run, store, split, out, probs, checkpoint, tta, device, batc
                               loader_workers=loader_workers)
         with progress_bar("predict") as bar:
             result = P.predict_split(cfg, progress=bar)
-    if not as_json:
-        c, d = result.counts, result.details
-        speed = f" at {d['images_per_s']:.0f} images/s" if d.get("images_per_s") else ""
-        click.echo(f"{c['rows']} rows: {c['predicted']} predicted{speed}, {c['fallback']} with the fallback labels "
-                   f"({' '.join(map(str, d['fallback_labels'])) or 'none'})")
     echo_result(result, as_json)
 
 
@@ -132,8 +126,7 @@ def predict(images, run, store, split, out, probs, checkpoint, tta, device, batc
               help="The ensemble's run folder (new).")
 @click.option("--method", type=click.Choice(["mean", "stack"]), default="mean", show_default=True,
               help="mean: average the probabilities; stack: per-label logistic regression, k-fold on the split.")
-@click.option("--store", type=click.Path(), default=None, callback=not_empty,
-              help="[default: the first run's training store]")
+@store_option(required=False, exists=False, help="[default: the first run's training store]")
 @click.option("--split", default="validation", show_default=True, help="The split to tune (and stack) on.")
 @click.option("--folds", type=bounded(ENSEMBLE_BOUNDS["folds"]), default=5, show_default=True, help="Folds of the stack.")
 @click.option("--seed", type=bounded(SEED), default=0, show_default=True, help="Seed of the folds.")
@@ -151,16 +144,11 @@ def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, devi
     from ..wdr.score.ensemble import EnsembleConfig, make_ensemble
 
     with user_errors():
-        cfg = EnsembleConfig(runs=runs, out=out, method=method, store=store, split=split, folds=folds, seed=seed,
-                             checkpoint=checkpoint or "best", tta=tta or "none", device=device, batch_size=batch_size,
-                             loader_workers=loader_workers)
+        cfg = EnsembleConfig(**given(runs=runs, out=out, method=method, store=store, split=split, folds=folds,
+                                     seed=seed, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+                                     loader_workers=loader_workers))
         with progress_bar("ensemble") as bar:
             result = make_ensemble(cfg, progress=bar)
-    if not as_json:
-        d = result.details
-        members = ", ".join(f"{f:.4f}" for f in d["members_val_f1_at_0.5"])
-        click.echo(f"{split} micro-F1: members at 0.5 {members}; ensemble ({method}) {d['val_f1_at_0.5']:.4f} at 0.5, "
-                   f"{d['val_f1_tuned']:.4f} tuned, {d['val_f1_tuned_out_of_fold']:.4f} tuned out of fold")
     echo_result(result, as_json)
 
 
@@ -186,8 +174,7 @@ def compare(runs, split, fmt):
 @cli.command(context_settings=CONTEXT)
 @RUN_OPTION
 @click.option("--split", default="validation", show_default=True, help="The evaluated split.")
-@click.option("--store", type=click.Path(), default=None, callback=not_empty,
-              help="[default: the store the evaluation used]")
+@store_option(required=False, exists=False, help="[default: the store the evaluation used]")
 @json_option
 def report(run, split, store, as_json):
     """Build RUN/eval/SPLIT/report.html again from what evaluate, train and the store wrote.

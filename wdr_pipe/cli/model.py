@@ -15,7 +15,8 @@ import click
 
 from ..wdr.checks import LOADER_WORKERS, MIN_POSITIVES
 from . import cli
-from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
+from .common import (CONTEXT, bounded, device_option, echo_result, json_option, not_empty, progress_bar, store_option,
+                     user_errors)
 
 
 def loader_workers_option(default=2, help="Loader worker processes."):
@@ -97,8 +98,7 @@ def _train_options(f):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--store", type=click.Path(exists=True, file_okay=False), callback=not_empty,
-              help="The store to train from.")
+@store_option(required=False, help="The store to train from.")
 @click.option("--out", type=click.Path(file_okay=False), callback=not_empty,
               help="The run folder (config, checkpoints, metrics).")
 @click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False), callback=not_empty,
@@ -141,7 +141,7 @@ def train(store, out, resume_run, as_json, **settings):
               help="tune: per-class thresholds; cv: also report their out-of-fold gain (5 folds).")
 @click.option("--min-positives", type=bounded(MIN_POSITIVES), default=5, show_default=True,
               help="Labels with fewer validation positives get the one global threshold.")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
+@device_option(None, "auto, cpu, cuda or cuda:N [default: the run's].")
 @loader_workers_option(None, "Loader worker processes [default: the run's].")
 @json_option
 def thresholds(run_dir, mode, min_positives, device, loader_workers, as_json):
@@ -162,10 +162,3 @@ def thresholds(run_dir, mode, min_positives, device, loader_workers, as_json):
         result = retune_thresholds(run_dir, mode=mode, min_positives=min_positives, device=device,
                                    loader_workers=loader_workers, progress=bar)
     echo_result(result, as_json)
-    if not as_json:
-        d = result.details
-        line = (f"validation micro-F1: {d['val_f1_at_0.5']:.4f} at 0.5, {d['val_f1_global']:.4f} at one threshold "
-                f"{d['global_threshold']:.3f}, {d['val_f1_tuned']:.4f} per class")
-        if "val_f1_tuned_out_of_fold" in d:
-            line += f" ({d['val_f1_tuned_out_of_fold']:.4f} out of fold)"
-        click.echo(line)

@@ -307,7 +307,10 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
         details={"method": cfg.method, "fit_split": cfg.split, "members_val_f1_at_0.5": members_f1,
                  "val_f1_at_0.5": fit.f1_before, "val_f1_tuned": fit.f1_after,
                  "val_f1_tuned_out_of_fold": cv.f1_out_of_fold,
-                 "probabilities": "out of fold (stacked)" if cfg.method == "stack" else "mean of the members"})
+                 "probabilities": "out of fold (stacked)" if cfg.method == "stack" else "mean of the members"},
+        summary=[f"{cfg.split} micro-F1: members at 0.5 {', '.join(f'{f:.4f}' for f in members_f1)}; ensemble "
+                 f"({cfg.method}) {fit.f1_before:.4f} at 0.5, {fit.f1_after:.4f} tuned, {cv.f1_out_of_fold:.4f} tuned "
+                 "out of fold"])
     folder.write_result(result)
     return result
 

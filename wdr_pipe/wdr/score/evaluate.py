@@ -135,6 +135,7 @@ def evaluate(cfg: EvalConfig, progress: Hook = None) -> StageResult:
         details={**{k: tuned[k] for k in SUMMARY_KEYS}, **{f"{k}_at_0.5": at_half[k] for k in SUMMARY_KEYS},
                  "thresholds": source_of_thresholds, "images_per_s": images_per_s,
                  "labels_never_predicted": len(never)})
+    result.summary = summary_lines(result)
     write_result(folder.root, result)
     return result
 

@@ -110,12 +110,15 @@ def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
                           scorer.source(store, cfg.split))
     write_text_atomic(out, "\n".join(lines) + "\n")
     n = len(scored.ids)
+    speed = None if scored.reused or not scored.seconds else n / scored.seconds
     return StageResult(
         stage="predict", key=config_key(cfg), output=str(out), seconds=time.time() - t0, ran=1,
         counts={"rows": len(rows), "predicted": len(rows) - missing, "fallback": missing},
         details={"split": cfg.split, "fallback_labels": fallback.tolist(), "thresholds": source_of_thresholds,
-                 "images_per_s": None if scored.reused or not scored.seconds else n / scored.seconds,
-                 "probs": str(probs_path) if probs_path else None, "device": str(scorer.device)})
+                 "images_per_s": speed, "probs": str(probs_path) if probs_path else None,
+                 "device": str(scorer.device)},
+        summary=[f"{len(rows)} rows: {len(rows) - missing} predicted" + (f" at {speed:.0f} images/s" if speed else "")
+                 + f", {missing} with the fallback labels ({' '.join(map(str, fallback.tolist())) or 'none'})"])
 
 
 # -- new photos --------------------------------------------------------------------------------

@@ -103,9 +103,13 @@ def retune_thresholds(run_dir: Union[str, Path], mode: str = "tune", min_positiv
     n_val = int(len(scored.ids))
     log.info("%s: thresholds tuned again (%s, min positives %d) on %d validation images", run.root, mode,
              min_positives, n_val)
+    line = (f"validation micro-F1: {tuned['val_f1_at_0.5']:.4f} at 0.5, {tuned['val_f1_global']:.4f} at one threshold "
+            f"{tuned['global_threshold']:.3f}, {tuned['val_f1_tuned']:.4f} per class")
+    if "val_f1_tuned_out_of_fold" in tuned:
+        line += f" ({tuned['val_f1_tuned_out_of_fold']:.4f} out of fold)"
     return StageResult(stage="thresholds", key=run.doc.get("key", cfg.key()), output=str(run.thresholds),
                        seconds=time.time() - t0, ran=1, counts={"labels": len(run.label_ids), "val_images": n_val},
-                       details={**tuned, "retuned": retuned})
+                       details={**tuned, "retuned": retuned}, summary=[line])
 
 
 __all__ = ["fit_thresholds", "retune_thresholds"]
