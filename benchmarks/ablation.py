@@ -64,18 +64,13 @@ ROWS = [
 
 
 def build(out: Path, n_train: int, n_val: int, stored: int, seed: int) -> Path:
-    from wdr_pipe.demo import synth
-    from stores import build_store
+    from stores import generated_store
 
-    store = out / "store"
-    if (store / "stats").is_dir():
-        return store
     t = time.perf_counter()
-    print(f"drawing {n_train} + {n_val} images and building a store under {out} ...", flush=True)
-    records = synth.make_dataset(out / "data", {"train": n_train, "validation": n_val}, seed=seed,
-                                 size_range=(320, 480))
-    build_store(store, out / "data", records, size=stored, shard_size=500)
-    print(f"store built in {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"the store of {n_train} + {n_val} drawn images under {out} (what is committed is reused) ...", flush=True)
+    store = generated_store(out / "store", out / "data", {"train": n_train, "validation": n_val}, seed=seed,
+                            size_range=(320, 480), size=stored, shard_size=500)
+    print(f"store ready in {time.perf_counter() - t:.0f} s", flush=True)
     return store
 
 

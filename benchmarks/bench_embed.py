@@ -45,15 +45,11 @@ sys.path.insert(0, str(REPO))
 
 # -- training ------------------------------------------------------------------------------------------
 def build(out: Path, n_train: int, n_val: int) -> Path:
-    from wdr_pipe.demo import synth
-    from stores import build_store
+    from stores import generated_store
 
-    store = out / "store"
-    if (store / "stats" / "train" / "config.json").exists():
-        return store
-    print(f"drawing {n_train} + {n_val} images and building a store under {out} ...", flush=True)
-    records = synth.make_dataset(out / "data", {"train": n_train, "validation": n_val}, seed=3, size_range=(400, 600))
-    return build_store(store, out / "data", records, size=320, shard_size=256)
+    print(f"the store of {n_train} + {n_val} drawn images under {out} (what is committed is reused) ...", flush=True)
+    return generated_store(out / "store", out / "data", {"train": n_train, "validation": n_val}, seed=3,
+                           size_range=(400, 600), size=320, shard_size=256)
 
 
 def train_once(store: Path, args, seed: int, stream: bool) -> dict:

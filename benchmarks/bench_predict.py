@@ -31,16 +31,12 @@ sys.path.insert(0, str(REPO))
 
 
 def build(out: Path, n_test: int) -> Path:
-    from wdr_pipe.demo import synth
-    from stores import build_store
+    from stores import generated_store
 
-    store = out / f"store-{n_test}"
-    if (store / "images" / "test").is_dir():
-        return store
-    print(f"drawing 96 + 32 + {n_test} images and building a store under {out} ...", flush=True)
-    records = synth.make_dataset(out / f"data-{n_test}", {"train": 96, "validation": 32, "test": n_test}, seed=5,
-                                 size_range=(400, 600))
-    return build_store(store, out / f"data-{n_test}", records, size=320, shard_size=500, features=False, stats=False)
+    print(f"the store of 96 + 32 + {n_test} drawn images under {out} (what is committed is reused) ...", flush=True)
+    return generated_store(out / f"store-{n_test}", out / f"data-{n_test}",
+                           {"train": 96, "validation": 32, "test": n_test}, seed=5, size_range=(400, 600), size=320,
+                           shard_size=500, features=False, stats=False)
 
 
 def run_folder(store: Path, out: Path, args) -> Path:

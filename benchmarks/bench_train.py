@@ -32,15 +32,11 @@ sys.path.insert(0, str(REPO))
 
 
 def build(out: Path, n_train: int) -> Path:
-    from wdr_pipe.demo import synth
-    from stores import build_store
+    from stores import generated_store
 
-    store = out / "store"
-    if (store / "images" / "train").is_dir():
-        return store
-    print(f"drawing {n_train} + 32 images and building a store under {out} ...", flush=True)
-    records = synth.make_dataset(out / "data", {"train": n_train, "validation": 32}, seed=3, size_range=(400, 600))
-    return build_store(store, out / "data", records, size=320, shard_size=256, features=False, stats=False)
+    print(f"the store of {n_train} + 32 drawn images under {out} (what is committed is reused) ...", flush=True)
+    return generated_store(out / "store", out / "data", {"train": n_train, "validation": 32}, seed=3,
+                           size_range=(400, 600), size=320, shard_size=256, features=False, stats=False)
 
 
 def config(store: Path, out: Path, deep: str, args):

@@ -2,12 +2,15 @@
 import re
 import tomllib
 
+import pytest
+
 from click.testing import CliRunner
 
 from wdr_pipe.cache import Store
 from wdr_pipe.cli import cli
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_then_rerun_reuses_everything(tmp_path):
     args = ["demo", "--out", str(tmp_path / "d"), "--train", "24", "--validation", "8", "--test", "6",
             "--size", "96", "--image-size", "64", "--epochs", "1", "--workers", "2"]

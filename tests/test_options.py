@@ -41,6 +41,7 @@ def walk_inputs(synth_data, tmp_path_factory):
     return index, store
 
 
+@pytest.mark.slow
 def test_every_option_with_boundary_values_works_or_fails_fast_in_one_line(walk_inputs, tmp_path):
     index, store = walk_inputs
     bases = {

@@ -93,6 +93,7 @@ def spec(inputs):
             "seconds": CASE_SECONDS, "seconds_for": {"train compile": COMPILE_SECONDS}}
 
 
+@pytest.mark.slow
 def test_every_model_option_with_boundary_values_works_or_fails_fast_in_one_line(model_inputs, tmp_path):
     t0 = time.monotonic()
     results = walk(spec(model_inputs), tmp_path, WALK_SECONDS)

@@ -97,6 +97,7 @@ def test_it_learns_beyond_the_label_prior(store, learned):
 
 
 # -- 2. exact resume after SIGKILL -----------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_path):
     kw = dict(epochs=2, drop_rate=0.3, ema=True, ema_decay=0.9, lr=1e-3, loader_workers=1, checkpoint_every=4,
               eval_every=3)  # dropout: the RNG state must come back too
@@ -136,6 +137,7 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_weights(store, tmp_pa
 
 
 # -- 3. DDP ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store, tmp_path):
     cfg = cfg_for(store, tmp_path / "run", epochs=1, checkpoint_every=2, eval_every=3, head="mlp")
     script = tmp_path / "ddp_train.py"

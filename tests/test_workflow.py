@@ -67,6 +67,7 @@ def test_init_cycle_is_named(tmp_path, copy_store):
 
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkpoint(copy_store, tmp_path):
     import json
     import os

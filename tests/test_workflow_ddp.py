@@ -22,6 +22,8 @@ SPLITS = {"train": 32, "validation": 16}
 TINY = 'epochs = 1\nbatch_size = 8\nimage_size = 64\nworkers = 0\nthresholds = "none"\n'
 HEADER = "step                  status    seconds  result"
 
+pytestmark = pytest.mark.slow  # torchrun starts real processes: seconds each
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
