@@ -1,0 +1,310 @@
+"""The one module of ``browse`` that calls the model side (``wdr_pipe.wdr``): runs, scorers, the faiss
+index, the embedder, Grad-CAM and URL reading. Everything else in ``browse`` works on what this returns
+(numpy arrays, dicts, bytes), so a move of the model side's modules is fixed here alone.
+
+``Model``: a run folder (training run or ensemble) loaded once: its label columns and tuned thresholds,
+what a split's probabilities depend on (``source``), a split scored (or its stored probabilities read
+back), a few new photos scored, and Grad-CAM of one image for one label. ``Embeddings``: an embedding
+key of the store: which key a run's photo search uses (``pick_embeddings``), the exact ``wdr-pipe
+embed`` command that makes a missing one, the cached faiss index per split and the vector of a photo.
+Model calls run one at a time (a lock): the CPU is shared anyway, and the model is not re-entrant.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shlex
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..cache import Store, fetch_settings, read_json
+from ..errors import UserError
+from ..progress import Hook
+
+log = logging.getLogger("wdr_pipe")
+
+WideFn = Callable[[Store, str, List[bytes]], np.ndarray]  # (store, feature key, stored JPEGs) -> (N, D)
+_HTTP = re.compile(r"^https?://", re.IGNORECASE)
+
+
+def max_upload_bytes() -> int:
+    """The size cap of an uploaded or fetched photo: ``predict``'s (20 MB)."""
+    from ..wdr.predict import MAX_BYTES
+
+    return int(MAX_BYTES)
+
+
+def read_url(url: str, timeout: float = 15.0) -> bytes:
+    """An http(s) URL's bytes with ``predict``'s timeout and size cap (never a file or another scheme)."""
+    from ..wdr.predict import read_source
+
+    if not _HTTP.match(url or ""):
+        raise UserError(f"url {url!r}: only http:// and https:// URLs are fetched")
+    return read_source(url, timeout=timeout, max_bytes=max_upload_bytes())
+
+
+def open_run(path) -> Any:
+    from ..wdr.runs import open_run as _open
+
+    return _open(path)
+
+
+def fetch_spec(store: Store, run=None):
+    """The fetch settings a new photo is resized with: the run's training split's in ``store``, else those
+    of the store's first split with images, else fetch's defaults."""
+    from ..wdr.runs import ImageSpec, image_spec
+
+    if run is not None:
+        return image_spec(run, store)[0]
+    names = {f.name for f in dataclasses.fields(ImageSpec)}
+    for split in store.image_splits():
+        doc = fetch_settings(store, split)
+        if doc is not None:
+            return ImageSpec(**{k: v for k, v in doc.items() if k in names})
+    return ImageSpec()
+
+
+def _backbone_run(run):
+    """The training run whose backbone a run uses (an ensemble: its first member)."""
+    if run.kind == "ensemble":
+        return open_run(run.doc["members"][0]["path"])
+    return run
+
+
+# -- the model ---------------------------------------------------------------------------------
+class Model:
+    """A run loaded for browsing: probabilities of splits and photos, Grad-CAM of one image."""
+
+    def __init__(self, run, store: Store, checkpoint: Optional[str] = None, tta: Optional[str] = None,
+                 device: str = "auto", batch_size: int = 64, workers: int = 2, wide_fn: Optional[WideFn] = None):
+        from ..wdr.ensemble import scorer_for
+
+        self.run, self.store, self.wide_fn = run, store, wide_fn
+        self.scorer = scorer_for(run, checkpoint, tta, device, batch_size, workers)
+        self.label_ids = np.asarray(run.label_ids, dtype=np.int64)
+        self.thresholds, self.threshold_source = run.thresholds()
+        self.lock = threading.Lock()
+        member = self.scorer if run.kind == "train" else self.scorer.members[0]
+        self._cam = member  # Grad-CAM on one model, as evaluate's saliency grid does
+        if self.scorer.feature_keys() and wide_fn is None:
+            raise UserError(f"--run {run.root}: a run with the wide part needs each photo's HOG and colour "
+                            "features; start it with 'wdr-pipe browse', which computes them")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.run.root)
+
+    def describe(self) -> Dict[str, Any]:
+        b = _backbone_run(self.run).doc.get("backbone", {})
+        return {"path": str(self.run.root), "name": self.run.name, "kind": self.run.kind,
+                "backbone": b.get("name"), "checkpoint": self.scorer.checkpoint, "tta": self.scorer.tta,
+                "thresholds": self.threshold_source, "labels": int(len(self.label_ids)),
+                "device": str(self.scorer.device)}
+
+    def check(self, splits: Sequence[str]) -> None:
+        """Every check of the run against the store's splits (label space, wide features) before any work."""
+        from ..wdr.runs import check_inputs
+
+        for split in splits:
+            check_inputs(self.run, self.store, split)
+
+    def source(self, split: str) -> Dict[str, Any]:
+        """What the probabilities of ``split`` depend on: weights digest, checkpoint, TTA, store fingerprint."""
+        return self.scorer.source(self.store, split)
+
+    def score_split(self, split: str, progress: Hook = None) -> Tuple[np.ndarray, np.ndarray]:
+        """(image ids, (N, L) probabilities) of every loadable image of ``split`` (reusing evaluate's file)."""
+        with self.lock:
+            scored = self.scorer.score_split(self.store, split, labelled=False, progress=progress)
+        return np.asarray(scored.ids, dtype=object), np.asarray(scored.probs, np.float32)
+
+    def write_probs(self, path: Path, ids: np.ndarray, probs: np.ndarray, source: Dict[str, Any]) -> None:
+        from ..wdr.evalfiles import Scored, write_predictions
+
+        write_predictions(path, Scored(ids, probs), self.label_ids, self.thresholds, source)
+
+    def read_probs(self, path: Path, source: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """The stored probabilities of ``path`` when it was written from ``source`` with these labels."""
+        from ..wdr.evalfiles import read_meta, read_predictions
+
+        meta = read_meta(path) if path.exists() else None
+        if not meta or meta.get("source") != source or meta.get("label_ids") != self.label_ids.tolist():
+            return None
+        scored, _ = read_predictions(path)
+        return np.asarray(scored.ids, dtype=object), scored.probs
+
+    def stale_source(self, path: Path) -> Optional[Dict[str, Any]]:
+        from ..wdr.evalfiles import read_meta
+
+        return (read_meta(path) or {}).get("source")
+
+    def photo_probs(self, images: Sequence[np.ndarray], jpegs: Sequence[bytes]) -> np.ndarray:
+        """(N, L) probabilities of decoded photos (``jpegs``: the same photos as stored JPEGs, for the wide part)."""
+        wide = {k: self.wide_fn(self.store, k, list(jpegs)) for k in self.scorer.feature_keys()} or None
+        with self.lock:
+            return self.scorer.score_images(list(images), wide)
+
+    def grad_cam(self, image: np.ndarray, jpeg: bytes, label_id: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(the pixels the model saw (S, S, 3) uint8, the Grad-CAM map (S, S) in [0, 1]) of a stored image for
+        one label id (the report's method and layer)."""
+        import torch
+
+        from ..wdr.saliency import grad_cam, target_layer
+        from ..wdr.transforms import EvalTransform
+
+        m = self._cam
+        col = int(np.flatnonzero(m.label_ids == label_id)[0])
+        dc = m.data_config
+        seen = EvalTransform(dc.size, dc.crop_pct, dc.interpolation)(image)
+        wide = None
+        if m.feature_keys():
+            wide = torch.from_numpy(np.asarray(self.wide_fn(self.store, m.feature_keys()[0], [jpeg]), np.float32))
+            wide = wide.to(m.device)
+        with self.lock:
+            x = m.normalize(torch.from_numpy(np.array(seen)[None]).permute(0, 3, 1, 2).to(m.device))
+            maps = grad_cam(m.model, x.contiguous(memory_format=torch.channels_last), wide, [[col]],
+                            target_layer(m.model.backbone))
+        return seen, maps[0, 0]
+
+
+# -- embeddings and search ------------------------------------------------------------------------
+def _embed_doc(store: Store, key: str) -> Dict[str, Any]:
+    return read_json(store.embedding_config_path(key), f"run 'wdr-pipe embed --store {store.root}' again")
+
+
+def embed_command(store: Store, key_doc: Optional[Dict[str, Any]] = None, run=None, split: Optional[str] = None) -> str:
+    """The exact ``wdr-pipe embed`` command that writes (or completes) an embedding key: from its own
+    ``config.json`` when there is one, else with the run's own backbone (``--run``)."""
+    q = shlex.quote
+    parts = ["wdr-pipe", "embed", "--store", q(str(store.root))]
+    if key_doc is None:
+        parts += ["--run", q(str(_backbone_run(run).root))] if run is not None else ["--pretrained"]
+    else:
+        cfg, src = key_doc.get("config", {}), key_doc.get("source", {})
+        if src.get("run"):
+            parts += ["--run", q(str(src["run"]))]
+        else:
+            parts += ["--backbone", q(str(cfg.get("backbone")))]
+            parts += ["--weights", q(str(src["weights"]))] if src.get("weights") else ["--pretrained"]
+        parts += ["--image-size", str(cfg.get("size"))]
+        if cfg.get("dtype", "float16") != "float16":
+            parts += ["--dtype", str(cfg["dtype"])]
+    if split:
+        parts += ["--split", q(split)]
+    return " ".join(parts)
+
+
+def pick_embeddings(store: Store, run=None, key: Optional[str] = None) -> str:
+    """The embedding key photo search uses: ``key`` when given; else, with a run, the key it trained from,
+    then one made with its own checkpoint, then its backbone with the same weights, then its backbone;
+    without a run, the store's only key. A ``UserError`` with the ``embed`` command when there is none."""
+    keys = store.embedding_keys()
+    if key is not None:
+        if key not in keys:
+            raise UserError(f"--embeddings {key}: the store {store.root} has no such key (it has: "
+                            f"{', '.join(keys) or 'none'}); pass one of those, or run "
+                            f"'{embed_command(store, run=run)}' first")
+        return key
+    if run is None:
+        if len(keys) == 1:
+            return keys[0]
+        if not keys:
+            raise UserError(f"--store {store.root}: no embeddings to search by photo; run "
+                            f"'{embed_command(store)}' first")
+        raise UserError(f"--store {store.root}: several embedding keys ({', '.join(keys)}); pass one with --embeddings")
+    brun = _backbone_run(run)
+    backbone = brun.doc.get("backbone", {})
+    docs = {k: _embed_doc(store, k) for k in keys}
+    rules = [
+        lambda k, d: k == brun.doc.get("embedding_key"),
+        lambda k, d: str(d.get("source", {}).get("run") or "") == str(brun.root),
+        lambda k, d: d.get("config", {}).get("backbone") == backbone.get("name")
+        and d.get("config", {}).get("weights") == backbone.get("weights_digest"),
+        lambda k, d: d.get("config", {}).get("backbone") == backbone.get("name"),
+    ]
+    for rule in rules:
+        found = [k for k in keys if rule(k, docs[k])]
+        if found:
+            return found[0]
+    raise UserError(f"--store {store.root}: no embeddings of the run's backbone {backbone.get('name')} (the store "
+                    f"has: {', '.join(keys) or 'none'}); run '{embed_command(store, run=run)}' first, or pass "
+                    "--embeddings KEY")
+
+
+class Embeddings:
+    """An embedding key of the store: its faiss index per split (``similar``'s cache) and a photo's vector."""
+
+    def __init__(self, store: Store, key: str, device: str = "auto"):
+        self.store, self.key, self.device = store, key, device
+        self.doc = _embed_doc(store, key)
+        self._embedder = None
+        self.lock = threading.Lock()
+
+    def describe(self) -> Dict[str, Any]:
+        cfg = self.doc.get("config", {})
+        return {"key": self.key, "backbone": cfg.get("backbone"), "size": cfg.get("size"),
+                "dim": self.doc.get("dim"), "dtype": cfg.get("dtype")}
+
+    def splits(self) -> Tuple[List[str], List[str]]:
+        """(splits whose every image shard has a committed embedding shard of the key, the others)."""
+        have, missing = [], []
+        for split in self.store.image_splits():
+            try:
+                self.store.embedding_shards(self.key, split)
+                have.append(split)
+            except UserError:
+                missing.append(split)
+        return have, missing
+
+    def command(self, split: Optional[str] = None) -> str:
+        return embed_command(self.store, self.doc, split=split)
+
+    def index(self, split: str):
+        """The loaded faiss index of ``split`` (built once and kept in the store, then reused):
+        ``(index, image ids, shard names, rows)``."""
+        from ..wdr.search import SearchIndex
+
+        try:
+            idx = SearchIndex(self.store, self.key, split)
+        except PermissionError as e:
+            raise UserError(f"{e.filename}: cannot write the search index (permission denied); run "
+                            f"'wdr-pipe similar --store {self.store.root} --embeddings {self.key} --split {split} "
+                            "ID' once as a user who can write the store") from None
+        ids = idx.ids
+        return (idx.index, np.asarray(ids.column("image_id").to_pylist(), dtype=object),
+                np.asarray(ids.column("shard").to_pylist(), dtype=object), ids.column("row").to_numpy())
+
+    def load(self) -> None:
+        """The backbone of the key with its weights, checked to be the bytes the key names."""
+        from ..wdr.embed import EmbedConfig, load_backbone
+        from ..wdr.embedder import Embedder, pick_device
+
+        fields = {f.name for f in dataclasses.fields(EmbedConfig)}
+        cfg = EmbedConfig(**{k: v for k, v in self.doc["config"].items() if k in fields})
+        if cfg.key != self.key:
+            raise UserError(f"{self.store.embedding_config_path(self.key)}: its settings hash to {cfg.key}, not "
+                            f"{self.key}; the file was edited: run '{self.command()}'")
+        self._embedder = Embedder(load_backbone(cfg, self.doc.get("source", {})), cfg.data_config,
+                                  pick_device(self.device), batch_size=8)
+
+    def vectors(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 vectors of decoded photos, as the embed stage computes them."""
+        if self._embedder is None:
+            self.load()
+        e = self._embedder
+        with self.lock:
+            return e.vectors(np.stack([e.transform(im) for im in images]))
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    from ..wdr.search import normalise as _normalise
+
+    return _normalise(x)
+
+
+__all__ = ["Embeddings", "Model", "WideFn", "embed_command", "fetch_spec", "max_upload_bytes", "normalise",
+           "open_run", "pick_embeddings", "read_url"]
