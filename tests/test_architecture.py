@@ -1,7 +1,7 @@
 """The layout's rules, checked on the source: data flows down, the store layer alone knows paths.
 
 cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, checks, errors, progress, result;
-the report (report) reads the model side's and the store's files.
+the report (report) reads the model side's and the store's files, and the page (browse) serves them.
 """
 import ast
 import importlib
@@ -13,12 +13,14 @@ import wdr_pipe
 ROOT = Path(wdr_pipe.__file__).parent
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
-    "cli": {"cli", "checks", "demo", "workflow", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
+    "cli": {"cli", "checks", "demo", "workflow", "pipeline", "wdr", "report", "browse", "cache", "imaging", "errors", "progress",
+            "result", ""},
     "demo": {"demo", "checks", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
     "workflow": {"workflow", "checks", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "checks", "cache", "imaging", "errors", "progress", "result", ""},
     "wdr": {"wdr", "checks", "cache", "imaging", "errors", "progress", "result", ""},
     "report": {"report", "checks", "wdr", "cache", "errors", "result", ""},
+    "browse": {"browse", "checks", "wdr", "cache", "imaging", "errors", "progress", "result", ""},
     "cache": {"cache", "errors", "result", ""},
     "checks": {"errors"},
     "imaging": set(), "errors": set(), "progress": set(), "result": set(), "__init__": set(),

@@ -75,9 +75,46 @@ def _backbone_run(run):
     return run
 
 
-# -- the model ---------------------------------------------------------------------------------
+# -- the run ----------------------------------------------------------------------------------------
+def check_run(run, store: Store, splits: Sequence[str], checkpoint: Optional[str]) -> None:
+    """Every check of a run against the store that needs no model: its checkpoint is there, the label
+    space is the store's, a run with the wide part has its feature config in the store."""
+    from ..wdr.runs import check_inputs
+
+    if run.kind == "train":
+        run.checkpoint_path(checkpoint or "best")
+    for split in splits:
+        check_inputs(run, store, split)
+
+
+def describe_run(run, checkpoint: Optional[str], tta: Optional[str]) -> Dict[str, Any]:
+    b = _backbone_run(run).doc.get("backbone", {})
+    fixed = run.kind == "ensemble"
+    return {"name": run.name, "kind": run.kind, "backbone": b.get("name"), "labels": int(len(run.label_ids)),
+            "checkpoint": "members'" if fixed else checkpoint or "best", "tta": "members'" if fixed else tta or "none"}
+
+
+def start_files(run, checkpoint: Optional[str]) -> List[Path]:
+    """The run's files a start depends on: its config and thresholds, and the checkpoint(s) it loads."""
+    files = [run.dir.config, run.dir.thresholds]
+    if run.kind == "ensemble":
+        files.append(run.root / "stacker.npz")
+        for m in run.doc["members"]:
+            member = open_run(m["path"])
+            files += [member.dir.config, member.checkpoint_path(m["checkpoint"])]
+    else:
+        files.append(run.checkpoint_path(checkpoint or "best"))
+    return files
+
+
+def feature_keys(run) -> List[str]:
+    runs = [open_run(m["path"]) for m in run.doc["members"]] if run.kind == "ensemble" else [run]
+    return sorted({r.feature_key for r in runs if r.feature_key})
+
+
 class Model:
-    """A run loaded for browsing: probabilities of splits and photos, Grad-CAM of one image."""
+    """A run loaded for browsing (timm and the checkpoint: seconds): probabilities of splits and photos,
+    Grad-CAM of one image."""
 
     def __init__(self, run, store: Store, checkpoint: Optional[str] = None, tta: Optional[str] = None,
                  device: str = "auto", batch_size: int = 64, workers: int = 2, wide_fn: Optional[WideFn] = None):
@@ -88,8 +125,7 @@ class Model:
         self.label_ids = np.asarray(run.label_ids, dtype=np.int64)
         self.thresholds, self.threshold_source = run.thresholds()
         self.lock = threading.Lock()
-        member = self.scorer if run.kind == "train" else self.scorer.members[0]
-        self._cam = member  # Grad-CAM on one model, as evaluate's saliency grid does
+        self._cam = self.scorer if run.kind == "train" else self.scorer.members[0]  # as evaluate's grid does
         if self.scorer.feature_keys() and wide_fn is None:
             raise UserError(f"--run {run.root}: a run with the wide part needs each photo's HOG and colour "
                             "features; start it with 'wdr-pipe browse', which computes them")
@@ -97,20 +133,6 @@ class Model:
     @property
     def root(self) -> Path:
         return Path(self.run.root)
-
-    def describe(self) -> Dict[str, Any]:
-        b = _backbone_run(self.run).doc.get("backbone", {})
-        return {"path": str(self.run.root), "name": self.run.name, "kind": self.run.kind,
-                "backbone": b.get("name"), "checkpoint": self.scorer.checkpoint, "tta": self.scorer.tta,
-                "thresholds": self.threshold_source, "labels": int(len(self.label_ids)),
-                "device": str(self.scorer.device)}
-
-    def check(self, splits: Sequence[str]) -> None:
-        """Every check of the run against the store's splits (label space, wide features) before any work."""
-        from ..wdr.runs import check_inputs
-
-        for split in splits:
-            check_inputs(self.run, self.store, split)
 
     def source(self, split: str) -> Dict[str, Any]:
         """What the probabilities of ``split`` depend on: weights digest, checkpoint, TTA, store fingerprint."""
@@ -126,21 +148,6 @@ class Model:
         from ..wdr.evalfiles import Scored, write_predictions
 
         write_predictions(path, Scored(ids, probs), self.label_ids, self.thresholds, source)
-
-    def read_probs(self, path: Path, source: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """The stored probabilities of ``path`` when it was written from ``source`` with these labels."""
-        from ..wdr.evalfiles import read_meta, read_predictions
-
-        meta = read_meta(path) if path.exists() else None
-        if not meta or meta.get("source") != source or meta.get("label_ids") != self.label_ids.tolist():
-            return None
-        scored, _ = read_predictions(path)
-        return np.asarray(scored.ids, dtype=object), scored.probs
-
-    def stale_source(self, path: Path) -> Optional[Dict[str, Any]]:
-        from ..wdr.evalfiles import read_meta
-
-        return (read_meta(path) or {}).get("source")
 
     def photo_probs(self, images: Sequence[np.ndarray], jpegs: Sequence[bytes]) -> np.ndarray:
         """(N, L) probabilities of decoded photos (``jpegs``: the same photos as stored JPEGs, for the wide part)."""
@@ -260,6 +267,12 @@ class Embeddings:
                 missing.append(split)
         return have, missing
 
+    def source_files(self) -> List[Path]:
+        """The files the key's backbone weights come from (a run's checkpoint, a weights file) and its config."""
+        src = self.doc.get("source", {})
+        extra = [Path(str(src[k])) for k in ("checkpoint", "weights") if src.get(k)]
+        return [self.store.embedding_config_path(self.key), *extra]
+
     def command(self, split: Optional[str] = None) -> str:
         return embed_command(self.store, self.doc, split=split)
 
@@ -306,5 +319,5 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return _normalise(x)
 
 
-__all__ = ["Embeddings", "Model", "WideFn", "embed_command", "fetch_spec", "max_upload_bytes", "normalise",
-           "open_run", "pick_embeddings", "read_url"]
+__all__ = ["Embeddings", "Model", "WideFn", "check_run", "describe_run", "embed_command", "feature_keys", "fetch_spec",
+           "max_upload_bytes", "normalise", "open_run", "pick_embeddings", "read_url", "start_files"]

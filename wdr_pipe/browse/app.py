@@ -104,6 +104,12 @@ async def _body(request: Request, cap: int) -> bytes:
     return bytes(data)
 
 
+def _model_state(a: Answers) -> str:
+    if a.loading is None or (a.loading.done.is_set() and not a.loading.error):
+        return "ready"
+    return "loading" if not a.loading.done.is_set() else f"failed: {a.loading.error}"
+
+
 def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, address: str = "",
                loopback_only: bool = True, fetch_url: Callable[[str], bytes] = adapter.read_url) -> Starlette:
     """The app over ``a``; ``network``: bound to an address others can reach (the page says so)."""
@@ -123,7 +129,7 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
         searchable = {x.split for x in a.indexes}
         return JSONResponse({
             "store": a.store.root.name if a.store is not None else None,
-            "run": {k: v for k, v in a.model.describe().items() if k != "path"} if a.has_model else None,
+            "run": a.run, "model": _model_state(a),
             "embeddings": a.embeddings.describe() if a.embeddings is not None else None,
             "splits": [{"name": s, "images": int((c.split_of == i).sum()), "searchable": s in searchable,
                         "labelled": bool(c.labelled[c.split_of == i].any())} for i, s in enumerate(c.splits)],
@@ -192,6 +198,9 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
     async def saliency(request: Request) -> Response:
         if not a.has_model:
             raise Problem(400, "saliency: no run was given to browse; start with --run")
+        waiting = await run_in_threadpool(a.ready)
+        if waiting:
+            raise Problem(503, f"saliency: {waiting}")
         g = search.find_image(a, request.query_params)
         text = request.query_params.get("label", "")
         js = search.label_positions(a, text)

@@ -206,6 +206,9 @@ def photo(a: Answers, data: bytes, params, what: str = "upload") -> Dict[str, An
     """An uploaded photo's predicted tags and its most similar stored images."""
     if not data:
         raise Problem(400, f"{what}: empty; send the photo's bytes (JPEG, PNG, WebP ...)")
+    waiting = a.ready()
+    if waiting:
+        raise Problem(503, f"photo search: {waiting}")
     t = time.perf_counter()
     try:
         jpeg, _, (w, h) = process(data, a.spec)

@@ -73,8 +73,11 @@ def _server(app, sock: socket.socket):
 
 
 def serve(app, sock: socket.socket) -> None:
-    """Serve until Ctrl-C (or SIGTERM)."""
-    _server(app, sock).run(sockets=[sock])
+    """Serve until Ctrl-C (the way to stop it: returns normally) or SIGTERM."""
+    try:
+        _server(app, sock).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then raised the signal again for us
+        pass
 
 
 class Background:

@@ -1,6 +1,9 @@
 """``browse``: the local web page over a store (and a run): search by photo or by tags."""
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from ..wdr.checks import BATCH_SIZE, WORKERS
@@ -67,8 +70,15 @@ def browse(store, run, key, host, port, allow_urls, checkpoint, tta, device, bat
     for note in answers.notes:
         click.echo(f"note: {note}", err=True)
     c = answers.catalog
-    what = f"{len(c)} images" + (f", tags of {answers.model.run.name}" if answers.has_model else ", no run: photo search")
+    what = f"{len(c)} images" + (f", tags of run {answers.run['name']}" if answers.has_model else ", no run: photo search")
     click.echo(f"wdr-pipe browse: {url}  ({what}; ready in {answers.seconds['total']:.1f} s; Ctrl-C stops it)")
     if network:
         click.echo("warning: " + NETWORK.format(port=sock.getsockname()[1]), err=True)
     serve(app, sock)
+    click.echo("wdr-pipe browse: stopped", err=True)
+    if answers.loading is not None and not answers.loading.done.is_set():
+        # the model is still loading in its thread (importing torch): nothing is written there, and an
+        # interpreter shutting down under an import aborts, so leave at once
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
