@@ -522,5 +522,104 @@ def test_page_drop_and_paste_and_a_bad_file(made, server, browser):
     assert not visible(browser, "#grid .card")
 
 
+
+
 def test_the_store_and_run_are_unchanged_by_the_requests(made, server):
     assert files_of(made[0], made[1]) == server[2]
+
+
+# -- the command: where it listens, and every bad input before the server starts --------------------------
+def _outbound_address():
+    """This machine's address towards the network (not loopback), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_the_command_prints_the_address_serves_on_loopback_and_stops_on_ctrl_c(made, server):
+    import signal
+
+    store, run, _ = made
+    p = subprocess.Popen([sys.executable, "-m", "wdr_pipe.cli", "browse", "--store", str(store), "--run", str(run),
+                          "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        m = re.match(r"wdr-pipe browse: (http://127\.0\.0\.1:(\d+)/)  \(72 images, tags of run run; ready in "
+                     r"[\d.]+ s; Ctrl-C stops it\)$", line.rstrip("\n"))
+        assert m, line
+        url, port = m.group(1), int(m.group(2))
+        assert requests.get(url + "api/info", timeout=30).json()["images"] == 72
+        r = requests.post(url + "api/search/photo", data=original(made, "train", "2"), timeout=300)
+        assert r.status_code == 200 and r.json()["results"][0]["image_id"] == "2"  # waited for the model
+        ip = _outbound_address()
+        if ip is not None:  # bound to loopback: not reachable on the machine's other address
+            with pytest.raises(OSError):
+                socket.create_connection((ip, port), timeout=5).close()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and "wdr-pipe browse: stopped" in err and "Traceback" not in err
+
+
+def one_line_error(args, fragment):
+    res = CliRunner().invoke(cli, ["browse", *args])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert re.search(fragment, lines[0]), lines[0]
+    return lines[0]
+
+
+def test_bad_input_is_one_line_before_the_server_starts(made, synth_data, tmp_path):
+    store, run, data = made
+    taken = bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        one_line_error(["--store", str(store), "--run", str(run), "--port", str(port)],
+                       rf"--port {port}: already in use on 127.0.0.1 .*; pass another --port, or --port 0")
+    finally:
+        taken.close()
+    one_line_error(["--store", str(store), "--host", "10.255.255.1", "--port", "0"],
+                   r"--host 10.255.255.1: not an address of this machine .*; use 127.0.0.1, 0.0.0.0")
+    one_line_error(["--store", str(store), "--host", "no.such.host.invalid"], r"--host no.such.host.invalid: not a name")
+    one_line_error(["--store", str(store), "--run", str(tmp_path), "--port", "0"], r"not a wdr-pipe run folder")
+    one_line_error(["--store", str(store), "--embeddings", "0123abcd", "--port", "0"],
+                   r"--embeddings 0123abcd: the store .* has no such key \(it has: [0-9a-f]{12}\)")
+    bare = tmp_path / "bare"
+    shutil.copytree(store, bare, ignore=shutil.ignore_patterns("embeddings"))
+    one_line_error(["--store", str(bare), "--port", "0"],
+                   rf"no embeddings to search by photo; run 'wdr-pipe embed --store {bare} --pretrained' first")
+    # a store whose label space is not the run's: its label map has one label more
+    other = _with_label_name(data, tmp_path / "data", "T-shirt")
+    with open(other / "label_map.csv", "a", encoding="utf-8") as f:
+        f.write("99,9,Extra,extra\n")
+    records = [r for r in synth_data[1] if r.split == "test"]
+    wider = build_store(tmp_path / "wider", other, records, features=False, stats=False)
+    one_line_error(["--store", str(wider), "--run", str(run), "--port", "0"],
+                   r"its label space \(25 labels, ids 1..99\) differs from the run's \(24 labels, ids 1..24\)")
+
+
+def test_missing_embeddings_name_the_embed_command_that_makes_them(made, tmp_path):
+    store, run, _ = made
+    bare, run_copy = tmp_path / "store", tmp_path / "run"
+    shutil.copytree(store, bare, ignore=shutil.ignore_patterns("embeddings"))
+    shutil.copytree(run, run_copy, ignore=shutil.ignore_patterns("browse"))
+    line = one_line_error(["--store", str(bare), "--run", str(run_copy), "--port", "0"],
+                          rf"no embeddings of the run's backbone tf_efficientnet_lite0 \(the store has: none\); "
+                          rf"run 'wdr-pipe embed --store {bare} --run {run_copy}' first")
+    command = re.search(r"run '(wdr-pipe embed [^']+)'", line).group(1).split()[1:]
+    res = CliRunner().invoke(cli, [*command, "--split", "train", "--split", "validation"])
+    assert res.exit_code == 0, res.output
+    a = open_answers(bare, str(run_copy), wide_fn=_wide_features, workers=0)
+    (note,) = [n for n in a.notes if n.startswith("split test")]
+    assert f"run 'wdr-pipe embed --store {bare} --run {run_copy} --image-size {PX} --split test' to add it" in note
+    assert [x.split for x in a.indexes] == ["train", "validation"] and not np.isnan(a.probs).any()
+    res = CliRunner().invoke(cli, re.search(r"run '(wdr-pipe embed [^']+)'", note).group(1).split()[1:])
+    assert res.exit_code == 0, res.output
+    again = open_answers(bare, str(run_copy), wide_fn=_wide_features, workers=0)
+    assert not again.notes and [x.split for x in again.indexes] == ["test", "train", "validation"]
+    assert "model" in again.seconds  # the store changed (a split's embeddings): checked and loaded again

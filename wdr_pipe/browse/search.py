@@ -254,7 +254,7 @@ def tags(a: Answers, params) -> Dict[str, Any]:
     n = len(a.catalog)
     if match == "model" and not a.has_model:
         raise Problem(400, "match=model: no run was given to browse; use match=true, or start with --run")
-    score = None
+    score = predicted = None
     if a.has_model:
         cols = a.model_col[js]
         if match == "model" and (cols < 0).any():
@@ -264,6 +264,8 @@ def tags(a: Answers, params) -> Dict[str, Any]:
         if (cols >= 0).all():
             p = a.probs[:, cols]
             score = p.prod(axis=1) if mode == "and" else 1 - (1 - p).prod(axis=1)
+            on = p >= a.thresholds[cols]
+            predicted = on.all(axis=1) if mode == "and" else on.any(axis=1)
     keep = np.ones(n, bool) if match == "model" else np.zeros(n, bool)
     if match == "true":
         hits = np.zeros(n, np.int32)
@@ -288,6 +290,8 @@ def tags(a: Answers, params) -> Dict[str, Any]:
     out = _page(a, rows[order], s[order], total, page, per_page)
     out["query"] = {"kind": "tags", "tags": [label(a, j) for j in js], "mode": mode, "match": match,
                     "in": None if split is None else a.catalog.splits[split]}
+    # of the results, how many the run predicts with all (AND) or any (OR) of the labels on
+    out["predicted"] = None if predicted is None else int((predicted & keep).sum())
     out["seconds"] = {"rank": round(time.perf_counter() - t, 4)}
     return out
 

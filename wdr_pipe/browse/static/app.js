@@ -227,6 +227,11 @@ async function tagSearch(q) {
       : (doc.query.mode === "and" ? "product of the probabilities" : "probability of any");
     renderGrid(doc, `${names}: images ${how}` + (doc.query.in ? ` (split ${doc.query.in})` : ""), scoreName,
       (page) => { const p = new URLSearchParams(q); p.set("page", String(page)); return "?" + p; });
+    if (doc.predicted !== null && doc.total) {
+      const which = doc.query.mode === "and" ? "all of these labels" : "any of these labels";
+      setStatus(`${doc.total} results; the run predicts ${which} for ${doc.predicted} of them · ` +
+                timing(doc.seconds));
+    }
   } catch (e) {
     showError(e.message);
     setStatus("");
@@ -296,6 +301,8 @@ async function showImage(q) {
     view.hidden = false;
     if (r.similar && r.similar.results.length) {
       renderGrid({ ...r.similar, pages: 1 }, "Similar stored images", "cosine similarity", null);
+      setStatus(`image ${r.image_id} (${r.split}): its ${r.similar.results.length} most similar stored images below; ` +
+                "“More like this” pages through all of them");
     } else {
       setStatus(r.similar ? "" : "no similar images: this image's split has no embeddings");
     }
