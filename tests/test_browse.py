@@ -35,8 +35,9 @@ from wdr_pipe.cache import Store, fetch_settings
 from wdr_pipe.cli import cli
 from wdr_pipe.cli.evaluate import _wide_features
 from wdr_pipe.demo.serve import ImageServer
-from wdr_pipe.imaging import process
+from wdr_pipe.imaging import decode_rgb, process
 from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
+from wdr_pipe.wdr.predict import MAX_BYTES
 from wdr_pipe.wdr.runs import ImageSpec
 from wdr_pipe.wdr.search import similar
 from wdr_pipe.wdr.train import train
@@ -159,7 +160,7 @@ def test_a_restart_reads_the_kept_probabilities_and_scores_nothing(made, server)
 def test_info_and_labels_describe_the_store_and_run(server):
     info = get(server, "/api/info").json()
     assert info["store"] == "store" and info["images"] == 72 and info["network"] is False
-    assert info["allow_urls"] is False and info["max_upload_bytes"] == 20 * 2**20
+    assert info["allow_urls"] is False and info["max_upload_bytes"] == MAX_BYTES == 20 * 2**20  # predict's cap
     assert [(s["name"], s["images"], s["searchable"]) for s in info["splits"]] == [
         ("test", 8, True), ("train", 48, True), ("validation", 16, True)]
     assert info["run"]["name"] == "run" and info["run"]["thresholds"] == "tuned" and "path" not in info["run"]
@@ -195,6 +196,16 @@ def test_photo_query_gives_tags_and_the_most_similar_images(made, server, tmp_pa
     assert all(x["split"] == "train" and x["labels"] for x in r.json()["results"])
     card = r.json()["results"][0]
     assert card["thumb"].startswith("/api/image/thumb?") and "predicted" in card
+
+
+def test_a_photos_tags_from_the_shared_backbone_equal_the_whole_models(made, server):
+    a = server[1]
+    assert a.model.shares(a.embeddings.key)  # a Deep fixed run from these embeddings: the head alone scores a photo
+    jpeg = process(original(made, "test", "5"), a.spec)[0]
+    image = decode_rgb(jpeg)
+    whole = a.model.photo_probs([image], [jpeg])
+    head = a.model.photo_probs([image], [jpeg], a.embeddings.vectors([image]))
+    np.testing.assert_allclose(head, whole, atol=1e-4)
 
 
 def test_pasted_png_and_paged_photo_results(made, server):

@@ -31,11 +31,12 @@ WideFn = Callable[[Store, str, List[bytes]], np.ndarray]  # (store, feature key,
 _HTTP = re.compile(r"^https?://", re.IGNORECASE)
 
 
+MAX_UPLOAD = 20 * 2**20  # predict's MAX_BYTES (tests check they agree), said here so a start imports no torch
+
+
 def max_upload_bytes() -> int:
     """The size cap of an uploaded or fetched photo: ``predict``'s (20 MB)."""
-    from ..wdr.predict import MAX_BYTES
-
-    return int(MAX_BYTES)
+    return MAX_UPLOAD
 
 
 def read_url(url: str, timeout: float = 15.0) -> bytes:
@@ -149,11 +150,26 @@ class Model:
 
         write_predictions(path, Scored(ids, probs), self.label_ids, self.thresholds, source)
 
-    def photo_probs(self, images: Sequence[np.ndarray], jpegs: Sequence[bytes]) -> np.ndarray:
-        """(N, L) probabilities of decoded photos (``jpegs``: the same photos as stored JPEGs, for the wide part)."""
+    def shares(self, embedding_key: str) -> bool:
+        """Whether the run's Deep part is the backbone of ``embedding_key`` as is (a ``--deep fixed`` run trained
+        from those embeddings, no TTA): then a photo's vector is its deep features, and the head alone scores it,
+        as the stored images were scored."""
+        return (self.run.kind == "train" and self.scorer.tta == "none"
+                and self.run.doc.get("embedding_key") == embedding_key)
+
+    def photo_probs(self, images: Sequence[np.ndarray], jpegs: Sequence[bytes],
+                    vectors: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N, L) probabilities of decoded photos (``jpegs``: the same photos as stored JPEGs, for the wide part;
+        ``vectors``: their embeddings, when the run ``shares`` their backbone: the head alone runs)."""
         wide = {k: self.wide_fn(self.store, k, list(jpegs)) for k in self.scorer.feature_keys()} or None
         with self.lock:
-            return self.scorer.score_images(list(images), wide)
+            if vectors is None:
+                return self.scorer.score_images(list(images), wide)
+            import torch
+
+            w = None if wide is None else torch.from_numpy(np.asarray(wide[self.run.feature_key], np.float32))
+            return self.scorer.head_probs(torch.from_numpy(np.asarray(vectors, np.float32)).to(self.scorer.device),
+                                          None if w is None else w.to(self.scorer.device)).cpu().numpy()
 
     def grad_cam(self, image: np.ndarray, jpeg: bytes, label_id: int) -> Tuple[np.ndarray, np.ndarray]:
         """(the pixels the model saw (S, S, 3) uint8, the Grad-CAM map (S, S) in [0, 1]) of a stored image for

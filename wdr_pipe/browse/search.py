@@ -222,7 +222,8 @@ def photo(a: Answers, data: bytes, params, what: str = "upload") -> Dict[str, An
     query: Dict[str, Any] = {"kind": "photo", "width": w, "height": h}
     if a.has_model:
         t = time.perf_counter()
-        query["tags"] = tags_of(a, a.model.photo_probs([image], [jpeg])[0])
+        shared = vector[None] if a.model.shares(a.embeddings.key) else None
+        query["tags"] = tags_of(a, a.model.photo_probs([image], [jpeg], shared)[0])
         seconds["tags"] = time.perf_counter() - t
     out = _similar(a, vector, params)
     out["seconds"] = {**{k: round(v, 4) for k, v in seconds.items()}, **out["seconds"]}

@@ -72,6 +72,7 @@ def browse(store, run, key, host, port, allow_urls, checkpoint, tta, device, bat
     c = answers.catalog
     what = f"{len(c)} images" + (f", tags of run {answers.run['name']}" if answers.has_model else ", no run: photo search")
     click.echo(f"wdr-pipe browse: {url}  ({what}; ready in {answers.seconds['total']:.1f} s; Ctrl-C stops it)")
+    sys.stdout.flush()  # the address, at once, also to a pipe or a log file
     if network:
         click.echo("warning: " + NETWORK.format(port=sock.getsockname()[1]), err=True)
     serve(app, sock)
