@@ -30,7 +30,7 @@ NETWORK = ("reachable from the network: anyone who can reach this machine on por
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
               help="Which checkpoint of a training run [default: best].")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
-              help="Test-time augmentation of the stored images' probabilities [default: none].")
+              help="Test-time augmentation of the run's probabilities (stored images and photos) [default: none].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=bounded(BATCH_SIZE), default=64, show_default=True,
               help="Images per batch when the run first scores the store.")
