@@ -28,6 +28,7 @@ Through the real server (uvicorn on 127.0.0.1, ``requests``), --rounds queries e
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -137,6 +138,7 @@ def main() -> None:
     from wdr_pipe.cli.evaluate import _wide_features
 
     store, runs, photo = build(args.out)
+    load = [os.getloadavg()[0]]
     run = runs["tune"]
     for old in (run / "browse").glob("*"):  # so that the first start below is a first start
         old.unlink()
@@ -165,8 +167,11 @@ def main() -> None:
             get()
             med, best, doc = timed(get, args.rounds)
             rows.append((name, med, best, doc))
+    load.append(os.getloadavg()[0])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
     print(f"\n{args.images:,} stored images ({args.labels} labels for tag queries), {args.rounds} rounds, "
-          f"through HTTP on 127.0.0.1\n")
+          f"through HTTP on 127.0.0.1; commit {commit.strip() or '?'}, load average {load[0]:.1f} then {load[1]:.1f} "
+          f"on {os.cpu_count()} cores\n")
     print("| query | median | best | server's own parts (last query) |\n|---|---:|---:|---|")
     for name, med, best, doc in rows:
         parts = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in doc.get("seconds", {}).items())

@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import urllib.parse
 import zlib
 
@@ -347,6 +346,29 @@ def test_every_bad_request_is_a_4xx_with_one_line(made, server):
         error = r.json()["error"]
         assert re.search(message, error) and "\n" not in error and "Traceback" not in error, error
     assert post_photo(server, jpeg).status_code == 200  # the server is still well
+
+
+def test_without_a_run_photo_search_over_the_embeddings_and_true_labels(made, server):
+    store = made[0]
+    key = server[1].embeddings.key
+    bare = open_answers(store, embeddings=key)
+    assert not bare.has_model and bare.run is None and bare.loading is None
+    with Background(create_app(bare), bind("127.0.0.1", 0)) as url:
+        info = requests.get(url + "api/info", timeout=30).json()
+        assert info["run"] is None and info["embeddings"]["key"] == key
+        r = requests.post(url + "api/search/photo", data=original(made, "train", "7"), timeout=60).json()
+        assert "tags" not in r["query"] and r["results"][0]["image_id"] == "7"
+        assert "predicted" not in r["results"][0] and r["results"][0]["labels"]
+        doc = requests.get(url + "api/search/tags", params={"tags": "2"}, timeout=30).json()
+        assert doc["query"]["match"] == "true" and doc["predicted"] is None
+        with_dress = len(bare.postings[bare.labels.position(2)])
+        assert doc["total"] == with_dress and all(2 in {x["id"] for x in r["labels"]} for r in doc["results"])
+        for path, params, message in (("api/search/tags", {"tags": "2", "match": "model"}, r"no run was given"),
+                                      ("api/image/saliency", {"id": "4", "split": "validation", "label": "2"},
+                                       r"no run was given")):
+            bad = requests.get(url + path, params=params, timeout=30)
+            assert bad.status_code == 400 and re.search(message, bad.json()["error"])
+        assert requests.get(url + "api/image", params={"id": "4", "split": "validation"}, timeout=30).json()["similar"]
 
 
 def test_urls_are_fetched_only_when_allowed_with_fetchs_limits(made, server):

@@ -18,8 +18,9 @@ import json
 import logging
 import threading
 from importlib import resources
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Optional
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -114,6 +115,7 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
                loopback_only: bool = True, fetch_url: Callable[[str], bytes] = adapter.read_url) -> Starlette:
     """The app over ``a``; ``network``: bound to an address others can reach (the page says so)."""
     cap = adapter.max_upload_bytes()
+    adapter.search_threads()
     files = {path: (resources.files(__package__).joinpath("static", name).read_bytes(), media)
              for path, (name, media) in STATIC.items()}
     etags = {path: '"' + hashlib.sha256(body).hexdigest()[:20] + '"' for path, (body, _) in files.items()}
@@ -151,11 +153,7 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
             if not allow_urls:
                 raise Problem(403, "url: fetching URLs is off; start 'wdr-pipe browse' with --allow-urls, or "
                                    "upload the photo")
-            try:
-                data = await run_in_threadpool(fetch_url, url)
-            except UserError as e:
-                raise Problem(422, str(e)) from None
-            what = "url"
+            data, what = await run_in_threadpool(fetch_url, url), "url"  # a UserError: 422 (on_user_error)
         else:
             data, what = await _body(request, cap), "upload"
         return JSONResponse(await run_in_threadpool(search.photo, a, data, request.query_params, what))
@@ -206,7 +204,7 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
         js = search.label_positions(a, text)
         if len(js) != 1 or a.model_col[js[0]] < 0:
             raise Problem(400, f"label={text[:40]!r}: pass one label the run predicts")
-        if not search.item(a, g, 0).get("readable", True):
+        if np.isnan(a.probs[g]).any():
             raise Problem(422, f"image {a.catalog.ids[g]!r}: the model could not read it (it failed to decode)")
         label_id = int(a.labels.ids[js[0]])
         png = await run_in_threadpool(saliency_png, g, label_id)
@@ -215,6 +213,9 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
 
     async def on_problem(request: Request, exc: Problem) -> Response:
         return _error(exc.status, str(exc))
+
+    async def on_user_error(request: Request, exc: UserError) -> Response:  # e.g. a photo's wide features failed
+        return _error(422, str(exc))
 
     async def on_http(request: Request, exc: HTTPException) -> Response:
         what = {404: f"{request.url.path}: no such page or API route (see docs/browse.md)",
@@ -232,8 +233,8 @@ def create_app(a: Answers, *, allow_urls: bool = False, network: bool = False, a
         Route("/api/image", answer(search.image)),
         Route("/api/image/thumb", image_bytes), Route("/api/image/jpeg", image_bytes),
         Route("/api/image/saliency", saliency)]
-    app = Starlette(routes=routes, exception_handlers={Problem: on_problem, HTTPException: on_http,
-                                                       Exception: on_error})
+    app = Starlette(routes=routes, exception_handlers={Problem: on_problem, UserError: on_user_error,
+                                                       HTTPException: on_http, Exception: on_error})
     hosts = set(LOOPBACK_NAMES) if loopback_only else None
     return Guard(app, hosts)
 

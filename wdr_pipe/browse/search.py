@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -169,26 +170,25 @@ def _page(a: Answers, rows: np.ndarray, scores: np.ndarray, total: int, page: in
 
 
 def nearest(a: Answers, vector: np.ndarray, split: Optional[int], depth: int, exclude: Optional[int] = None):
-    """(catalog rows, cosine similarities) of the ``depth`` stored images nearest to ``vector``, best first."""
+    """(catalog rows, cosine similarities, how many there are) of the ``depth`` stored images nearest to
+    ``vector``, best first: each split's index searched exactly, the results merged."""
     q = adapter.normalise(vector[None])
-    rows, scores, total = [], [], 0
-    for x in a.indexes:
-        if split is not None and a.catalog.splits[split] != x.split:
-            continue
-        n = x.index.ntotal
-        total += n - (exclude is not None and a.index_pos.get(exclude, (None,))[0] is x)
-        s, r = x.index.search(q, int(min(n, depth + 1)))
+    searched = [x for x in a.indexes if split is None or x.split == a.catalog.splits[split]]
+    total = sum(x.index.ntotal for x in searched)
+    if exclude is not None and exclude in a.index_pos and a.index_pos[exclude][0] in searched:
+        total -= 1
+    rows, scores = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for x in searched:
+        s, r = x.index.search(q, int(min(x.index.ntotal, depth + 1)))
         keep = r[0] >= 0
         rows.append(x.rows[r[0][keep]])
         scores.append(s[0][keep])
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32), 0
     rows, scores = np.concatenate(rows), np.concatenate(scores)
     if exclude is not None:
         keep = rows != exclude
         rows, scores = rows[keep], scores[keep]
     order = np.lexsort((rows, -scores))[:depth]
-    return rows[order], scores[order], int(min(total, MAX_DEPTH))
+    return rows[order], scores[order], int(total)
 
 
 def _similar(a: Answers, vector: np.ndarray, params, exclude: Optional[int] = None) -> Dict[str, Any]:
@@ -196,16 +196,21 @@ def _similar(a: Answers, vector: np.ndarray, params, exclude: Optional[int] = No
     split = split_filter(a, params)
     t = time.perf_counter()
     rows, scores, total = nearest(a, vector, split, page * per_page, exclude)
-    out = _page(a, rows, scores, min(total, MAX_DEPTH), page, per_page)
+    out = _page(a, rows, scores, min(total, MAX_DEPTH), page, per_page)  # paging reaches MAX_DEPTH deep
     out["seconds"] = {"search": round(time.perf_counter() - t, 4)}
     return out
 
 
+_SEARCH = ThreadPoolExecutor(2, thread_name_prefix="browse-search")
+
+
 # -- the questions ---------------------------------------------------------------------------------
 def photo(a: Answers, data: bytes, params, what: str = "upload") -> Dict[str, Any]:
-    """An uploaded photo's predicted tags and its most similar stored images."""
+    """An uploaded photo's predicted tags and its most similar stored images. The search (memory-bound)
+    runs in a thread beside the model's tags (compute-bound) once the photo's vector is there."""
     if not data:
         raise Problem(400, f"{what}: empty; send the photo's bytes (JPEG, PNG, WebP ...)")
+    paging(params, MAX_DEPTH), split_filter(a, params)  # a bad parameter is said before any work
     waiting = a.ready()
     if waiting:
         raise Problem(503, f"photo search: {waiting}")
@@ -219,13 +224,14 @@ def photo(a: Answers, data: bytes, params, what: str = "upload") -> Dict[str, An
     t = time.perf_counter()
     vector = a.embeddings.vectors([image])[0]
     seconds["embed"] = time.perf_counter() - t
+    found = _SEARCH.submit(_similar, a, vector, params)
     query: Dict[str, Any] = {"kind": "photo", "width": w, "height": h}
     if a.has_model:
         t = time.perf_counter()
         shared = vector[None] if a.model.shares(a.embeddings.key) else None
         query["tags"] = tags_of(a, a.model.photo_probs([image], [jpeg], shared)[0])
         seconds["tags"] = time.perf_counter() - t
-    out = _similar(a, vector, params)
+    out = found.result()
     out["seconds"] = {**{k: round(v, 4) for k, v in seconds.items()}, **out["seconds"]}
     return {"query": query, **out}
 
