@@ -141,15 +141,15 @@ def _place(a: Answers, split: str, ids: np.ndarray, probs: np.ndarray) -> None:
     a.probs[g[g >= 0]] = probs[g >= 0]
 
 
-def _as_before(store: Store, run: str, settings: Dict[str, Any], load_model: Callable, device: str,
-               notes: List[str]) -> Optional[Answers]:
+def _as_before(store: Store, run: str, settings: Dict[str, Any], load_model: Callable, device: str
+               ) -> Optional[Answers]:
     """The answers of the last start with these settings, when nothing it read has changed (no torch
     import, no model); the model then loads in the background (``load_model(answers, record)``)."""
     path = kept.record_path(run, store, settings)
     record = kept.read_record(path, store, lambda key: adapter.Embeddings(store, key, device).splits()[0])
     if record is None:
         return None
-    a = _base(store, record["key"], device, notes)
+    a = _base(store, record["key"], device, [])
     _with_run(a, record["run"], record["label_ids"], record["thresholds"])
     sources = {}
     for split, name in record["kept"].items():
@@ -187,8 +187,9 @@ def open_answers(store, run: Optional[str] = None, embeddings: Optional[str] = N
             log.warning("browse: the kept probabilities of %s are not this model's; restart to compute them "
                         "again", ", ".join(changed))
 
-    a = _as_before(store, run, settings, load_model, device, notes) if run is not None else None
+    a = _as_before(store, run, settings, load_model, device) if run is not None else None
     if a is not None:
+        _note_unread(a)
         a.seconds = {"kept": time.monotonic() - t0, "total": time.monotonic() - t0}
         return a
     run_obj = adapter.open_run(run) if run is not None else None
@@ -221,13 +222,16 @@ def open_answers(store, run: Optional[str] = None, embeddings: Optional[str] = N
             kept.write_record(kept.record_path(run, store, settings), doc)
         except (UserError, OSError) as e:
             notes.append(f"{kept.folder(run)}: cannot record this start ({e}); the next start loads the model first")
-    if a.has_model:
-        unread = int(np.isnan(a.probs[:, 0]).sum()) if len(a.cols) else 0
-        if unread:
-            notes.append(f"{unread} stored images could not be read by the model (they failed to decode): "
-                         "they show no predicted tags")
+    _note_unread(a)
     a.seconds["total"] = time.monotonic() - t0
     return a
+
+
+def _note_unread(a: Answers) -> None:
+    unread = int(np.isnan(a.probs[:, 0]).sum()) if a.has_model and len(a.cols) else 0
+    if unread:
+        a.notes.append(f"{unread} stored images could not be read by the model (they failed to decode): "
+                       "they show no predicted tags")
 
 
 __all__ = ["Answers", "Loading", "SplitIndex", "open_answers"]
