@@ -40,6 +40,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from wdr_pipe.browse.server import passive_openmp  # noqa: E402  (as 'wdr-pipe browse' does, before torch is loaded)
+
+passive_openmp()
 
 
 def build(out: Path):

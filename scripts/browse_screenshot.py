@@ -19,6 +19,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from wdr_pipe.browse.server import passive_openmp  # noqa: E402  (as 'wdr-pipe browse' does, before torch is loaded)
+
+passive_openmp()
 
 
 def main() -> None:
@@ -41,6 +44,9 @@ def main() -> None:
 
     answers = open_answers(args.demo / "store", str(args.demo / "runs" / args.run), wide_fn=_wide_features)
     with tempfile.TemporaryDirectory() as profile, Background(create_app(answers), bind("127.0.0.1", 0)) as url:
+        import requests  # one photo query first: the model's first forward pass is slow, as it would be for a user
+
+        requests.post(url + "api/search/photo", data=(args.demo / args.photo).read_bytes(), timeout=300)
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"
         for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

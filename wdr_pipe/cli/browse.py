@@ -52,8 +52,9 @@ def browse(store, run, key, host, port, allow_urls, checkpoint, tta, device, bat
       wdr-pipe browse --store store/ --embeddings 4dad0432899d --port 8080
       wdr-pipe browse --store store/ --run runs/wdr --host 0.0.0.0 --allow-urls
     """
-    from ..browse import address, bind, create_app, is_loopback, open_answers, serve
+    from ..browse import address, bind, create_app, is_loopback, open_answers, passive_openmp, serve
 
+    passive_openmp()
     with user_errors():
         sock = bind(host, port)  # first: a port in use is said before any work
         try:

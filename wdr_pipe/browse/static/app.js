@@ -142,7 +142,7 @@ function renderGrid(doc, title, scoreName, pageHref) {
 }
 
 function timing(seconds) {
-  const total = Object.values(seconds).reduce((a, b) => a + b, 0);
+  const total = seconds.total !== undefined ? seconds.total : Object.values(seconds).reduce((a, b) => a + b, 0);
   return `${Math.round(total * 1000)} ms`;
 }
 
