@@ -461,6 +461,13 @@ def test_page_photo_upload_shows_tags_and_similar_images_then_one_image(made, se
     assert "Most similar stored images" in browser.find_element(By.ID, "grid-title").text
     score = visible(browser, "#grid .card .score")[0].text
     assert float(score) > 0.97
+    first_page = cards(browser)
+    browser.find_element(By.XPATH, "//nav[@id='pager']/button[text()='Next']").click()  # the same photo, page 2
+    wait(browser, lambda d: "page 2 of 3" in d.find_element(By.ID, "pager").text)
+    assert not set(cards(browser)) & set(first_page)
+    browser.find_element(By.XPATH, "//nav[@id='pager']/button[text()='Previous']").click()
+    wait(browser, lambda d: "page 1 of 3" in d.find_element(By.ID, "pager").text)
+    assert cards(browser) == first_page
     visible(browser, "#grid .card a.thumb")[1].click()  # the second most similar image
     wait(browser, lambda d: visible(d, "#view table.labels"))
     q = urllib.parse.parse_qs(urllib.parse.urlparse(browser.current_url).query)

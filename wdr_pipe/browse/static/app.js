@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, labels: [], byId: new Map(), chips: [], photo: null, photoPage: 1, active: -1 };
+const state = { info: null, labels: [], byId: new Map(), chips: [], photo: null, photoPage: 1, again: null, active: -1 };
 
 // -- small helpers ----------------------------------------------------------------------------------
 function el(tag, attrs, ...children) {
@@ -133,7 +133,7 @@ function renderGrid(doc, title, scoreName, pageHref) {
   pager.hidden = doc.pages <= 1;
   if (doc.pages > 1) {
     const go = (page, text) => pageHref ? el("a", { href: pageHref(page), rel: text === "Next" ? "next" : "prev" }, text)
-      : el("button", { type: "button", onclick: () => photoSearch(state.photo, page) }, text);
+      : el("button", { type: "button", onclick: () => state.again(page) }, text);
     if (doc.page > 1) pager.append(go(doc.page - 1, "Previous"));
     pager.append(el("span", { text: `page ${doc.page} of ${doc.pages} (${doc.total} results)` }));
     if (doc.page < doc.pages) pager.append(go(doc.page + 1, "Next"));
@@ -166,42 +166,33 @@ function renderQueryTags(box, tags) {
 async function photoSearch(blob, page) {
   state.photo = blob;
   state.photoPage = page || 1;
+  state.again = (p) => photoSearch(blob, p);  // the pager asks again with the same bytes
   const cap = state.info ? state.info.max_upload_bytes : Infinity;
   resetViews();
   if (blob.size === 0) { showError("upload: the file is empty; choose a photo"); return; }
   if (blob.size > cap) { showError(`upload: ${(blob.size / 2 ** 20).toFixed(1)} MB is over the cap of ${cap / 2 ** 20} MB; choose a smaller photo`); return; }
   if (location.search) history.pushState({ photo: true }, "", "/");
-  setStatus("searching…");
-  const params = { page: String(state.photoPage) };
-  if ($("split").value) params.in = $("split").value;
-  try {
-    const doc = await api("/api/search/photo?" + new URLSearchParams(params), {
-      method: "POST", body: blob, headers: { "Content-Type": blob.type || "application/octet-stream" } });
-    const box = $("query");
-    const side = el("div", { class: "side" });
-    box.append(el("img", { class: "preview", src: URL.createObjectURL(blob), alt: "your photo" }), side);
-    side.append(el("h2", { text: "Your photo" }));
-    renderQueryTags(side, doc.query.tags);
-    box.hidden = false;
-    renderGrid(doc, "Most similar stored images", "cosine similarity", null);
-  } catch (e) {
-    showError(e.message);
-    setStatus("");
-  }
+  await searchByPhoto({ page: String(state.photoPage) }, {
+    method: "POST", body: blob, headers: { "Content-Type": blob.type || "application/octet-stream" } },
+    el("img", { class: "preview", src: URL.createObjectURL(blob), alt: "your photo" }), "Your photo");
 }
 
-async function urlSearch(url) {
+async function urlSearch(url, page) {
   resetViews();
-  setStatus("fetching the photo…");
-  const params = { url };
+  state.again = (p) => urlSearch(url, p);
+  await searchByPhoto({ url, page: String(page || 1) }, { method: "POST" }, null, "Photo at " + url);
+}
+
+// POST /api/search/photo (the bytes, or ?url=), then the photo, its tags and the grid of similar images
+async function searchByPhoto(params, request, preview, title) {
+  setStatus(params.url ? "fetching the photo…" : "searching…");
   if ($("split").value) params.in = $("split").value;
   try {
-    const doc = await api("/api/search/photo?" + new URLSearchParams(params), { method: "POST" });
-    const box = $("query");
-    const side = el("div", { class: "side" }, el("h2", { text: "Photo at " + url }));
+    const doc = await api("/api/search/photo?" + new URLSearchParams(params), request);
+    const side = el("div", { class: "side" }, el("h2", { text: title }));
     renderQueryTags(side, doc.query.tags);
-    box.append(side);
-    box.hidden = false;
+    $("query").append(...[preview, side].filter(Boolean));
+    $("query").hidden = false;
     renderGrid(doc, "Most similar stored images", "cosine similarity", null);
   } catch (e) {
     showError(e.message);
