@@ -20,6 +20,7 @@ run bench_train --out "$out/train" --train 64 --size 64 --batch 16 --rounds 1
 run bench_embed --out "$out/embed" --part both --train 64 --val 32 --size 64 --epochs 2 --seeds 1 --search-sizes 1000
 run bench_predict --out "$out/predict" --test 32 --batch 16 --rounds 1
 run bench_saliency --images 2 --labels 2 --repeats 1
+run bench_browse --out "$out/browse" --images 2000 --rounds 2
 run ablation --out "$out/ablation" --train 64 --val 32 --stored 96 --size 64 --epochs 1 --batch 16
 [ -n "$keep" ] || rm -rf "$out"
 exit $status

@@ -3,7 +3,8 @@
 cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging, checks, errors, progress, result;
 the report (report) reads the model side's and the store's files; wdr uses pipeline's configs and pure kernels
 only. Inside wdr the rooms are stacked: metrics (numpy only) at the bottom; data, model and dist; runs;
-embed; score; train at the top, imported by nothing but cli and workflow.
+embed; score; train at the top, imported by nothing but cli and workflow. The page (browse) serves
+what the stages stored.
 """
 import ast
 import importlib
@@ -15,12 +16,14 @@ import wdr_pipe
 ROOT = Path(wdr_pipe.__file__).parent
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
-    "cli": {"cli", "checks", "demo", "workflow", "pipeline", "wdr", "report", "cache", "imaging", "errors", "progress", "result", ""},
+    "cli": {"cli", "checks", "demo", "workflow", "pipeline", "wdr", "report", "browse", "cache", "imaging", "errors", "progress",
+            "result", ""},
     "demo": {"demo", "checks", "workflow", "pipeline", "wdr", "cache", "errors", "progress", "result", ""},
     "workflow": {"workflow", "checks", "pipeline", "wdr", "report", "cache", "errors", "progress", "result", ""},
     "pipeline": {"pipeline", "checks", "cache", "imaging", "errors", "progress", "result", ""},
     "wdr": {"wdr", "checks", "pipeline", "cache", "imaging", "errors", "progress", "result", ""},
-    "report": {"report", "checks", "wdr", "cache", "errors", "result", ""},
+    "report": {"report", "checks", "wdr", "cache", "imaging", "errors", "result", ""},
+    "browse": {"browse", "checks", "wdr", "cache", "imaging", "errors", "progress", "result", ""},
     "cache": {"cache", "errors", "result", ""},
     "checks": {"errors"},
     "imaging": set(), "errors": set(), "progress": set(), "result": set(), "__init__": set(),
@@ -33,7 +36,9 @@ STORE_NAMES = {"index", "images", "features", "stats", "embeddings", "_search", 
 # and a run folder (not a store) has files of its own, named in wdr/runs/ alone
 INPUT_FOLDERS = {("demo/synth.py", "images"), ("pipeline/index/clothing.py", "images"),
                  ("wdr/runs/folder.py", "config.json"), ("wdr/runs/folder.py", "result.json"),
-                 ("wdr/runs/evalfiles.py", "predictions.parquet"), ("wdr/runs/folder.py", "stack_oof.parquet")}
+                 ("wdr/runs/evalfiles.py", "predictions.parquet"), ("wdr/runs/folder.py", "stack_oof.parquet"),
+                 # the page keeps the run's probabilities of the stored images in RUN/browse/ (its own folder)
+                 ("browse/kept.py", ".parquet")}
 # JSON that is not a store's or a run's file (those go through cache.read_json)
 JSON_READERS = {"pipeline/index/formats.py": "the user's FGVC5 JSON index: an input, not a store's file",
                 "wdr/runs/folder.py": "metrics.jsonl: JSON Lines, read line by line (a killed run's last line may be cut)",

@@ -274,3 +274,12 @@ def decode_resized(data: bytes, spec: "ResizeSpec") -> Tuple[np.ndarray, Tuple[i
         arr = _ORIENT[orient](arr)
     arr = _finish(_resize(np.ascontiguousarray(arr), tw, th), spec)
     return np.ascontiguousarray(arr), (src_w, src_h)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An HWC uint8 image with a [0, 1] map drawn over it (jet colour map): a Grad-CAM map as the report
+    and the browse page show it."""
+    import cv2
+
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * np.clip(cam, 0, 1)), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255))

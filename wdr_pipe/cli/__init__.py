@@ -47,6 +47,6 @@ def main() -> None:  # console script entry point
     cli(prog_name="wdr-pipe")
 
 
-from . import data, dev, embed, evaluate, model, run  # noqa: E402,F401  (register the commands)
+from . import browse, data, dev, embed, evaluate, model, run  # noqa: E402,F401  (register the commands)
 
 __all__ = ["cli", "main"]

@@ -118,7 +118,9 @@ class DemoResult:
             tuned = "-" if row["f1_tuned"] is None else f"{row['f1_tuned']:.3f}"
             lines.append(f"| {row['row']:<36} | {row['f1_at_0.5']:>9.3f} | {tuned:>20} |")
         return lines + ["", f"report: {self.output_of('report')}", f"submission: {self.output_of('predict')}",
-                        f"store: {self.store}; runs: {self.store.parent / 'runs'}; config: {self.config}"]
+                        f"store: {self.store}; runs: {self.store.parent / 'runs'}; config: {self.config}",
+                        f"search it by photo or by tags: wdr-pipe browse --store {self.store} "
+                        f"--run {self.store.parent / 'runs' / 'wdr'}"]
 
 
 def _fault_entries(base_url: str, sample_path: str) -> Dict[str, list]:

@@ -24,6 +24,7 @@ import numpy as np
 from ..cache import Store, cooccurrence_matrix, failures_by_status, label_counts, label_map, open_store
 from ..cache.atomic import write_text_atomic
 from ..errors import UserError
+from ..imaging import overlay
 from ..result import StageResult
 from ..wdr.runs.folder import RunFolder, open_run
 from . import figures as F
@@ -155,7 +156,7 @@ def _saliency(path: Path, names: Dict[int, str]) -> bytes:
     with np.load(path) as z:
         images, maps, lids, scores, true = z["image"], z["maps"].astype(np.float32), z["label_ids"], z["scores"], z["true"]
         all_ids, image_ids = z["all_label_ids"], z["image_id"]
-    overlays = np.stack([np.stack([F.overlay(images[i], maps[i, j]) for j in range(maps.shape[1])])
+    overlays = np.stack([np.stack([overlay(images[i], maps[i, j]) for j in range(maps.shape[1])])
                          for i in range(len(images))])
     titles, captions = [], []
     for i in range(len(images)):

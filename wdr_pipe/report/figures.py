@@ -156,14 +156,6 @@ def thresholds_vs_frequency(counts: np.ndarray, thresholds: np.ndarray, fallback
     return _png(fig)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """An HWC uint8 image with a [0, 1] map drawn over it (jet colour map)."""
-    import cv2
-
-    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * np.clip(cam, 0, 1)), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255))
-
-
 def saliency_grid(images: np.ndarray, overlays: np.ndarray, titles: List[str], captions: List[List[str]]) -> bytes:
     """Rows of images: the image (its true labels) then one Grad-CAM overlay per top predicted label."""
     plt = _plt()
@@ -200,5 +192,5 @@ def failures(by_split: Dict[str, Dict[str, int]]) -> Optional[bytes]:
     return _png(fig)
 
 
-__all__ = ["BUCKETS", "cooccurrence", "failures", "frequency_vs_quality", "overlay", "saliency_grid", "thresholds_vs_frequency",
+__all__ = ["BUCKETS", "cooccurrence", "failures", "frequency_vs_quality", "saliency_grid", "thresholds_vs_frequency",
            "training_curves"]

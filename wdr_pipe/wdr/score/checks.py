@@ -10,7 +10,7 @@ config. Also: the labels given to images the model could not see
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -99,15 +99,25 @@ def fallback_labels(run: RunFolder, store: Optional[Store]) -> np.ndarray:
 RESIZE_FIELDS = ("size", "resize_mode", "quality", "min_size", "max_pixels")
 
 
+def split_spec(store: Optional[Store], splits: Sequence[str]) -> Tuple[FetchConfig, Optional[str]]:
+    """The fetch settings of the first of ``splits`` that ``store`` has them for (what new photos are resized
+    with, as ``wdr_pipe.imaging.process`` takes them) and that split; fetch's defaults and None without."""
+    for split in splits:
+        doc = fetch_settings(store, split) if store is not None else None
+        if doc is not None:
+            return FetchConfig(**{k: doc[k] for k in RESIZE_FIELDS if k in doc}), split
+    return FetchConfig(), None
+
+
 def image_spec(run: RunFolder, store: Optional[Store]) -> Tuple[FetchConfig, str]:
-    """The fetch settings of the run's training split in ``store`` (what new photos are resized with, as
-    ``wdr_pipe.imaging.process`` takes them) and where they came from; fetch's defaults without them."""
-    doc = fetch_settings(store, run.train_split) if store is not None else None
-    if doc is None:
+    """The fetch settings of the run's training split in ``store`` and where they came from."""
+    spec, split = split_spec(store, [run.train_split])
+    if split is None:
         log.warning("no fetch settings of split %s found; new images are resized with fetch's defaults",
                     run.train_split)
-        return FetchConfig(), "fetch defaults"
-    return FetchConfig(**{k: doc[k] for k in RESIZE_FIELDS if k in doc}), f"{store.root} ({run.train_split})"
+        return spec, "fetch defaults"
+    return spec, f"{store.root} ({split})"
 
 
-__all__ = ["check_features", "check_inputs", "check_split", "fallback_labels", "image_spec", "store_columns"]
+__all__ = ["check_features", "check_inputs", "check_split", "fallback_labels", "image_spec", "split_spec",
+           "store_columns"]

@@ -156,6 +156,12 @@ class ModelScorer:
         """(B, L) float32 probabilities of a normalised batch of images on the device (TTA applied)."""
         return _forward(self.model, image, wide, self.amp, self.tta)[1]
 
+    @torch.inference_mode()
+    def head_probs(self, embedding: torch.Tensor, wide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L) probabilities from the backbone's pooled vectors (the head alone), as a run that trained
+        from cached embeddings scores them."""
+        return _forward(HeadOnly(self.model), embedding.float(), wide, self.amp, "none")[1]
+
     # -- a store split ------------------------------------------------------------------------
     def embedding_key(self, store: Store, split: str) -> Optional[str]:
         """The cached embeddings to score ``split`` from (a run trained from them, no TTA), or None."""
