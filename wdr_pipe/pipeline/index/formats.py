@@ -168,12 +168,7 @@ def _read_fgvc5(path: Path) -> pa.Table:
                         '{"images": [{"url": "https://...", "imageId": "1"}], "annotations": [...]}')
     ids, urls, multi = [], [], False
     for i, img in enumerate(doc["images"]):
-        try:
-            iid, url = img["imageId"], img["url"]
-        except (KeyError, TypeError):
-            key = "url" if isinstance(img, dict) and "imageId" in img else "imageId"
-            raise UserError(f"{path}: images[{i}]: no '{key}' key; every image needs "
-                            '{"url": ..., "imageId": ...}') from None
+        iid, url = _entry(path, f"images[{i}]", img, "imageId", "url", 'every image needs {"url": ..., "imageId": ...}')
         if type(iid) is not str:
             iid = _json_id(path, f"images[{i}]", iid)
         if type(url) is not str:
@@ -198,18 +193,23 @@ def _read_fgvc5(path: Path) -> pa.Table:
     return _build(path, id_array, url_array, labels, record)
 
 
+def _entry(path: Path, where: str, entry, first: str, second: str, needs: str):
+    """``(entry[first], entry[second])`` of one FGVC5 record; a ``UserError`` naming the missing key otherwise."""
+    try:
+        return entry[first], entry[second]
+    except (KeyError, TypeError):
+        key = second if isinstance(entry, dict) and first in entry else first
+        raise UserError(f"{path}: {where}: no '{key}' key; {needs}") from None
+
+
 def _fgvc5_labels(path: Path, annotations, ids: list, id_array: pa.Array, record: Record) -> pa.Array:
     if not isinstance(annotations, list):
         raise UserError(f"{path}: 'annotations' is not a list; it should look like "
                         '[{"labelId": ["95", "66"], "imageId": "1"}]')
     ann_ids, lengths, flat = [], [], []
     for j, ann in enumerate(annotations):
-        try:
-            aid, lab = ann["imageId"], ann["labelId"]
-        except (KeyError, TypeError):
-            key = "labelId" if isinstance(ann, dict) and "imageId" in ann else "imageId"
-            raise UserError(f"{path}: annotations[{j}]: no '{key}' key; every annotation needs "
-                            '{"labelId": [...], "imageId": ...}') from None
+        aid, lab = _entry(path, f"annotations[{j}]", ann, "imageId", "labelId",
+                          'every annotation needs {"labelId": [...], "imageId": ...}')
         if type(aid) is not str:
             aid = _json_id(path, f"annotations[{j}]", aid)
         if type(lab) is not list:
