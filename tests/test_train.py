@@ -154,8 +154,8 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
     assert r0["details"]["val_images"] == 60  # the padded rows of the last rank counted once
     files = sorted(str(p.relative_to(cfg.out)) for p in Path(cfg.out).rglob("*"))
     events = [f for f in files if f.startswith("tb/")]  # rank 0's TensorBoard file, where tensorboard is installed
-    assert files == sorted(["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.json",
-                            "metrics.jsonl", "result.json", "thresholds.json"] + (["tb", *events] if events else []))
+    assert files == sorted(["checkpoints", "checkpoints/best.safetensors", "checkpoints/last.safetensors",
+                            "config.json", "metrics.jsonl", "result.json", "thresholds.json"] + (["tb", *events] if events else []))
     assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0 alone writes it
     assert [r["step"] for r in metrics(cfg.out)] == [3, 5]
     assert len(load_checkpoint(RunFolder(cfg.out).last)["rng"]) == 2

@@ -14,7 +14,7 @@ Layout (see docs/store.md)::
     STORE/images/<split>/_duplicates.parquet     content stored under several ids
     STORE/features/<key>/...                     a derived family (``derived.py``): config.json,
     STORE/embeddings/<key>/...                   <split>/part-NNNNN.parquet (+ its commit marker)
-    STORE/embeddings/<key>/<split>/_search/{index.faiss, ids.parquet, manifest.json}
+    STORE/embeddings/<key>/<split>/_search/{vectors.npy, ids.parquet, manifest.json}
     STORE/stats/<split>/*.parquet, config.json   the label statistics (config.json written last)
     STORE/_logs/<stage>-<time>-<pid>.log         the traceback of a task that failed unexpectedly
 """
@@ -135,9 +135,10 @@ class Store:
         return self.embeddings.dir(key, split) / "_search"
 
     def search_files(self, key: str, split: str) -> Dict[str, Path]:
-        """``index`` (faiss), ``ids`` (index row -> image) and ``manifest`` (written last: the commit)."""
+        """``vectors`` (the index's normalised rows), ``ids`` (index row -> image) and ``manifest`` (written last:
+        the commit)."""
         d = self.search_dir(key, split)
-        return {"index": d / "index.faiss", "ids": d / "ids.parquet", "manifest": d / "manifest.json"}
+        return {"vectors": d / "vectors.npy", "ids": d / "ids.parquet", "manifest": d / "manifest.json"}
 
     # -- the split's fetch settings (images/<split>/_fetch.json) -------------
     def fetch_settings(self, split: str) -> Optional[dict]:
@@ -220,6 +221,11 @@ def read_columns(paths: List[Path], columns: List[str]) -> pa.Table:
     tables = [pq.read_table(p, columns=columns) for p in paths]
     # permissive: a shard written by another version may differ in nullability flags only
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({c: [] for c in columns})
+
+
+def is_store(folder) -> bool:
+    """``folder`` is a store's root (it has the store marker), whatever its version."""
+    return (Path(folder) / "_store.json").is_file()
 
 
 def open_store(root, create: bool = False) -> Store:

@@ -44,7 +44,7 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
     """Score a labelled split with a run: metrics at 0.5 and at the tuned thresholds, per label, and the report.
 
     Writes RUN/eval/SPLIT/: metrics.json (micro_f1 ...), per_label.csv, predictions.parquet,
-    saliency.npz and report.html.
+    saliency.safetensors, report.html and last result.json.
 
     \b
     Examples:
@@ -56,13 +56,16 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
     with user_errors():
         cfg = EvalConfig(store=store, run=run, split=split, checkpoint=checkpoint, tta=tta, device=device,
                          batch_size=batch_size, loader_workers=loader_workers, saliency=saliency)
-        with progress_bar("evaluate") as bar:
-            result = run_evaluate(cfg, progress=bar)
-        report = None
-        if not no_report:
+        made = []
+
+        def make_report():  # before result.json, the evaluation's commit marker
             from ..report import build_report
 
-            report = build_report(run, split, store)
+            made.append(build_report(run, split, store))
+
+        with progress_bar("evaluate") as bar:
+            result = run_evaluate(cfg, progress=bar, before_commit=None if no_report else make_report)
+        report = made[0] if made else None
     if as_json:
         click.echo(json.dumps({"evaluate": result.to_dict(), "report": report.to_dict() if report else None},
                               indent=2, default=str))

@@ -5,8 +5,9 @@
     metrics.json         headline metrics at 0.5 and at the run's thresholds (key ``micro_f1``: tuned)
     per_label.csv        one row per label: id, name, task, support, precision, recall, F1, threshold ...
     predictions.parquet  one row per scored image (schema below)
-    saliency.npz         Grad-CAM maps of a few images (``score/evaluate.py``, ``model/saliency.py``)
+    saliency.safetensors Grad-CAM maps of a few images (``score/evaluate.py``, ``model/saliency.py``)
     report.html          the report (``wdr_pipe.report``), built from the files above
+    result.json          written last: the evaluation's commit marker (after the report, when one is made)
 
 ``predictions.parquet`` (also what ``predict --probs`` writes)::
 
@@ -35,7 +36,9 @@ import pyarrow.parquet as pq
 
 from ...cache.atomic import write_parquet_atomic, write_text_atomic
 from ...cache.jsonfile import read_json, write_json
-from ...errors import UserError
+from ...cache.resultfile import result_path
+from ...cache.tensorfile import read_tree, write_tree
+from ...errors import UserError, first_line
 
 META_KEY = b"wdr_pipe"
 
@@ -142,8 +145,9 @@ class EvalFolder:
         self.metrics = self.root / "metrics.json"
         self.per_label = self.root / "per_label.csv"
         self.predictions = self.root / "predictions.parquet"
-        self.saliency = self.root / "saliency.npz"
+        self.saliency = self.root / "saliency.safetensors"
         self.report = self.root / "report.html"
+        self.result = result_path(self.root)
 
     @property
     def split(self) -> str:
@@ -158,6 +162,22 @@ class EvalFolder:
 
     def read_metrics(self) -> Dict[str, Any]:
         return read_json(self.metrics, f"evaluate the split {self.split} again")
+
+    def uncommit(self) -> None:
+        """Before an evaluation writes its files: the old commit marker goes, then the old report (a kill
+        in between leaves no report of other figures, and no marker)."""
+        for path in (self.result, self.report):
+            path.unlink(missing_ok=True)
+
+    def write_saliency(self, maps: Optional[Dict[str, Any]]) -> None:
+        """The Grad-CAM arrays (``score.evaluate.saliency_examples``), or None: the old maps go."""
+        if maps is None:
+            self.saliency.unlink(missing_ok=True)
+        else:
+            write_tree(self.saliency, maps, "saliency")
+
+    def read_saliency(self) -> Dict[str, Any]:
+        return read_tree(self.saliency, "saliency", f"evaluate the split {self.split} again")
 
     def write_per_label(self, rows: List[Dict[str, Any]]) -> None:
         write_text_atomic(self.per_label, per_label_csv(rows))

@@ -19,7 +19,7 @@ that ``evaluate`` and ``predict`` accept like a training run's:
 
 Folder: ``config.json`` (kind ``wdr-pipe ensemble run``, members with their
 checkpoint, step and weights digest, label ids, the store), ``thresholds.json``,
-``stacker.npz`` (stack: ``coef`` (L, M), ``intercept`` (L,), ``fitted`` (L,)),
+``stacker.safetensors`` (stack: ``coef`` (L, M), ``intercept`` (L,), ``fitted`` (L,)),
 ``stack_oof.parquet``, and ``result.json`` last. Members must share their
 label space; an image that some member could not score (failed wide features)
 is left out of the fit and, when scored, gets the mean of the members that did.
@@ -35,7 +35,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...cache import Store, config_key, image_rows, open_store
-from ...cache.atomic import write_bytes_atomic
 from ...checks import check_all
 from ...errors import UserError
 from ...progress import Hook
@@ -131,8 +130,7 @@ class EnsembleScorer:
             self.members.append(scorer)
         self.stacker = None
         if self.method == "stack":
-            with np.load(run.stacker) as z:
-                self.stacker = {k: z[k] for k in ("coef", "intercept", "fitted")}
+            self.stacker = run.read_stacker()
         self.checkpoint, self.tta, self.device = "members'", "members'", self.members[0].device
 
     def feature_keys(self) -> List[str]:
@@ -283,11 +281,7 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
            "settings": {"method": cfg.method, "members": ",".join(r.name for r in runs), "checkpoint": cfg.checkpoint,
                         "tta": cfg.tta, "train_split": first.train_split, "val_split": cfg.split}}
     if stacker is not None:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **stacker)
-        write_bytes_atomic(folder.stacker, buf.getvalue())
+        folder.write_stacker(stacker)
         write_predictions(folder.stack_oof, Scored(ids, oof, y), first.label_ids, fit.thresholds,
                           {"split": cfg.split, "store_fingerprint": fingerprint, "out_of_fold": True})
     save_thresholds(folder.thresholds, first.label_ids, fit)

@@ -7,7 +7,7 @@ loaders; the model, optimizer, schedule and EMA; then per step: batch ->
 ``--eval-every`` steps and at each epoch end the validation split is scored
 (loss, micro-F1 at 0.5; the scorer's own loop, ``score.scorer.predict_loader``)
 into ``RUN/metrics.jsonl`` and the best model is kept; every
-``--checkpoint-every`` steps and at each epoch end ``last.pt`` is written
+``--checkpoint-every`` steps and at each epoch end ``last.safetensors`` is written
 (``runs/folder.py`` has the folder, ``runs/checkpoint.py`` the checkpoint dict).
 At the end the best model predicts the validation split once and per-label
 thresholds are tuned on it (``retune.fit_thresholds``).
