@@ -42,6 +42,7 @@ from ...result import StageResult
 from ..checks import ENSEMBLE_BOUNDS, check_device
 from ..runs.evalfiles import Scored, read_predictions, write_predictions
 from ..runs.folder import CHECKPOINTS, RunFolder, open_run
+from ..runs.outputs import check_run_out
 from .scorer import TTA, ModelScorer
 
 log = logging.getLogger("wdr_pipe")
@@ -151,7 +152,8 @@ class EnsembleScorer:
                           skipped=parts[0].skipped, seconds=time.perf_counter() - t0)
         fit = self.run.doc["fit"]
         if self.method == "stack" and split == fit["split"] and store.fingerprint(split) == fit["store_fingerprint"]:
-            oof, _ = read_predictions(self.run.stack_oof)
+            oof, _ = read_predictions(self.run.stack_oof,
+                                      "make the ensemble again ('wdr-pipe ensemble ... --out NEW')")
             have = np.isin(combined.ids.astype(str), oof.ids.astype(str))
             combined.probs[have] = oof.take(combined.ids[have]).probs
             log.info("%s: split %s is the stack's fit split: out-of-fold probabilities", self.run.root, split)
@@ -243,7 +245,7 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
     from ..metrics.thresholds import cross_validated_gain, save_thresholds, tune_thresholds
 
     t0 = time.time()
-    out = Path(cfg.out).expanduser().resolve()
+    out = check_run_out(cfg.out)  # not a store, nor inside one or another run
     done = _finished(cfg, out)
     if done is not None:
         return done

@@ -1,7 +1,9 @@
 """Prediction: a store split -> a Kaggle submission (``predict_split``), and new photos -> tags (``tag_images``).
 
 Submission (``wdr-pipe predict --store S --run RUN --split test --out submission.csv``):
-header ``image_id,label_id``, then one row per row of ``STORE/index/<split>.parquet``,
+a CSV written by the csv module (an id with a comma, quote or line break stays one
+field; one that a spreadsheet would run as a formula gets a leading ``'``:
+``evalfiles.safe_cell``), header ``image_id,label_id``, then one row per row of ``STORE/index/<split>.parquet``,
 in index order, with the index's own image ids and the label ids
 space-separated in ascending order (the store keeps the data set's own ids,
 1..228 for FGVC5). An image's labels are those whose probability reaches the
@@ -39,13 +41,14 @@ from ...cache import config_key, index_ids, open_store
 from ...cache.atomic import write_text_atomic
 from ...checks import check_all
 from ...errors import UserError
-from ...imaging import ImageRejected, decode_rgb, process
+from ...imaging import ADVICE, ImageRejected, decode_rgb, process
 from ...progress import Hook
 from ...result import StageResult
 from ..checks import PREDICT_BOUNDS, TOP, check_device
 from ..data.wide import photo_wide
-from ..runs.evalfiles import write_predictions
+from ..runs.evalfiles import csv_text, write_predictions
 from ..runs.folder import open_run
+from ..runs.outputs import check_outputs, prepare
 from .checks import check_inputs, fallback_labels, image_spec
 from .ensemble import scorer_for
 from .evaluate import label_names
@@ -73,18 +76,11 @@ class PredictConfig:
         check_device(self.device)
 
 
-def _check_out(path: str, flag: str) -> Path:
-    p = Path(path).expanduser().resolve()
-    if p.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; pass a file name such as submission.csv")
-    return p
-
-
 def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
     """Write the submission for every row of the split's index (and the probabilities with ``probs``)."""
     t0 = time.time()
-    out = _check_out(cfg.out, "--out")
-    probs_path = _check_out(cfg.probs, "--probs") if cfg.probs else None
+    paths = check_outputs({"--out": cfg.out, "--probs": cfg.probs})  # before any work: no write destroys
+    out, probs_path = paths["--out"], paths.get("--probs")
     run = open_run(cfg.run)
     store = open_store(cfg.store)
     rows = index_ids(store, cfg.split)
@@ -96,19 +92,19 @@ def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
     ids = run.label_ids
     where = {k: i for i, k in enumerate(scored.ids.tolist())}
     decided = scored.probs >= thresholds[None, :]
-    lines, missing = ["image_id,label_id"], 0
+    lines, missing = [], 0
     fallback_text = " ".join(map(str, fallback))
     for image_id in rows:
         i = where.get(image_id)
         if i is None:
             missing += 1
-            lines.append(f"{image_id},{fallback_text}")
+            lines.append((image_id, fallback_text))
         else:
-            lines.append(f"{image_id},{' '.join(map(str, ids[decided[i]]))}")
+            lines.append((image_id, " ".join(map(str, ids[decided[i]]))))
     if probs_path is not None:
-        write_predictions(probs_path, scored.take([i for i in rows if i in where]), ids, thresholds,
+        write_predictions(prepare(probs_path), scored.take([i for i in rows if i in where]), ids, thresholds,
                           scorer.source(store, cfg.split))
-    write_text_atomic(out, "\n".join(lines) + "\n")
+    write_text_atomic(prepare(out), csv_text(["image_id", "label_id"], lines))
     n = len(scored.ids)
     return StageResult(
         stage="predict", key=config_key(cfg), output=str(out), seconds=time.time() - t0, ran=1,
@@ -172,7 +168,7 @@ def tag_images(run_path: str, sources: Sequence[str], store: Optional[str] = Non
         try:
             jpegs.append(process(read_source(src), spec)[0])
         except ImageRejected as e:
-            raise UserError(f"{src}: {e} ({e.status}); pass a photo (JPEG, PNG, WebP, ...)") from None
+            raise UserError(f"{src}: {e} ({e.status}); {ADVICE[e.status]}") from None
     scorer = scorer_for(run, checkpoint, tta, device)
     wide = None
     if scorer.feature_keys():
