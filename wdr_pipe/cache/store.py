@@ -34,6 +34,7 @@ from .. import __version__
 from ..errors import UserError
 from .commit import commit_path, shard_identity
 from .derived import Derived
+from .doctor import note_opened
 from .jsonfile import read_json, write_json
 from .keys import canonical_json
 from .schema import SCHEMA_VERSION
@@ -50,6 +51,7 @@ class Store:
         marker = self.root / "_store.json"
         if marker.exists():
             self.schema_version = self._check(marker)
+            note_opened(self.root)  # a failure while reading it gets its damaged file named (doctor.py)
         elif create:
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(marker, {"schema_version": SCHEMA_VERSION, "created_by": f"wdr-pipe {__version__}"})

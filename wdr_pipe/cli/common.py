@@ -91,9 +91,13 @@ def unexpected(kind: str, message: str, where: str) -> Failure:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Every failure as one line and the exit code of its kind: never a traceback on the terminal."""
+    """Every failure as one line and the exit code of its kind: never a traceback on the terminal. An
+    unexpected error in a command that read a store whose files do not read is that file, named, with its fix."""
+    from ..cache.doctor import damaged_file, watching
+
     try:
-        yield
+        with watching() as stores:
+            yield
     except BadSetting as e:
         raise Failure(str(e), EXIT_USAGE) from e
     except TooManyFailed as e:
@@ -106,7 +110,10 @@ def user_errors() -> Iterator[None]:
         raise Failure(INTERRUPTED, EXIT_INTERRUPTED) from None
     except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise
-    except Exception as e:  # a bug or a broken setup: one line here, the traceback in a file
+    except Exception as e:  # a damaged store, else a bug or a broken setup: one line, the traceback in a file
+        damage = damaged_file(stores)
+        if damage:
+            raise Failure(damage, EXIT_USER) from e
         raise unexpected(type(e).__name__, str(e), _crash_log(e)) from e
 
 
