@@ -93,7 +93,8 @@ def unexpected(kind: str, message: str, where: str) -> Failure:
 def user_errors() -> Iterator[None]:
     """Every failure as one line and the exit code of its kind: never a traceback on the terminal. An
     unexpected error in a command that read a store whose files do not read is that file, named, with its fix."""
-    from ..cache.doctor import damaged_file, watching
+    from ..cache.doctor import damaged_file
+    from ..cache.store import watching
 
     try:
         with watching() as stores:
@@ -236,6 +237,18 @@ def store_option(create: bool = False):
     return click.option("--store", "store", required=True, callback=not_empty,
                         type=click.Path(file_okay=False, exists=not create),
                         help="Store folder" + (" (created if missing)." if create else "."))
+
+
+def given_options(names) -> dict:
+    """The options of ``names`` that the command line gave (not their defaults), by parameter name."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = {n: ctx.params[n] for n in names
+             if n in ctx.params and ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)}
+    if ctx.params.get("workers") is not None:  # --loader-workers' earlier name
+        given["loader_workers"] = ctx.params["workers"]
+    return given
 
 
 def json_option(f):

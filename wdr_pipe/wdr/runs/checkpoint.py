@@ -45,7 +45,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import numpy as np
 import torch
 
-from ...cache.tensorfile import OldFormat, read_tree, write_tree
+from ...cache.tensorfile import OldFormat, read_skeleton, read_tree, write_tree
 from ...errors import DiskFull, UserError
 
 KIND = "checkpoint"  # the tensorfile kind of a checkpoint
@@ -95,6 +95,12 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
                         "conversion trusts the file)") from None
 
 
+def saved_step(path: Path) -> int:
+    """The step a checkpoint was saved at, from its header alone (0 when there is no readable one)."""
+    tree = read_skeleton(path, KIND) if Path(path).exists() else None
+    return int(tree.get("step", 0)) if isinstance(tree, dict) else 0
+
+
 def checkpoint_dict(c: Counters, *, model, ema, settings: Dict[str, Any], label_ids, world_size: int,
                     optimizer=None, scheduler=None, loader=None, rngs: Optional[List[Any]] = None) -> Dict[str, Any]:
     """The checkpoint of this moment; a full one (``optimizer`` given) also holds what resuming needs."""
@@ -132,6 +138,8 @@ def restore(ckpt: Dict[str, Any], where: Path, *, model, optimizer, scheduler, e
     loader.load_state_dict(ckpt["loader"])
     c = Counters(*(ckpt[k] for k in ("step", "epoch", "samples", "best", "best_step")),
                  meter={**ckpt["meter"], "images": 0}, watch=dict(ckpt.get("watch") or {}))
+    if rate_changed:  # the loss watch starts again from the first loss: the new rate is judged on its own
+        c.watch = {k: v for k, v in c.watch.items() if k in ("first", "first_step")}
     if rate_changed and scheduler is not None:
         scheduler.step_update(num_updates=c.step)  # the new schedule's rate at this step
     set_rng_state(ckpt["rng"][rank])
@@ -186,5 +194,6 @@ def state_digest(state: Dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["KIND", "SUFFIX", "Counters", "Trained", "checkpoint_dict", "convert_command", "eval_weights", "load_checkpoint", "restore", "rng_state",
-           "save_checkpoint", "set_rng_state", "state_digest", "trained_weights"]
+__all__ = ["KIND", "SUFFIX", "Counters", "Trained", "checkpoint_dict", "convert_command", "eval_weights",
+           "load_checkpoint", "restore", "rng_state", "save_checkpoint", "saved_step", "set_rng_state", "state_digest",
+           "trained_weights"]
