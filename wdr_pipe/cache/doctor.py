@@ -3,7 +3,7 @@
 Readers trust a committed store (a commit marker promises its files). When a file
 was damaged or removed since, pyarrow's error names neither the file nor the fix
 ("Parquet magic bytes not found in footer", a bare ``FileNotFoundError``). The
-CLI watches which stores a command opens (``watching``; ``Store`` notes itself),
+CLI watches which stores a command opens (``store.watching``; a ``Store`` notes itself),
 and when the command fails with an error that is not a ``UserError`` it asks
 ``damaged_file`` to look at those stores: the first file that a marker promises
 but that is missing, or whose Parquet head or footer does not read, comes back
@@ -13,30 +13,14 @@ large store, and run only after a failure.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pyarrow.parquet as pq
 
-_OPENED: Optional[List[Path]] = None  # the stores opened inside ``watching``, in order
+from .store import LABEL_STATS_TABLES, Store, failures_path
+
 MAGIC = b"PAR1"
-
-
-@contextlib.contextmanager
-def watching() -> Iterator[List[Path]]:
-    """The roots of the stores opened inside the block (what ``damaged_file`` then looks at)."""
-    global _OPENED
-    outer, _OPENED = _OPENED, []
-    try:
-        yield _OPENED
-    finally:
-        _OPENED = outer
-
-
-def note_opened(root: Path) -> None:
-    if _OPENED is not None and root not in _OPENED:
-        _OPENED.append(root)
 
 
 def parquet_problem(path: Path) -> Optional[str]:
@@ -60,8 +44,6 @@ def _markers(folder: Path):
 
 def damaged_file(roots: List[Path]) -> Optional[str]:
     """One line naming the first damaged file of the stores at ``roots`` and its fix; None when all read."""
-    from .store import Store
-
     for root in roots:
         try:
             found = _first_damaged(Store(root))
@@ -74,8 +56,6 @@ def damaged_file(roots: List[Path]) -> Optional[str]:
 
 def _checks(store) -> List[Tuple[Path, str]]:
     """(file, the fix when it does not read) of every Parquet file the store's markers promise."""
-    from .store import LABEL_STATS_TABLES, failures_path
-
     root = store.root
     again = f"run the same 'wdr-pipe fetch ... --store {root}' again"
     checks = [(p, f"remove it and {again} with its index") for p in sorted((root / "index").glob("*.parquet"))]
@@ -108,4 +88,4 @@ def _first_damaged(store) -> Optional[str]:
     return None
 
 
-__all__ = ["damaged_file", "note_opened", "parquet_problem", "watching"]
+__all__ = ["damaged_file", "parquet_problem"]

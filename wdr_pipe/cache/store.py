@@ -17,15 +17,17 @@ Layout (see docs/store.md)::
     STORE/embeddings/<key>/<split>/_search/{vectors.npy, ids.parquet, manifest.json}
     STORE/stats/<split>/*.parquet, config.json   the label statistics (config.json written last)
     STORE/_logs/<stage>-<time>-<pid>.log         the traceback of a task that failed unexpectedly
+    <a stage's output folder>/.lock              while a stage writes there: its OS file lock (``writing``)
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,13 +36,32 @@ from .. import __version__
 from ..errors import UserError
 from .commit import commit_path, shard_identity
 from .derived import Derived
-from .doctor import note_opened
 from .jsonfile import read_json, write_json
+from .lock import FileLock
 from .keys import canonical_json
 from .schema import SCHEMA_VERSION
 
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 LABEL_STATS_TABLES = ("label_counts", "cooccurrence", "label_embeddings", "label_weights", "sample_weights")
+
+
+_OPENED: Optional[List[Path]] = None  # the stores opened inside ``watching``, in order
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[List[Path]]:
+    """The roots of the stores opened inside the block (what ``doctor.damaged_file`` looks at after a failure)."""
+    global _OPENED
+    outer, _OPENED = _OPENED, []
+    try:
+        yield _OPENED
+    finally:
+        _OPENED = outer
+
+
+def _note_opened(root: Path) -> None:
+    if _OPENED is not None and root not in _OPENED:
+        _OPENED.append(root)
 
 
 class Store:
@@ -51,7 +72,7 @@ class Store:
         marker = self.root / "_store.json"
         if marker.exists():
             self.schema_version = self._check(marker)
-            note_opened(self.root)  # a failure while reading it gets its damaged file named (doctor.py)
+            _note_opened(self.root)  # a failure while reading it gets its damaged file named (doctor.py)
         elif create:
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(marker, {"schema_version": SCHEMA_VERSION, "created_by": f"wdr-pipe {__version__}"})
@@ -141,6 +162,25 @@ class Store:
         the commit)."""
         d = self.search_dir(key, split)
         return {"vectors": d / "vectors.npy", "ids": d / "ids.parquet", "manifest": d / "manifest.json"}
+
+    @contextlib.contextmanager
+    def writing(self, stage: str, folders: Sequence[Path]) -> Iterator[None]:
+        """Around a stage that writes ``folders`` (a split's images, a feature key's split ...): each folder's
+        OS file lock (``lock.py``, ``<folder>/.lock`` while held), all or none. A second run of the stage on
+        the same outputs is one line naming the first one's pid (it would redo the same work); the kernel
+        drops the locks of a process that dies, so a killed run never leaves them held."""
+        fix = f"wait for it to finish, then run 'wdr-pipe {stage}' again: it reuses every shard the first one wrote"
+        folders = sorted(set(map(Path, folders)))
+        new = [f for f in folders if not f.exists()]
+        try:
+            with contextlib.ExitStack() as stack:
+                for folder in folders:
+                    stack.enter_context(FileLock(folder / ".lock", f"wdr-pipe {stage}", fix))
+                yield
+        finally:
+            for folder in new:  # made for the lock alone: left as it was
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
     # -- the split's fetch settings (images/<split>/_fetch.json) -------------
     def fetch_settings(self, split: str) -> Optional[dict]:

@@ -281,6 +281,12 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
     t0 = time.monotonic()
     store = as_store(store)
     splits = store.input_splits(splits)
+    with store.writing("embed", [store.embeddings.dir(cfg.key, split) for split in splits]):  # one run at a time
+        return _embed(store, cfg, source, splits, backbone, device, batch_size, rebuild, progress, t0)
+
+
+def _embed(store: Store, cfg: EmbedConfig, source: Dict[str, object], splits: Sequence[str], backbone, device,
+           batch_size: Optional[int], rebuild: bool, progress: Hook, t0: float) -> StageResult:
     tasks, summary, todo = pending_shards(store, splits, cfg, rebuild)
     root = store.embeddings.root(cfg.key)
     details: Dict[str, object] = {"images_computed": 0, "images_per_s": None}

@@ -179,7 +179,7 @@ class RunFolder:
         remove_stale_tmp(self.checkpoints)
 
     def checkpoint(self, which: str = "best") -> Path:
-        """``checkpoints/best.safetensors`` or ``last.safetensors`` to score with; a ``UserError`` that names the fix."""
+        """``checkpoints/best.safetensors`` or ``last.safetensors`` to score with; a ``UserError`` naming the fix."""
         if which not in CHECKPOINTS:
             raise UserError(f"--checkpoint {which}: use one of {', '.join(CHECKPOINTS)}")
         if self.kind == "ensemble":

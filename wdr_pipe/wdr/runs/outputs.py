@@ -36,7 +36,7 @@ def holder(path: Path, folders: Iterable[Path]) -> Optional[str]:
     for folder in folders:
         if is_store(folder):
             return f"the store {folder}"
-        if (folder / "config.json").is_file() and RunFolder(folder).is_run():
+        if RunFolder(folder).is_run():
             return f"the run folder {folder}"
     return None
 
