@@ -107,7 +107,7 @@ def tmpfs(tmp_path):
 # label names and image ids that are legal in a label map and an index, and that a careless tool would run as
 # mathtext, HTML, a spreadsheet formula or a path
 HOSTILE_LABELS = {1: "$\\frac{$", 2: "=cmd|' /C calc'!A0", 3: "<script>alert(1)</script>", 4: "+SUM(1)",
-                  5: "-2+3", 6: "@attack", 7: 'a,b "quoted"', 8: "\ttabbed"}
+                  5: "-2+3", 6: "@attack", 7: 'a,b "quoted"', 8: "- dash"}
 HOSTILE_IDS = ['=HYPERLINK("http://x.example","y")', "a,b", 'quo"te', "line\nbreak", "../../../escape", "-5",
                "@sum"]
 
