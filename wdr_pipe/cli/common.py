@@ -44,9 +44,11 @@ EXIT_CODES = (
     ExitCode(0, "done. For `fetch` this includes images that could not be fetched: they are recorded with their "
                 "reason, counted in the summary and in `wdr-pipe store info`, and `--retry-failed` tries them again",
              "nothing, or look at the failures"),
-    ExitCode(1, "a problem you can fix: an input file (a store, a run folder, a `run` file), a value that does not "
-                "fit them (a split the store lacks, a step the plan lacks), the disk, an unreachable scheduler. "
-                "The line names the file or option and the fix", "follow the line"),
+    ExitCode(1, "a problem you can fix: an input file (a store, a run folder, a `run` file; one that is damaged, or "
+                "a pickle, which is never loaded), a value that does not fit them (a split the store lacks, a step "
+                "the plan lacks), an output that would overwrite a store or a run folder, another process writing "
+                "the same folder, the disk, an unreachable scheduler. The line names the file or option and the "
+                "fix", "follow the line"),
     ExitCode(2, "a bad command line: an unknown option, a missing argument, or a value its option refuses on its "
                 "own: out of range, not one of the choices, malformed (whether click or the command's settings "
                 "find it). The line names the option, the value and what it accepts", "fix the command"),
