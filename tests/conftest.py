@@ -103,6 +103,23 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def cli_run(*args):
+    """The real ``wdr-pipe`` command line, in this process."""
+    from click.testing import CliRunner
+
+    from wdr_pipe.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def error_line(res) -> str:
+    """A command's refusal: exit 1, one ``Error:`` line, the last one (log lines may come before), no traceback."""
+    lines = res.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert res.exit_code == 1 and errors == lines[-1:] and "Traceback" not in res.output, res.output
+    return errors[0]
+
+
 # -- a run folder and a store as a colleague might share them (tests/test_hostile.py, test_outputs.py) ---------
 # label names and image ids that are legal in a label map and an index, and that a careless tool would run as
 # mathtext, HTML, a spreadsheet formula or a path

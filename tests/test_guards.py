@@ -19,27 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 import wdr_pipe
+from conftest import cli_run, error_line
 from wdr_pipe.cache import Store
 from wdr_pipe.cache.lock import FileLock, Locked
-from wdr_pipe.cli import cli
 from wdr_pipe.demo.serve import ImageServer
 
 REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 SMALL = ["--image-size", "64", "--batch-size", "16", "--loader-workers", "0", "--checkpoint-every", "0"]
 
 
-def cli_run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def error_line(res) -> str:
-    lines = res.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("Error:")]
-    assert res.exit_code == 1 and errors == [lines[-1]] and "Traceback" not in res.output, res.output
-    return errors[0]
 
 
 def wdr_pipe_process(*args, **kw) -> subprocess.Popen:

@@ -14,9 +14,7 @@ import shutil
 
 import pytest
 import torch
-from click.testing import CliRunner
-
-from wdr_pipe.cli import cli
+from conftest import cli_run, error_line
 from wdr_pipe.wdr.embed.stage import EmbedConfig
 from wdr_pipe.wdr.model.backbone import file_sha256
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint, state_digest
@@ -73,16 +71,6 @@ def point_embeddings_at(w, checkpoint):
     return key
 
 
-def cli_run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line(res) -> str:
-    """The command's error: one line, the last one (log lines may come before it), and no traceback."""
-    lines = res.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("Error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in res.output, res.output
-    return errors[0]
 
 
 # case: (files to craft, relative to the world, or to remove: "rm:PATH"; the command; what its one line says)
@@ -142,10 +130,10 @@ def test_a_crafted_file_is_refused_in_one_line_and_never_runs(world, case):
             (world.tmp / rel[3:]).unlink()
         else:
             craft(world.tmp / rel, marker, "torch.save" if i % 2 == 0 else "pickle")
-    res = cli_run(command(world))
+    res = cli_run(*command(world))
     assert not marker.exists(), f"{case}: the crafted file ran"
     assert res.exit_code == 1, res.output
-    assert says in one_line(res)
+    assert says in error_line(res)
 
 
 @pytest.mark.parametrize("args", [lambda w: ["store", "info", w.store], lambda w: ["compare", w.run, w.ensemble],
@@ -162,7 +150,7 @@ def test_commands_that_do_not_need_those_files_never_open_them(world, args):
 
     with open(vectors, "wb") as f:
         np.save(f, np.array([Payload(marker)], dtype=object), allow_pickle=True)
-    res = cli_run(args(world))
+    res = cli_run(*args(world))
     assert not marker.exists()
     assert res.exit_code == 0, res.output
 
@@ -178,9 +166,9 @@ def test_convert_checkpoint_turns_a_real_old_run_into_the_same_weights(world):
         (world.run / "checkpoints" / f"{name}.safetensors").unlink()
     assert isinstance(torch.load(world.run / "checkpoints" / "last.pt", weights_only=False)["rng"][0]["numpy"][1],
                       __import__("numpy").ndarray)
-    res = cli_run(["evaluate", "--store", world.store, "--run", world.run, *FAST])
-    assert res.exit_code == 1 and "the conversion trusts the files" in one_line(res)
-    res = cli_run(["convert-checkpoint", world.run])
+    res = cli_run("evaluate", "--store", world.store, "--run", world.run, *FAST)
+    assert res.exit_code == 1 and "the conversion trusts the files" in error_line(res)
+    res = cli_run("convert-checkpoint", world.run)
     assert res.exit_code == 0, res.output
     assert "2 file(s) converted" in res.output and not list((world.run / "checkpoints").glob("*.pt"))
     for name, ckpt in before.items():
@@ -188,11 +176,11 @@ def test_convert_checkpoint_turns_a_real_old_run_into_the_same_weights(world):
         assert state_digest(back["model"]) == state_digest(ckpt["model"]) and back["step"] == ckpt["step"]
     assert back["rng"][0]["python"] == ckpt["rng"][0]["python"] and back["optimizer"]["param_groups"] == \
         ckpt["optimizer"]["param_groups"]
-    res = cli_run(["evaluate", "--store", world.store, "--run", world.run, "--no-report", *FAST])
+    res = cli_run("evaluate", "--store", world.store, "--run", world.run, "--no-report", *FAST)
     assert res.exit_code == 0, res.output
     again = json.loads((world.run / "eval" / "validation" / "metrics.json").read_text())
     assert again["micro_f1"] == pytest.approx(metrics["micro_f1"])
-    assert "nothing to convert" in cli_run(["convert-checkpoint", world.run]).output
+    assert "nothing to convert" in cli_run("convert-checkpoint", world.run).output
 
 
 def test_a_stacker_of_the_old_format_converts_and_an_object_array_is_refused(world):
@@ -202,16 +190,16 @@ def test_a_stacker_of_the_old_format_converts_and_an_object_array_is_refused(wor
     stacker = folder.read_stacker()
     folder.stacker.unlink()
     np.savez(world.ensemble / "stacker.npz", **stacker)
-    res = cli_run(["evaluate", "--store", world.store, "--run", world.ensemble, *FAST])
-    assert res.exit_code == 1 and "stacker.npz in the pickle format" in one_line(res)
-    assert cli_run(["convert-checkpoint", world.ensemble]).exit_code == 0
+    res = cli_run("evaluate", "--store", world.store, "--run", world.ensemble, *FAST)
+    assert res.exit_code == 1 and "stacker.npz in the pickle format" in error_line(res)
+    assert cli_run("convert-checkpoint", world.ensemble).exit_code == 0
     assert all(np.array_equal(folder.read_stacker()[k], stacker[k]) for k in stacker)
     folder.stacker.unlink()
     marker = world.tmp / "RAN"
     np.savez(world.ensemble / "stacker.npz", coef=np.array([Payload(marker)], dtype=object),
              intercept=stacker["intercept"], fitted=stacker["fitted"])
-    res = cli_run(["convert-checkpoint", world.ensemble])
-    assert res.exit_code == 1 and "not a stacker of wdr-pipe" in one_line(res) and not marker.exists()
+    res = cli_run("convert-checkpoint", world.ensemble)
+    assert res.exit_code == 1 and "not a stacker of wdr-pipe" in error_line(res) and not marker.exists()
 
 
 def test_no_pickle_is_written_anywhere(shared):

@@ -17,12 +17,10 @@ import struct
 import zlib
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import HOSTILE_IDS, HOSTILE_LABELS
+from conftest import HOSTILE_IDS, HOSTILE_LABELS, cli_run, error_line
 from wdr_pipe.cache import index_ids
-from wdr_pipe.cli import cli
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
 from wdr_pipe.wdr.runs.evalfiles import read_cell, safe_cell
 from wdr_pipe.wdr.runs.folder import RunFolder
@@ -30,16 +28,6 @@ from wdr_pipe.wdr.runs.folder import RunFolder
 FAST = ["--loader-workers", "0", "--batch-size", "16"]
 
 
-def cli_run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def error_line(res) -> str:
-    """The command's error: exit 1, one ``Error:`` line, the last one, no traceback."""
-    lines = res.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("Error:")]
-    assert res.exit_code == 1 and errors == [lines[-1]] and "Traceback" not in res.output, res.output
-    return errors[0]
 
 
 @pytest.fixture
