@@ -94,6 +94,7 @@ def test_submission_keeps_every_id_one_field_and_neutralises_formulas(copies, tm
     assert written['=HYPERLINK("http://x.example","y")'] == '\'=HYPERLINK("http://x.example","y")'
     assert written["@sum"] == "'@sum" and written["-5"] == "-5" and written["line\nbreak"] == "line\nbreak"
     assert not [r[0] for r in rows[1:] if r[0][:1] in "=+-@\t\r" and r[0] != "-5"]
+    assert not [p for p in tmp_path.parents[1].rglob("escape*")]  # an id is never a path
 
 
 def test_per_label_csv_and_the_report_show_label_names_as_text(shared):
@@ -160,6 +161,20 @@ def test_a_text_file_or_a_bomb_as_a_photo_is_one_line_before_any_model(shared, t
                        (("similar", "--store", shared.store, bomb), "pass a smaller image")]:
         line = error_line(cli_run(*args))
         assert says in line and "tjDecompress" not in line
+
+
+def test_a_photo_url_that_drips_is_one_line_within_its_bound(shared, monkeypatch):
+    import time
+
+    import wdr_pipe.wdr.score.predict as predict
+    from wdr_pipe.demo.serve import ImageServer
+
+    monkeypatch.setattr(predict, "DEADLINE", 1.0)
+    with ImageServer(shared.data_root) as srv:
+        t0 = time.monotonic()
+        line = error_line(cli_run("predict", "--run", shared.run,
+                                  srv.fault_url("drip", shared.photo.relative_to(shared.data_root).as_posix())))
+    assert "still downloading after 1 s" in line and time.monotonic() - t0 < 30
 
 
 @pytest.mark.parametrize("damage, command, says", [

@@ -55,6 +55,7 @@ from .evaluate import label_names
 
 log = logging.getLogger("wdr_pipe")
 MAX_BYTES = 20 * 2 ** 20
+DEADLINE = 60.0  # seconds for a whole URL download (a server may drip bytes within every timeout)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -116,7 +117,8 @@ def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
 
 # -- new photos --------------------------------------------------------------------------------
 def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> bytes:
-    """The bytes of an image file or URL; a ``UserError`` naming the input and the fix."""
+    """The bytes of an image file or URL; a ``UserError`` naming the input and the fix. A URL is bounded:
+    ``timeout`` for each network wait, ``DEADLINE`` seconds for the whole download, ``max_bytes``."""
     if _URL.match(src):
         scheme = src.split(":", 1)[0].lower()
         if scheme not in ("http", "https", "file"):
@@ -124,7 +126,7 @@ def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> 
         try:
             request = urllib.request.Request(src, headers={"User-Agent": "wdr-pipe"})
             with urllib.request.urlopen(request, timeout=timeout) as r:
-                data = r.read(max_bytes + 1)
+                data = _read_bounded(r, src, max_bytes, time.monotonic() + DEADLINE)
         except urllib.error.HTTPError as e:
             raise UserError(f"{src}: the server answered HTTP {e.code} ({e.reason}); check the URL") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -145,6 +147,21 @@ def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> 
         raise UserError(f"{src}: no such file; pass an image file or an http(s) URL") from None
     except OSError as e:
         raise UserError(f"{src}: cannot be read ({e.strerror}); check its permissions") from None
+
+
+def _read_bounded(response, src: str, max_bytes: int, deadline: float) -> bytes:
+    """What arrives as it arrives (``read1``), until the end, ``max_bytes`` + 1 or the deadline."""
+    data = bytearray()
+    read = getattr(response, "read1", response.read)
+    while len(data) <= max_bytes:
+        chunk = read(min(1 << 16, max_bytes + 1 - len(data)))
+        if not chunk:
+            break
+        data += chunk
+        if time.monotonic() > deadline:
+            raise UserError(f"{src}: still downloading after {DEADLINE:g} s (a server that sends too slowly); "
+                            "download the image and pass the file")
+    return bytes(data)
 
 
 WideFn = Callable[[Any, str, List[bytes]], np.ndarray]  # (store, feature key, stored JPEGs) -> (N, D)
