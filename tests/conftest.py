@@ -101,3 +101,78 @@ def tmpfs(tmp_path):
     yield mount
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def cli_run(*args):
+    """The real ``wdr-pipe`` command line, in this process."""
+    from click.testing import CliRunner
+
+    from wdr_pipe.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def error_line(res) -> str:
+    """A command's refusal: exit 1, one ``Error:`` line, the last one (log lines may come before), no traceback."""
+    lines = res.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert res.exit_code == 1 and errors == lines[-1:] and "Traceback" not in res.output, res.output
+    return errors[0]
+
+
+# -- a run folder and a store as a colleague might share them (tests/test_hostile.py, test_outputs.py) ---------
+# label names and image ids that are legal in a label map and an index, and that a careless tool would run as
+# mathtext, HTML, a spreadsheet formula or a path
+HOSTILE_LABELS = {1: "$\\frac{$", 2: "=cmd|' /C calc'!A0", 3: "<script>alert(1)</script>", 4: "+SUM(1)",
+                  5: "-2+3", 6: "@attack", 7: 'a,b "quoted"', 8: "- dash"}
+HOSTILE_IDS = ['=HYPERLINK("http://x.example","y")', "a,b", 'quo"te', "line\nbreak", "../../../escape", "-5",
+               "@sum"]
+
+
+@pytest.fixture(scope="session")
+def shared(synth_data, tmp_path_factory):
+    """What users share, built once by the real stages: a store (the synthetic data set with a vendor's label
+    map of ``HOSTILE_LABELS`` and test rows under ``HOSTILE_IDS``, label statistics, the run's embeddings with
+    their search index), a finished run (``run``, evaluated with saliency maps and its report), a copy of it
+    (``twin``) and a stacked ensemble of the two (``ensemble``). Tests copy what they change."""
+    import csv
+    import types
+
+    from wdr_pipe.pipeline.configs import FetchConfig, FetchOptions, StatsConfig
+    from wdr_pipe.pipeline.fetch import fetch
+    from wdr_pipe.pipeline.stats import compute_stats
+    from wdr_pipe.report import build_report
+    from wdr_pipe.wdr.embed.search import build_index
+    from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings
+    from wdr_pipe.wdr.score.ensemble import EnsembleConfig, make_ensemble
+    from wdr_pipe.wdr.score.evaluate import EvalConfig, evaluate
+    from wdr_pipe.wdr.train.config import TrainConfig
+    from wdr_pipe.wdr.train.loop import train
+
+    data_root, records = synth_data
+    base = tmp_path_factory.mktemp("shared")
+    with open(data_root / "label_map.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    for r in rows[1:]:
+        r[2] = HOSTILE_LABELS.get(int(r[0]), r[2])
+    with open(base / "label_map.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    test = [r for r in records if r.split == "test"]
+    odd = [synth.Record("test", i, r.labels, r.path) for i, r in zip(HOSTILE_IDS, test)]
+    paths = synth.write_fgvc5_json(base, [*records, *odd], data_root.as_uri())
+    store, runs = base / "store", base / "runs"
+    fetch(store, [paths[s] for s in sorted(paths)], FetchConfig(size=96), FetchOptions(shard_size=40, threads=4),
+          label_map=base / "label_map.csv", scheduler="inline")
+    compute_stats(store, cfg=StatsConfig(epochs=50))
+    run = runs / "run"
+    train(TrainConfig(store=str(store), out=str(run), image_size=64, batch_size=16, loader_workers=0, epochs=2,
+                      checkpoint_every=0, lr=1e-3, pretrained=True))
+    evaluate(EvalConfig(store=str(store), run=str(run), saliency=2, loader_workers=0, batch_size=16),
+             before_commit=lambda: build_report(run, "validation", store))
+    shutil.copytree(run, runs / "twin")
+    make_ensemble(EnsembleConfig(runs=(str(run), str(runs / "twin")), out=str(runs / "ensemble"), method="stack",
+                                 store=str(store), folds=2, loader_workers=0, batch_size=16))
+    key = compute_embeddings(store, EmbedSpec(run=str(run))).key
+    build_index(store, key, "train")
+    return types.SimpleNamespace(store=store, run=run, twin=runs / "twin", ensemble=runs / "ensemble", key=key,
+                                 photo=data_root / test[0].path, data_root=data_root, base=base)

@@ -30,7 +30,7 @@ ALLOWED = {
 }
 # file and folder names of the store (docs/store.md): only wdr_pipe/cache may spell them in code
 STORE_FILES = {"_store.json", "_fetch.json", "_duplicates.parquet", "label_map.parquet", ".stats.json",
-               ".failures.parquet", "config.json", "result.json", "index.faiss", "ids.parquet", "manifest.json"}
+               ".failures.parquet", "config.json", "result.json", "vectors.npy", "ids.parquet", "manifest.json"}
 STORE_NAMES = {"index", "images", "features", "stats", "embeddings", "_search", ".parquet", *STORE_FILES}
 # input data sets (not stores) have an images/ folder of their own,
 # and a run folder (not a store) has files of its own, named in wdr/runs/ alone

@@ -138,7 +138,7 @@ def test_a_restart_reads_the_kept_probabilities_and_scores_nothing(made, server)
     (record,) = (run / "browse").glob("start-*.json")
     assert [p.stat().st_mtime_ns for p in kept] == mtimes and record.exists()
     # a checkpoint touched since: everything is loaded and checked again, but nothing is scored again
-    ckpt, text = run / "checkpoints" / "best.pt", record.read_bytes()
+    ckpt, text = run / "checkpoints" / "best.safetensors", record.read_bytes()
     was = ckpt.stat()
     os.utime(ckpt, ns=(was.st_atime_ns, was.st_mtime_ns + 10**9))
     try:

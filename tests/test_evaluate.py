@@ -321,7 +321,7 @@ def _other_labels(runs, tmp_path):
 
 @pytest.mark.parametrize("call, message", [
     (lambda s, r, t: evaluate(EvalConfig(store=s, run=str(_no_checkpoint(r, t)), **FAST)),
-     r"no checkpoint checkpoints/best.pt \(the run has not saved one\); train it first \('wdr-pipe train --resume"),
+     r"no checkpoint checkpoints/best.safetensors \(the run has not saved one\); train it first \('wdr-pipe train --resume"),
     (lambda s, r, t: evaluate(EvalConfig(store=s, run=str(t), **FAST)), r"--run .*: not a wdr-pipe run folder"),
     (lambda s, r, t: evaluate(EvalConfig(store=_other_store(s, t), run=str(r / "deep"), **FAST)),
      r"--store .*: its label space \(30 labels, ids 1..30\) differs from the run's \(24 labels, ids 1..24\); use a "

@@ -81,7 +81,7 @@ def test_every_table_and_column_is_documented():
     missing = [f.name for t in tables for f in t if f"`{f.name}`" not in text]
     assert not missing, f"columns not in docs/store.md: {missing}"
     for name in ["_store.json", "label_map.parquet", "failures.parquet", "stats.json", "config.json",
-                 "index.faiss", "ids.parquet", "manifest.json", *[f"{n}.parquet" for n in LABEL_STATS_TABLES]]:
+                 "vectors.npy", "ids.parquet", "manifest.json", *[f"{n}.parquet" for n in LABEL_STATS_TABLES]]:
         assert name in text
 
 

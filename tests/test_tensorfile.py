@@ -90,3 +90,15 @@ def test_object_arrays_and_unknown_types_are_refused_when_written(tmp_path):
     with pytest.raises(TypeError, match="cannot be stored"):
         write_tree(tmp_path / "x", {"a": object()}, "checkpoint")
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_a_safetensors_file_whose_header_length_starts_like_a_pickle_is_read(tmp_path):
+    """The header length is the file's first 8 bytes: 128 + 256 k starts with 0x80, a pickle's first byte."""
+    for pad in range(300):
+        path = tmp_path / "c.safetensors"
+        write_tree(path, {"name": "x" * pad, "w": torch.ones(2)}, "checkpoint")
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length of 128 + 256 k was drawn")
+    assert read_tree(path, "checkpoint", "fix")["name"] == "x" * pad

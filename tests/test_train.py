@@ -8,6 +8,7 @@ A store written by the real stages over a generated data set (160 train and
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,9 @@ import pytest
 import torch
 
 import wdr_pipe
+from click.testing import CliRunner
 from conftest import build_store
+from wdr_pipe.cli import cli
 from wdr_pipe.cache import load_labels
 from wdr_pipe.errors import UserError
 from wdr_pipe.demo import synth
@@ -156,8 +159,8 @@ def test_ddp_two_processes_end_with_identical_weights_and_one_set_of_files(store
     assert r0["details"]["val_images"] == 60  # the padded rows of the last rank counted once
     files = sorted(str(p.relative_to(cfg.out)) for p in Path(cfg.out).rglob("*"))
     events = [f for f in files if f.startswith("tb/")]  # rank 0's TensorBoard file, where tensorboard is installed
-    assert files == sorted(["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.json",
-                            "metrics.jsonl", "result.json", "thresholds.json"] + (["tb", *events] if events else []))
+    assert files == sorted(["checkpoints", "checkpoints/best.safetensors", "checkpoints/last.safetensors",
+                            "config.json", "metrics.jsonl", "result.json", "thresholds.json"] + (["tb", *events] if events else []))
     assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0 alone writes it
     assert [r["step"] for r in metrics(cfg.out)] == [3, 5]
     assert len(load_checkpoint(RunFolder(cfg.out).last)["rng"]) == 2
@@ -248,12 +251,25 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_pa
 
     monkeypatch.setattr(Criterion, "forward", nan_from_the_second_step)
     cfg = cfg_for(store, tmp_path / "nan", lr=1e-3, sched="none", epochs=1, checkpoint_every=1)
-    with pytest.raises(UserError, match=r"diverged at step 2: the loss is nan; the last good checkpoint \(step 1\)"
-                                        r".*lower --lr \(now 0.001\) or with --clip-grad"):
+    with pytest.raises(UserError, match=r"diverged at step 2: the loss is nan at --lr 0.001; the last good "
+                                        r"checkpoint \(step 1\) is kept in .*; continue at a lower rate with "
+                                        r"'wdr-pipe train --resume .* --lr 0.0001'") as refused:
         train(cfg)
     ckpt = load_checkpoint(RunFolder(cfg.out).last)
     assert ckpt["step"] == 1 and all(v.isfinite().all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not RunFolder(cfg.out).result.exists()
+    # the advice is one command that works: run exactly it (the loss is finite again)
+    monkeypatch.undo()
+    command = re.search(r"'wdr-pipe (train --resume .*)'", str(refused.value)).group(1).split()
+    res = CliRunner().invoke(cli, command + ["--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(RunFolder(cfg.out).config.read_text())
+    assert doc["settings"]["lr"] == 1e-4 and [(c["setting"], c["from"], c["to"], c["at_step"]) for c in
+                                              doc["changes"]] == [("lr", 1e-3, 1e-4, 1)]
+    rows = metrics(cfg.out)
+    assert rows[-1]["step"] == 10 and rows[-1]["lr"] == pytest.approx(1e-4)  # the new rate from step 2 on
+    result = json.loads(RunFolder(cfg.out).result.read_text())
+    assert result["details"]["changes"] == doc["changes"] and result["ran"] == 9
 
 
 def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(store, tmp_path, monkeypatch):

@@ -18,6 +18,10 @@ class BadSetting(UserError):
         self.field = field
 
 
+class DiskFull(UserError):
+    """No space left on the device (or the quota) while writing a file; what was written before stays."""
+
+
 class TooManyFailed(UserError):
     """More of the fetched rows failed than ``--max-failed`` allows (the store is written and valid)."""
 

@@ -157,6 +157,20 @@ def _open(data: bytes) -> Image.Image:
         raise ImageRejected("not_image", f"not a decodable image ({kind})") from e
 
 
+# what a person can do about an image that was refused, by status
+ADVICE = {"not_image": "pass a photo (JPEG, PNG, WebP, ...)", "too_many_pixels": "pass a smaller image",
+          "too_small": "pass a larger photo", "decode_error": "the file is damaged; pass another photo"}
+
+
+def check_image(data: bytes, max_pixels: int) -> Tuple[int, int]:
+    """The (width, height) an image file's header gives, before any pixel is decoded (and before any model
+    is loaded for it); ``ImageRejected`` for bytes that are not an image and for more than ``max_pixels``."""
+    w, h = _open(data).size
+    if w * h > max_pixels:
+        raise ImageRejected("too_many_pixels", f"{w}x{h} pixels is over the limit of {max_pixels}")
+    return w, h
+
+
 def _check_size(w: int, h: int, spec: "ResizeSpec") -> None:
     if w * h > spec.max_pixels:
         raise ImageRejected("too_many_pixels", f"{w}x{h} pixels is over the limit of {spec.max_pixels}")

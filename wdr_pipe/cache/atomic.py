@@ -1,10 +1,10 @@
 """Atomic writes: a temporary file in the same folder, fsync, then rename.
 
 A killed run leaves at most a ``.tmp-*`` file behind, never a half-written
-file under the final name. Running out of disk becomes a ``UserError`` that
-names the path. Files are created as ``open`` creates them (mode 0666 less the
-umask), so colleagues and dask workers running as another user can read a
-store on a shared file system when the umask allows it.
+file under the final name. Running out of disk becomes a ``DiskFull`` (a
+``UserError``) that names the path. Files are created as ``open`` creates
+them (mode 0666 less the umask), so colleagues and dask workers running as
+another user can read a store on a shared file system when the umask allows it.
 
 A shard (several files and a commit marker) is replaced, never deleted first:
 ``staged_path`` writes each new file beside the old one (``staging`` collects
@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 from typing import Dict, Iterator
 
-from ..errors import UserError
+from ..errors import DiskFull
 
 TMP_PREFIX = ".tmp-"
 
@@ -41,7 +41,7 @@ def _new_temp(path: Path) -> Path:
 
 def _disk_full(path: Path, e: OSError) -> None:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise UserError(
+        raise DiskFull(
             f"{path}: no space left on device; free some space and run the same command again "
             "(finished shards are kept)"
         ) from e

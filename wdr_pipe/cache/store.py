@@ -14,18 +14,20 @@ Layout (see docs/store.md)::
     STORE/images/<split>/_duplicates.parquet     content stored under several ids
     STORE/features/<key>/...                     a derived family (``derived.py``): config.json,
     STORE/embeddings/<key>/...                   <split>/part-NNNNN.parquet (+ its commit marker)
-    STORE/embeddings/<key>/<split>/_search/{index.faiss, ids.parquet, manifest.json}
+    STORE/embeddings/<key>/<split>/_search/{vectors.npy, ids.parquet, manifest.json}
     STORE/stats/<split>/*.parquet, config.json   the label statistics (config.json written last)
     STORE/_logs/<stage>-<time>-<pid>.log         the traceback of a task that failed unexpectedly
+    <a stage's output folder>/.lock              while a stage writes there: its OS file lock (``writing``)
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,11 +37,31 @@ from ..errors import UserError
 from .commit import commit_path, shard_identity
 from .derived import Derived
 from .jsonfile import read_json, write_json
+from .lock import FileLock
 from .keys import canonical_json
 from .schema import SCHEMA_VERSION
 
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 LABEL_STATS_TABLES = ("label_counts", "cooccurrence", "label_embeddings", "label_weights", "sample_weights")
+
+
+_OPENED: Optional[List[Path]] = None  # the stores opened inside ``watching``, in order
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[List[Path]]:
+    """The roots of the stores opened inside the block (what ``doctor.damaged_file`` looks at after a failure)."""
+    global _OPENED
+    outer, _OPENED = _OPENED, []
+    try:
+        yield _OPENED
+    finally:
+        _OPENED = outer
+
+
+def _note_opened(root: Path) -> None:
+    if _OPENED is not None and root not in _OPENED:
+        _OPENED.append(root)
 
 
 class Store:
@@ -50,6 +72,7 @@ class Store:
         marker = self.root / "_store.json"
         if marker.exists():
             self.schema_version = self._check(marker)
+            _note_opened(self.root)  # a failure while reading it gets its damaged file named (doctor.py)
         elif create:
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(marker, {"schema_version": SCHEMA_VERSION, "created_by": f"wdr-pipe {__version__}"})
@@ -135,9 +158,29 @@ class Store:
         return self.embeddings.dir(key, split) / "_search"
 
     def search_files(self, key: str, split: str) -> Dict[str, Path]:
-        """``index`` (faiss), ``ids`` (index row -> image) and ``manifest`` (written last: the commit)."""
+        """``vectors`` (the index's normalised rows), ``ids`` (index row -> image) and ``manifest`` (written last:
+        the commit)."""
         d = self.search_dir(key, split)
-        return {"index": d / "index.faiss", "ids": d / "ids.parquet", "manifest": d / "manifest.json"}
+        return {"vectors": d / "vectors.npy", "ids": d / "ids.parquet", "manifest": d / "manifest.json"}
+
+    @contextlib.contextmanager
+    def writing(self, stage: str, folders: Sequence[Path]) -> Iterator[None]:
+        """Around a stage that writes ``folders`` (a split's images, a feature key's split ...): each folder's
+        OS file lock (``lock.py``, ``<folder>/.lock`` while held), all or none. A second run of the stage on
+        the same outputs is one line naming the first one's pid (it would redo the same work); the kernel
+        drops the locks of a process that dies, so a killed run never leaves them held."""
+        fix = f"wait for it to finish, then run 'wdr-pipe {stage}' again: it reuses every shard the first one wrote"
+        folders = sorted(set(map(Path, folders)))
+        new = [f for f in folders if not f.exists()]
+        try:
+            with contextlib.ExitStack() as stack:
+                for folder in folders:
+                    stack.enter_context(FileLock(folder / ".lock", f"wdr-pipe {stage}", fix))
+                yield
+        finally:
+            for folder in new:  # made for the lock alone: left as it was
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
     # -- the split's fetch settings (images/<split>/_fetch.json) -------------
     def fetch_settings(self, split: str) -> Optional[dict]:
@@ -220,6 +263,11 @@ def read_columns(paths: List[Path], columns: List[str]) -> pa.Table:
     tables = [pq.read_table(p, columns=columns) for p in paths]
     # permissive: a shard written by another version may differ in nullability flags only
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({c: [] for c in columns})
+
+
+def is_store(folder) -> bool:
+    """``folder`` is a store's root (it has the store marker), whatever its version."""
+    return (Path(folder) / "_store.json").is_file()
 
 
 def open_store(root, create: bool = False) -> Store:

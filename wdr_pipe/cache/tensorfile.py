@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -126,10 +127,30 @@ def write_tree(path, tree: Any, kind: str) -> None:
 
 
 def is_pickle(path) -> bool:
-    """True for a file that starts like ``torch.save`` output or a pickle stream (never opened as one)."""
+    """True for a file that starts like ``torch.save`` output or a pickle stream (never opened as one). A
+    safetensors file (8 bytes of header length, then its JSON header) is not one, whatever its first byte:
+    a header length of 128 + 256 k starts with the byte a pickle starts with."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return False
     return head.startswith(_MAGIC_PICKLE_ZIP) or head[:1] == _MAGIC_PICKLE
+
+
+def read_skeleton(path, kind: str) -> Any:
+    """The plain values of a tree stored by ``write_tree`` (tensors left as ``{"__tensor__": name}``), from
+    the file's header alone; None for anything else (a pickle is never opened as one)."""
+    from safetensors import safe_open
+
+    try:
+        if is_pickle(path):
+            return None
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["tree"]) if meta.get("format") == FORMAT and meta.get("kind") == kind else None
+    except Exception:  # missing, damaged or foreign: the caller reads it properly to get the error
+        return None
 
 
 def read_tree(path, kind: str, fix: str) -> Any:
@@ -163,4 +184,4 @@ def read_tree(path, kind: str, fix: str) -> Any:
                         f"{fix}") from None
 
 
-__all__ = ["FORMAT", "OldFormat", "is_pickle", "pack", "read_tree", "tree_bytes", "unpack", "write_tree"]
+__all__ = ["FORMAT", "OldFormat", "is_pickle", "pack", "read_skeleton", "read_tree", "tree_bytes", "unpack", "write_tree"]

@@ -3,8 +3,9 @@
 ``common.py`` holds what every command shares (errors and exit codes, progress, shared options),
 ``options.py`` makes a command's options from its settings class; ``data.py`` has the data
 commands, ``model.py`` training, ``evaluate.py`` scoring, ``embed.py`` embeddings and search,
-``run.py`` the workflow, ``dev.py`` the generated data, server and demo, ``helpdoc.py`` the
-generated parts of docs/cli.md. Each command parses, calls the library and prints its result's lines.
+``run.py`` the workflow, ``convert.py`` an earlier version's checkpoints, ``dev.py`` the generated
+data, server and demo, ``helpdoc.py`` the generated parts of docs/cli.md. Each command parses,
+calls the library and prints its result's lines.
 """
 from __future__ import annotations
 
@@ -47,6 +48,6 @@ def main() -> None:  # console script entry point
     cli(prog_name="wdr-pipe")
 
 
-from . import browse, data, dev, embed, evaluate, model, run  # noqa: E402,F401  (register the commands)
+from . import browse, convert, data, dev, embed, evaluate, model, run  # noqa: E402,F401  (register the commands)
 
 __all__ = ["cli", "main"]

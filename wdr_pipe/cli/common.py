@@ -44,9 +44,11 @@ EXIT_CODES = (
     ExitCode(0, "done. For `fetch` this includes images that could not be fetched: they are recorded with their "
                 "reason, counted in the summary and in `wdr-pipe store info`, and `--retry-failed` tries them again",
              "nothing, or look at the failures"),
-    ExitCode(1, "a problem you can fix: an input file (a store, a run folder, a `run` file), a value that does not "
-                "fit them (a split the store lacks, a step the plan lacks), the disk, an unreachable scheduler. "
-                "The line names the file or option and the fix", "follow the line"),
+    ExitCode(1, "a problem you can fix: an input file (a store, a run folder, a `run` file; one that is damaged, or "
+                "a pickle, which is never loaded), a value that does not fit them (a split the store lacks, a step "
+                "the plan lacks), an output that would overwrite a store or a run folder, another process writing "
+                "the same folder, the disk, an unreachable scheduler. The line names the file or option and the "
+                "fix", "follow the line"),
     ExitCode(2, "a bad command line: an unknown option, a missing argument, or a value its option refuses on its "
                 "own: out of range, not one of the choices, malformed (whether click or the command's settings "
                 "find it). The line names the option, the value and what it accepts", "fix the command"),
@@ -91,9 +93,14 @@ def unexpected(kind: str, message: str, where: str) -> Failure:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Every failure as one line and the exit code of its kind: never a traceback on the terminal."""
+    """Every failure as one line and the exit code of its kind: never a traceback on the terminal. An
+    unexpected error in a command that read a store whose files do not read is that file, named, with its fix."""
+    from ..cache.doctor import damaged_file
+    from ..cache.store import watching
+
     try:
-        yield
+        with watching() as stores:
+            yield
     except BadSetting as e:
         raise Failure(str(e), EXIT_USAGE) from e
     except TooManyFailed as e:
@@ -106,7 +113,10 @@ def user_errors() -> Iterator[None]:
         raise Failure(INTERRUPTED, EXIT_INTERRUPTED) from None
     except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise
-    except Exception as e:  # a bug or a broken setup: one line here, the traceback in a file
+    except Exception as e:  # a damaged store, else a bug or a broken setup: one line, the traceback in a file
+        damage = damaged_file(stores)
+        if damage:
+            raise Failure(damage, EXIT_USER) from e
         raise unexpected(type(e).__name__, str(e), _crash_log(e)) from e
 
 
@@ -249,9 +259,16 @@ def device_option(default: Optional[str] = "auto", help: str = "auto (CUDA when 
                         help=help)
 
 
-def given(**settings):
-    """The settings a command line gave (``None``: not given, so the config's own default applies)."""
-    return {k: v for k, v in settings.items() if v is not None}
+def given_options(names) -> dict:
+    """The options of ``names`` that the command line gave (not their defaults), by parameter name."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = {n: ctx.params[n] for n in names
+             if n in ctx.params and ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)}
+    if ctx.params.get("workers") is not None:  # --loader-workers' earlier name
+        given["loader_workers"] = ctx.params["workers"]
+    return given
 
 
 def json_option(f):

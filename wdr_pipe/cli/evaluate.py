@@ -12,7 +12,7 @@ import click
 
 from ..wdr.checks import BATCH_SIZE, ENSEMBLE_BOUNDS, EVAL_BOUNDS, SEED, TOP
 from . import cli
-from .common import (CONTEXT, bounded, device_option, echo_result, given, json_option, not_empty, progress_bar,
+from .common import (CONTEXT, bounded, device_option, echo_result, given_options, json_option, not_empty, progress_bar,
                      store_option, user_errors)
 from .model import loader_workers_option
 
@@ -45,7 +45,7 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
     """Score a labelled split with a run: metrics at 0.5 and at the tuned thresholds, per label, and the report.
 
     Writes RUN/eval/SPLIT/: metrics.json (micro_f1 ...), per_label.csv, predictions.parquet,
-    saliency.npz and report.html.
+    saliency.safetensors, report.html and last result.json.
 
     \b
     Examples:
@@ -55,15 +55,18 @@ def evaluate(store, run, split, checkpoint, tta, device, batch_size, loader_work
     from ..wdr.score.evaluate import EvalConfig, evaluate as run_evaluate
 
     with user_errors():
-        cfg = EvalConfig(**given(store=store, run=run, split=split, checkpoint=checkpoint, tta=tta, device=device,
-                                 batch_size=batch_size, loader_workers=loader_workers, saliency=saliency))
-        with progress_bar("evaluate") as bar:
-            result = run_evaluate(cfg, progress=bar)
-        report = None
-        if not no_report:
+        cfg = EvalConfig(store=store, run=run, **given_options(["split", "checkpoint", "tta", "device", "batch_size",
+                                                                 "loader_workers", "saliency"]))
+        made = []
+
+        def make_report():  # before result.json, the evaluation's commit marker
             from ..report import build_report
 
-            report = build_report(run, split, store)
+            made.append(build_report(run, split, store))
+
+        with progress_bar("evaluate") as bar:
+            result = run_evaluate(cfg, progress=bar, before_commit=None if no_report else make_report)
+        report = made[0] if made else None
     if as_json:
         click.echo(json.dumps({"evaluate": result.to_dict(), "report": report.to_dict() if report else None},
                               indent=2, default=str))
@@ -144,9 +147,8 @@ def ensemble(runs, out, method, store, split, folds, seed, checkpoint, tta, devi
     from ..wdr.score.ensemble import EnsembleConfig, make_ensemble
 
     with user_errors():
-        cfg = EnsembleConfig(**given(runs=runs, out=out, method=method, store=store, split=split, folds=folds,
-                                     seed=seed, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
-                                     loader_workers=loader_workers))
+        cfg = EnsembleConfig(runs=runs, out=out, **given_options([
+            "method", "store", "split", "folds", "seed", "checkpoint", "tta", "device", "batch_size", "loader_workers"]))
         with progress_bar("ensemble") as bar:
             result = make_ensemble(cfg, progress=bar)
     echo_result(result, as_json)

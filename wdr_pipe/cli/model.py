@@ -15,8 +15,8 @@ import click
 
 from ..wdr.checks import LOADER_WORKERS, MIN_POSITIVES
 from . import cli
-from .common import (CONTEXT, bounded, device_option, echo_result, json_option, not_empty, progress_bar, store_option,
-                     user_errors)
+from .common import (CONTEXT, bounded, device_option, echo_result, given_options, json_option, not_empty, progress_bar,
+                     store_option, user_errors)
 
 
 def loader_workers_option(default=2, help="Loader worker processes."):
@@ -102,7 +102,8 @@ def _train_options(f):
 @click.option("--out", type=click.Path(file_okay=False), callback=not_empty,
               help="The run folder (config, checkpoints, metrics).")
 @click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False), callback=not_empty,
-              help="Continue the run in this folder with its own settings.")
+              help="Continue the run in this folder with its own settings; with --lr X, at that rate from its "
+                   "last checkpoint (recorded in its config.json). Other options are refused.")
 @_train_options
 @json_option
 def train(store, out, resume_run, as_json, **settings):
@@ -119,14 +120,15 @@ def train(store, out, resume_run, as_json, **settings):
       wdr-pipe train --store store/ --out runs/deep --backbone tf_efficientnet_lite0 --pretrained
       wdr-pipe train --store store/ --out runs/wdr --pretrained --deep fixed --parts deep,wide,recurrent
       wdr-pipe train --resume runs/wdr
+      wdr-pipe train --resume runs/wdr --lr 3e-5     (after a divergence: the same run at a lower rate)
       torchrun --nproc_per_node 2 -m wdr_pipe.cli train --store store/ --out runs/ddp --pretrained
     """
     from ..wdr.train.config import TrainConfig
     from ..wdr.train.loop import resume, train as run_train
 
     with user_errors(), progress_bar("train", unit="step") as bar:
-        if resume_run:
-            result = resume(resume_run, progress=bar)
+        if resume_run:  # the run's own settings; other options refused, but --lr (recorded as a change)
+            result = resume(resume_run, progress=bar, given=given_options([*settings, "store", "out"]))
         else:
             if store is None or out is None:
                 raise click.UsageError("pass --store and --out (or --resume RUN)")

@@ -16,7 +16,6 @@ Sits above the model side (``wdr``, for the run folder) and the store layer.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -69,7 +68,7 @@ def build_report(run_path, split: str = "validation", store: Optional[str] = Non
     _curves(figs, notes, run)
     _thresholds(figs, notes, run, labels)
     if evaluation.saliency.exists():
-        figs["saliency"] = _saliency(evaluation.saliency, dict(zip(labels.ids.tolist(), labels.names)))
+        figs["saliency"] = _saliency(evaluation.read_saliency(), dict(zip(labels.ids.tolist(), labels.names)))
     else:
         notes["saliency"] = "no saliency maps; run evaluate with --saliency N (N > 0)"
     fetch_failures = _failures(figs, notes, st)
@@ -152,10 +151,9 @@ def _failures(figs, notes, st: Optional[Store]) -> Dict[str, Dict[str, int]]:
     return fetch_failures
 
 
-def _saliency(path: Path, names: Dict[int, str]) -> bytes:
-    with np.load(path) as z:
-        images, maps, lids, scores, true = z["image"], z["maps"].astype(np.float32), z["label_ids"], z["scores"], z["true"]
-        all_ids, image_ids = z["all_label_ids"], z["image_id"]
+def _saliency(z: Dict[str, Any], names: Dict[int, str]) -> bytes:
+    images, maps, lids, scores, true = z["image"], z["maps"].astype(np.float32), z["label_ids"], z["scores"], z["true"]
+    all_ids, image_ids = z["all_label_ids"], z["image_id"]
     overlays = np.stack([np.stack([overlay(images[i], maps[i, j]) for j in range(maps.shape[1])])
                          for i in range(len(images))])
     titles, captions = [], []

@@ -20,7 +20,8 @@ def _plt():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": DPI})
+    # text.parse_math off: label names and ids are user text, never mathtext ("$\\frac{$" is a name, not a formula)
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": DPI, "text.parse_math": False})
     return plt
 
 

@@ -173,12 +173,17 @@ def _producer(cfg: WorkflowConfig, name: str) -> str:
 
 
 def _predict_step(cfg: WorkflowConfig) -> Step:
+    from ..wdr.runs.outputs import check_outputs
     from ..wdr.score.predict import PredictConfig, predict_split
 
     flags = dict(cfg.predict)
     name = flags.pop("run")
     with cfg.checking("predict"):
         pc = PredictConfig(store=str(cfg.store), run=str(cfg.runs / name), **flags)
+        # at plan time: no output in the store or a run folder, even one this file has not made yet
+        check_outputs({"out": pc.out, "probs": pc.probs},
+                      reserved=[(cfg.store, "the store of this run file"),
+                                *[(cfg.runs / n, "the run folder") for n in [*cfg.train, *cfg.ensemble]]])
     return Step("predict", [_producer(cfg, name)], lambda progress, force: predict_split(pc, progress=progress),
                 f"predict {pc.split} with {name} -> {pc.out}")
 

@@ -159,6 +159,12 @@ def compute_features(store, splits: Optional[Sequence[str]] = None, cfg: Feature
     Cluster(workers, scheduler)
     store = as_store(store)
     splits = store.input_splits(splits)
+    with store.writing("features", [store.features.dir(cfg.key, split) for split in splits]):
+        return _compute(store, splits, cfg, rebuild, workers, scheduler, progress, timeout, start)
+
+
+def _compute(store, splits: Sequence[str], cfg: FeatureConfig, rebuild: bool, workers: Optional[int],
+             scheduler: Optional[str], progress: Hook, timeout: Optional[float], start: float) -> StageResult:
     root = store.features.root(cfg.key)
     if rebuild or not store.features.config_path(cfg.key).exists():
         write_config(store.features.config_path(cfg.key), cfg, hog_dim=cfg.hog_dim, hist_dim=cfg.hist_dim)

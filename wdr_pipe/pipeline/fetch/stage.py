@@ -6,6 +6,10 @@ not committed yet as dask tasks (``shard.py``), then reports duplicate
 content and returns a summary of the whole split (this run and earlier ones),
 with a line per split for a person.
 
+One fetch at a time writes a split: its ``images/<split>/`` folder is locked while the
+run works (``Store.writing``), so a second fetch of the same split is one line naming
+the first one's pid instead of downloading every shard again beside it.
+
 Resume rules: a shard is skipped when its commit marker exists and covers
 the planned rows; anything else is redone from scratch (a killed run leaves
 no file under a final name). With ``retry_failed`` the failed rows of
@@ -125,6 +129,13 @@ def fetch(store_root, indexes: Sequence, cfg: FetchConfig = FetchConfig(), opts:
         raise BadSetting(f"--limit {limit!r}: {problem} (or leave it out for every row)", "limit")
     store = Store(store_root, create=True)
     splits = ingest(store, indexes, split=split, label_map=label_map, holdout=holdout)
+    with store.writing("fetch", [store.images_dir(name) for name in splits]):  # one fetch per split at a time
+        return _fetch(store, splits, cfg, opts, limit, retry_failed, workers, scheduler, progress, timeout, t0)
+
+
+def _fetch(store: Store, splits: List[str], cfg: FetchConfig, opts: FetchOptions, limit: Optional[int],
+           retry_failed: bool, workers: Optional[int], scheduler: Optional[str], progress: Hook,
+           timeout: Optional[float], t0: float) -> StageResult:
     tasks: List[FetchShard] = []
     planned = {}
     for name in splits:

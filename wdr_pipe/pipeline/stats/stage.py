@@ -80,7 +80,8 @@ def compute_stats(store, splits: Optional[Sequence[str]] = None, cfg: StatsConfi
     summary: Dict[str, dict] = {}
     emit(progress, Progress("stats", total=len(splits)))
     for i, split in enumerate(splits):
-        summary[split] = _one_split(store, split, cfg, key, space, rebuild)
+        with store.writing("stats", [store.label_stats_dir(split)]):  # one run per split at a time
+            summary[split] = _one_split(store, split, cfg, key, space, rebuild)
         emit(progress, Progress("stats", done=i + 1, total=len(splits), ok=i + 1, message=split))
     counts = collections.Counter(s["status"] for s in summary.values())
     result = StageResult("stats", key, str(store.label_stats_root), time.monotonic() - start,

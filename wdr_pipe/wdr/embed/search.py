@@ -9,13 +9,16 @@ embedded on the fly by the backbone, weights and data config of ``KEY``
 (``embed.load_backbone``, which refuses weights that changed since).
 
 The index is ``faiss.IndexFlatIP`` (exact, exhaustive inner product) over the
-L2-normalised float32 vectors, so a score is the cosine similarity. It is built
-once per key and split (``build_index``) and cached under
-``embeddings/<key>/<split>/_search/``: ``index.faiss``, ``ids.parquet`` (index
-row -> image_id, shard, row) and ``manifest.json`` last, which names the
-embedding shards it was built from (their size and commit-marker digest);
-any change of those rebuilds it. Rows whose image failed to decode are left out.
-faiss-cpu is imported on first use.
+L2-normalised float32 vectors, so a score is the cosine similarity. Its rows are
+built once per key and split (``build_index``) and cached under
+``embeddings/<key>/<split>/_search/``: ``vectors.npy`` (the normalised (N, D)
+float32 matrix), ``ids.parquet`` (index row -> image_id, shard, row) and
+``manifest.json`` last, which names the embedding shards it was built from
+(their size and commit-marker digest); any change of those rebuilds it, and so
+does a cache file that does not read back as what the manifest says. Rows whose
+image failed to decode are left out. A faiss index file is never read (its
+format is C++ deserialisation, not data we check): the index is made in memory
+from the vectors, a copy as fast as reading one. faiss-cpu is imported on first use.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from ..checks import K, check_device
 
 log = logging.getLogger("wdr_pipe")
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: vectors.npy instead of a faiss index file
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -101,10 +104,8 @@ def build_index(store, key: Optional[str] = None, split: str = "train", rebuild:
         raise UserError(f"{store.embeddings.dir(key, split)}: no image of split {split!r} has an embedding "
                         "(every one failed to decode); nothing to search")
     faiss.normalize_L2(x)  # in place; all-zero rows stay zero
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    with atomic_path(files["index"]) as tmp:
-        faiss.write_index(index, str(tmp))
+    with atomic_path(files["vectors"]) as tmp, open(tmp, "wb") as f:
+        np.save(f, x, allow_pickle=False)
     write_parquet_atomic(pa.table([pa.concat_arrays(ids), pa.array(shard, pa.string()),
                                    pa.array(np.concatenate(rows))], schema=SEARCH_IDS), files["ids"])
     doc = {"version": INDEX_VERSION, "key": key, "split": split, "rows": int(len(x)), "dim": int(x.shape[1]),
@@ -125,11 +126,28 @@ class SearchIndex:
         self.key = self.store.embeddings.resolve_key(key)
         self.split = split
         self.built = build_index(self.store, self.key, split)
-        files = self.store.search_files(self.key, split)
         t = time.monotonic()
-        self.index = _faiss().read_index(str(files["index"]))
-        self.ids = pq.read_table(files["ids"])
+        try:
+            self.index, self.ids = self._load()
+        except (UserError, OSError, ValueError, pa.ArrowException) as e:  # a damaged cache: built again
+            log.warning("the search index of %s/%s is unreadable (%s); building it again", self.key, split, e)
+            self.built = build_index(self.store, self.key, split, rebuild=True)
+            self.index, self.ids = self._load()
         self.load_seconds = time.monotonic() - t
+
+    def _load(self):
+        """The faiss index made from the cached vectors (read as a plain float32 array, never unpickled), and
+        the ids table; a ``UserError`` when they are not what the manifest says."""
+        files = self.store.search_files(self.key, self.split)
+        doc = read_json(files["manifest"])
+        x = np.load(files["vectors"], mmap_mode="r", allow_pickle=False)
+        ids = pq.read_table(files["ids"])
+        if x.dtype != np.float32 or x.shape != (doc["rows"], doc["dim"]) or ids.num_rows != doc["rows"]:
+            raise UserError(f"{files['vectors']}: {x.dtype} {x.shape} and {ids.num_rows} ids, the manifest says "
+                            f"float32 ({doc['rows']}, {doc['dim']})")
+        index = _faiss().IndexFlatIP(doc["dim"])
+        index.add(np.ascontiguousarray(x))
+        return index, ids
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -212,7 +230,29 @@ def _find_elsewhere(store: Store, key: str, split: str, image_id: str) -> Option
     return None
 
 
-def embed_file(store: Store, key: str, path: Union[str, Path], device: str = "auto") -> np.ndarray:
+def read_query(store: Store, split: str, path: Union[str, Path]) -> bytes:
+    """An image file's bytes, checked to be an image of at most the split's ``max_pixels`` (its fetch
+    settings) from its header alone: before any index is built or model loaded."""
+    from ...imaging import ADVICE, ImageRejected, check_image
+    from ...pipeline.configs import FetchConfig
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror}); pass a readable image file") from None
+    fetched = store.fetch_settings(split)
+    max_pixels = int(fetched["config"].get("max_pixels", FetchConfig().max_pixels)) if fetched else \
+        FetchConfig().max_pixels
+    try:
+        check_image(data, max_pixels)
+    except ImageRejected as e:
+        raise UserError(f"{path}: {e} ({e.status}); {ADVICE[e.status]}") from None
+    return data
+
+
+def embed_file(store: Store, key: str, path: Union[str, Path], device: str = "auto", split: str = "train",
+               data: Optional[bytes] = None) -> np.ndarray:
     """The vector of an image file, by the backbone, weights and data config of embeddings ``key``."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -221,10 +261,7 @@ def embed_file(store: Store, key: str, path: Union[str, Path], device: str = "au
     from .stage import EmbedConfig, load_backbone
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the image file ({e.strerror}); pass a readable image file") from None
+    data = read_query(store, split, path) if data is None else data
     doc = read_json(store.embeddings.config_path(key))
     fields = {f.name for f in dataclasses.fields(EmbedConfig)}
     cfg = EmbedConfig(**{k: v for k, v in doc["config"].items() if k in fields})
@@ -235,7 +272,7 @@ def embed_file(store: Store, key: str, path: Union[str, Path], device: str = "au
     with ThreadPoolExecutor(1) as pool:
         images, errors = decode_all(embedder, pool, [data])
     if errors[0] is not None:
-        raise UserError(f"{path}: unreadable image file ({errors[0]}); pass a JPEG, PNG or WebP image")
+        raise UserError(f"{path}: a corrupt or truncated image (it did not decode); pass another photo")
     return embedder.vectors(images)[0]
 
 
@@ -248,13 +285,14 @@ def similar(store, query: Union[str, Path], *, key: Optional[str] = None, split:
     key = store.embeddings.resolve_key(key)
     if not store.image_shards(split):
         store.require_images(split)
+    text = str(query)
+    data = read_query(store, split, text) if os.path.isfile(text) else None  # checked before any model or index
     index = index if index is not None else SearchIndex(store, key, split)
     t = time.monotonic()
     q: Dict[str, Any] = {}
     own_row = None
-    text = str(query)
-    if os.path.isfile(text):
-        vec = embed_file(store, key, text, device)
+    if data is not None:
+        vec = embed_file(store, key, text, device, split, data)
         q = {"file": text}
     else:
         own_row = index.row_of(text)
@@ -289,4 +327,4 @@ def similar(store, query: Union[str, Path], *, key: Optional[str] = None, split:
                                                "search": round(search_seconds, 6)})
 
 
-__all__ = ["Neighbours", "SearchIndex", "build_index", "embed_file", "normalise", "similar"]
+__all__ = ["Neighbours", "SearchIndex", "build_index", "embed_file", "normalise", "read_query", "similar"]

@@ -177,6 +177,10 @@ def load_backbone(cfg: EmbedConfig, source: Dict[str, object]) -> torch.nn.Modul
     """The backbone of ``cfg`` with its weights from ``source``, checked to be the bytes the key names."""
     if source.get("run"):
         path = Path(str(source["checkpoint"]))
+        run = open_run(str(source["run"]), "the embeddings' --run", kinds=("train",))
+        if path.parent != run.checkpoints or path.stem not in ("best", "last"):
+            raise UserError(f"{path}: not a checkpoint of the run {run.root} these embeddings name (their "
+                            "config.json was edited); embed again with 'wdr-pipe embed --run RUN'")
         if not path.exists() or file_sha256(path) != cfg.weights:
             raise UserError(f"{path}: the checkpoint changed (or is gone) since these embeddings were made; "
                             f"embed again with 'wdr-pipe embed --run {source['run']}'")
@@ -277,6 +281,12 @@ def embed(store, cfg: EmbedConfig, source: Dict[str, object], splits: Optional[S
     t0 = time.monotonic()
     store = as_store(store)
     splits = store.input_splits(splits)
+    with store.writing("embed", [store.embeddings.dir(cfg.key, split) for split in splits]):  # one run at a time
+        return _embed(store, cfg, source, splits, backbone, device, batch_size, rebuild, progress, t0)
+
+
+def _embed(store: Store, cfg: EmbedConfig, source: Dict[str, object], splits: Sequence[str], backbone, device,
+           batch_size: Optional[int], rebuild: bool, progress: Hook, t0: float) -> StageResult:
     tasks, summary, todo = pending_shards(store, splits, cfg, rebuild)
     root = store.embeddings.root(cfg.key)
     details: Dict[str, object] = {"images_computed": 0, "images_per_s": None}

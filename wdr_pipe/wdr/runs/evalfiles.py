@@ -5,8 +5,9 @@
     metrics.json         headline metrics at 0.5 and at the run's thresholds (key ``micro_f1``: tuned)
     per_label.csv        one row per label: id, name, task, support, precision, recall, F1, threshold ...
     predictions.parquet  one row per scored image (schema below)
-    saliency.npz         Grad-CAM maps of a few images (``score/evaluate.py``, ``model/saliency.py``)
+    saliency.safetensors Grad-CAM maps of a few images (``score/evaluate.py``, ``model/saliency.py``)
     report.html          the report (``wdr_pipe.report``), built from the files above
+    result.json          written last: the evaluation's commit marker (after the report, when one is made)
 
 ``predictions.parquet`` (also what ``predict --probs`` writes)::
 
@@ -26,8 +27,9 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +37,9 @@ import pyarrow.parquet as pq
 
 from ...cache.atomic import write_parquet_atomic, write_text_atomic
 from ...cache.jsonfile import read_json, write_json
-from ...errors import UserError
+from ...cache.resultfile import result_path
+from ...cache.tensorfile import read_tree, write_tree
+from ...errors import UserError, first_line
 
 META_KEY = b"wdr_pipe"
 
@@ -96,10 +100,16 @@ def read_meta(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def read_predictions(path: Path) -> Tuple[Scored, Dict[str, Any]]:
-    """A predictions file back as ``Scored`` (labels as multi-hot over its label ids) and its metadata."""
+def read_predictions(path: Path, fix: str = "write it again") -> Tuple[Scored, Dict[str, Any]]:
+    """A predictions file back as ``Scored`` (labels as multi-hot over its label ids) and its metadata; a
+    ``UserError`` naming the file and ``fix`` when it does not read as one."""
     meta = read_meta(path) or {}
-    t = pq.read_table(path)
+    try:
+        t = pq.read_table(path)
+        if "label_ids" not in meta or t.column_names[:4] != ["image_id", "probs", "predicted", "labels"]:
+            raise ValueError("no predictions of wdr-pipe in it")
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise UserError(f"{path}: unreadable predictions ({first_line(e, 200)}); {fix}") from None
     ids = np.asarray(meta["label_ids"], dtype=np.int64)
     col = t.column("probs").combine_chunks()
     probs = col.values.to_numpy().reshape(len(col), len(ids)).astype(np.float32)
@@ -114,17 +124,44 @@ def read_predictions(path: Path) -> Tuple[Scored, Dict[str, Any]]:
     return Scored(image_ids, probs, labels, reused=True), meta
 
 
+# -- CSV files a person opens in a spreadsheet (per_label.csv, the submission, compare --format csv) ------
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def safe_cell(value: Any) -> Any:
+    """A text field that a spreadsheet shows as text: one that starts with ``= + - @``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's advice against CSV injection), and so does one that starts with
+    ``'`` itself, so that ``read_cell`` gives the text back exactly. Numbers, and text that is a plain
+    number such as ``-0.5``, stay as they are."""
+    if isinstance(value, str) and (value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value)
+                                   or value.startswith("'")):
+        return "'" + value
+    return value
+
+
+def read_cell(text: str) -> str:
+    """The text ``safe_cell`` was given."""
+    return text[1:] if text.startswith("'") else text
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as CSV by the csv module (a field with a comma, quote or line break stays one field), every text
+    field through ``safe_cell``."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([safe_cell(h) for h in header])
+    w.writerows([safe_cell(v) for v in row] for row in rows)
+    return out.getvalue()
+
+
 PER_LABEL_COLUMNS = ["label_id", "name", "task", "train_count", "support", "predicted", "precision", "recall", "f1",
                      "threshold", "average_precision", "precision_at_0.5", "recall_at_0.5", "f1_at_0.5"]
 
 
 def per_label_csv(rows: List[Dict[str, Any]]) -> str:
-    out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=PER_LABEL_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return out.getvalue()
+    return csv_text(PER_LABEL_COLUMNS, ([f"{r[k]:.6g}" if isinstance(r[k], float) else r[k] for k in PER_LABEL_COLUMNS]
+                                        for r in rows))
 
 
 def _number(v: str):
@@ -142,8 +179,9 @@ class EvalFolder:
         self.metrics = self.root / "metrics.json"
         self.per_label = self.root / "per_label.csv"
         self.predictions = self.root / "predictions.parquet"
-        self.saliency = self.root / "saliency.npz"
+        self.saliency = self.root / "saliency.safetensors"
         self.report = self.root / "report.html"
+        self.result = result_path(self.root)
 
     @property
     def split(self) -> str:
@@ -159,6 +197,22 @@ class EvalFolder:
     def read_metrics(self) -> Dict[str, Any]:
         return read_json(self.metrics, f"evaluate the split {self.split} again")
 
+    def uncommit(self) -> None:
+        """Before an evaluation writes its files: the old commit marker goes, then the old report (a kill
+        in between leaves no report of other figures, and no marker)."""
+        for path in (self.result, self.report):
+            path.unlink(missing_ok=True)
+
+    def write_saliency(self, maps: Optional[Dict[str, Any]]) -> None:
+        """The Grad-CAM arrays (``score.evaluate.saliency_examples``), or None: the old maps go."""
+        if maps is None:
+            self.saliency.unlink(missing_ok=True)
+        else:
+            write_tree(self.saliency, maps, "saliency")
+
+    def read_saliency(self) -> Dict[str, Any]:
+        return read_tree(self.saliency, "saliency", f"evaluate the split {self.split} again")
+
     def write_per_label(self, rows: List[Dict[str, Any]]) -> None:
         write_text_atomic(self.per_label, per_label_csv(rows))
 
@@ -166,12 +220,12 @@ class EvalFolder:
         """The rows of ``per_label.csv`` as written: numbers as floats, ``name`` and ``task`` as text."""
         try:
             with open(self.per_label, newline="", encoding="utf-8") as f:
-                return [{k: (_number(v) if k not in ("name", "task") else v) for k, v in row.items()}
+                return [{k: (_number(v) if k not in ("name", "task") else read_cell(v)) for k, v in row.items()}
                         for row in csv.DictReader(f)]
         except OSError as e:
             raise UserError(f"{self.per_label}: unreadable ({e.strerror}); evaluate the split {self.split} "
                             "again") from None
 
 
-__all__ = ["EvalFolder", "META_KEY", "PER_LABEL_COLUMNS", "Scored", "per_label_csv", "predictions_table",
-           "read_meta", "read_predictions", "write_predictions"]
+__all__ = ["EvalFolder", "FORMULA_START", "META_KEY", "PER_LABEL_COLUMNS", "Scored", "csv_text", "per_label_csv",
+           "predictions_table", "read_cell", "read_meta", "read_predictions", "safe_cell", "write_predictions"]

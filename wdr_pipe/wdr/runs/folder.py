@@ -4,15 +4,20 @@ Layout::
 
     RUN/config.json            kind, every setting, the store's identity, feature key, label ids,
                                backbone + its pretrained weights' digest, data config (written first)
-    RUN/checkpoints/last.pt    a training run's latest checkpoint (``checkpoint.py``)
-    RUN/checkpoints/best.pt    the checkpoint with the best validation micro-F1 so far
+    RUN/checkpoints/last.safetensors  a training run's latest checkpoint (``checkpoint.py``)
+    RUN/checkpoints/best.safetensors  the checkpoint with the best validation micro-F1 so far
     RUN/metrics.jsonl          one JSON line per validation: step, epoch, loss, lr, images/s, val_*
     RUN/thresholds.json        per-label decision thresholds, tuned on the validation split
-    RUN/stacker.npz            an ensemble's fitted stacker (--method stack), and
+    RUN/stacker.safetensors    an ensemble's fitted stacker (--method stack), and
     RUN/stack_oof.parquet      its out-of-fold probabilities on the fit split
     RUN/eval/<split>/          what evaluate writes (``evalfiles.py``)
     RUN/tb/                    TensorBoard event files (only when tensorboard is installed)
     RUN/result.json            StageResult.to_dict(); written last: its presence means "finished"
+    RUN/.lock                  the OS file lock a training process holds (``train/guards.py``)
+
+A folder that still holds the pickled checkpoints (``checkpoints/*.pt``) or the
+``stacker.npz`` of an earlier wdr-pipe is refused by every command with the one
+conversion command (``convert.py``): nothing is ever unpickled.
 
 ``open_run(path)`` opens a folder of either kind, checked; ``RunFolder(path)``
 alone touches the disk only when asked. Every JSON file goes through
@@ -21,6 +26,7 @@ alone touches the disk only when asked. Every JSON file goes through
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -32,14 +38,18 @@ import numpy as np
 from ...cache import Store
 from ...cache.atomic import remove_stale_tmp, write_text_atomic
 from ...cache.jsonfile import read_json, write_json
-from ...errors import UserError
+from ...cache.tensorfile import read_tree, write_tree
+from ...errors import DiskFull, UserError
 from ...result import StageResult
+from .checkpoint import SUFFIX, convert_command
 from .evalfiles import EvalFolder
 
 log = logging.getLogger("wdr_pipe")
 
 KINDS = {"train": "wdr-pipe train run", "ensemble": "wdr-pipe ensemble run"}  # config.json's "kind"
 CHECKPOINTS = ("best", "last")
+LOCK = ".lock"
+STACKER_KEYS = ("coef", "intercept", "fitted")  # an ensemble's stacker: (L, M), (L,), (L,) bool
 FIX = "restore it, or train the run again"
 # result.json keys of earlier versions -> today's (read_result); "weights_digest" meant the last trained tensors
 RENAMED_DETAILS = {"weights_digest": "final_weights_digest"}
@@ -52,14 +62,15 @@ class RunFolder:
         self.root = Path(root)
         self.config = self.root / "config.json"
         self.checkpoints = self.root / "checkpoints"
-        self.last = self.checkpoints / "last.pt"
-        self.best = self.checkpoints / "best.pt"
+        self.last = self.checkpoints / f"last{SUFFIX}"
+        self.best = self.checkpoints / f"best{SUFFIX}"
         self.metrics = self.root / "metrics.jsonl"
         self.thresholds = self.root / "thresholds.json"
-        self.stacker = self.root / "stacker.npz"
+        self.stacker = self.root / f"stacker{SUFFIX}"
         self.stack_oof = self.root / "stack_oof.parquet"
         self.tb = self.root / "tb"
         self.result = self.root / "result.json"
+        self.lock = self.root / LOCK
         self._doc: Optional[Dict[str, Any]] = None
 
     # -- config.json ------------------------------------------------------------------------
@@ -115,6 +126,21 @@ class RunFolder:
     def train_split(self) -> str:
         return self.settings.get("train_split", "train")
 
+    def pickles(self) -> List[Path]:
+        """Files of an earlier wdr-pipe that were pickles (``checkpoints/*.pt``, ``stacker.npz``)."""
+        found = sorted(self.checkpoints.glob("*.pt")) if self.checkpoints.is_dir() else []
+        return found + [p for p in (self.root / "stacker.npz",) if p.exists()]
+
+    def check_format(self) -> None:
+        """A ``UserError`` for a folder that still holds pickles of an earlier wdr-pipe: one line with the
+        conversion command, never a load."""
+        old = self.pickles()
+        if old:
+            names = ", ".join(str(p.relative_to(self.root)) for p in old)
+            raise UserError(f"{self.root}: {names} in the pickle format of an earlier wdr-pipe, which is never "
+                            f"loaded because unpickling can run code; if you trust this run, convert it with "
+                            f"'{convert_command(self.root)}' (the conversion trusts the files)")
+
     def write_config(self, doc: Dict[str, Any], kind: str = "train") -> None:
         write_json(self.config, {"kind": KINDS[kind], **doc})
         self._doc = None
@@ -139,8 +165,10 @@ class RunFolder:
         if not self.root.is_dir():
             raise UserError(f"{self.root}: is a file, not a run folder; pass a new folder to --out")
         if self.is_run() and self.kind == "train":
+            self.check_format()
             return "finished" if self.finished else "unfinished"
-        if any(p.name != "checkpoints" or any(p.iterdir()) for p in self.root.iterdir()):
+        if any(p.name not in ("checkpoints", LOCK) or (p.is_dir() and any(p.iterdir()))
+               for p in self.root.iterdir()):
             raise UserError(f"{self.root}: not a wdr-pipe run folder (no config.json of a run) and not empty; "
                             "pass a new or empty folder to --out")
         return "new"
@@ -151,7 +179,7 @@ class RunFolder:
         remove_stale_tmp(self.checkpoints)
 
     def checkpoint(self, which: str = "best") -> Path:
-        """``checkpoints/best.pt`` or ``last.pt`` to score with; a ``UserError`` that names the fix."""
+        """``checkpoints/best.safetensors`` or ``last.safetensors`` to score with; a ``UserError`` naming the fix."""
         if which not in CHECKPOINTS:
             raise UserError(f"--checkpoint {which}: use one of {', '.join(CHECKPOINTS)}")
         if self.kind == "ensemble":
@@ -165,17 +193,32 @@ class RunFolder:
         raise UserError(f"{self.root}: no checkpoint {path.relative_to(self.root)} (the run has not saved one); {fix}")
 
     def best_else_last(self, flag: str) -> Path:
-        """The checkpoint other runs start from (``train --init``, ``embed --run``): best.pt, else last.pt."""
+        """The checkpoint other runs start from (``train --init``, ``embed --run``): best, else last."""
         path = self.best if self.best.exists() else self.last
         if not path.exists():
             raise UserError(f"{flag} {self.root}: the run has no checkpoint yet; let it train for an epoch first")
         return path
 
+    # -- stacker.safetensors ----------------------------------------------------------------
+    def write_stacker(self, stacker: Dict[str, np.ndarray]) -> None:
+        write_tree(self.stacker, {k: np.asarray(stacker[k]) for k in STACKER_KEYS}, "stacker")
+
+    def read_stacker(self) -> Dict[str, np.ndarray]:
+        """The stack's per-label models, read as numbers (never unpickled)."""
+        tree = read_tree(self.stacker, "stacker", "make the ensemble again ('wdr-pipe ensemble ... --out NEW')")
+        return {k: np.asarray(tree[k]) for k in STACKER_KEYS}
+
     # -- metrics.jsonl ----------------------------------------------------------------------
     def append_metrics(self, row: Dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.flush()
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"{self.metrics}: no space left on device; free some space and run the same "
+                               "command again (it resumes from the last checkpoint)") from None
+            raise
 
     def read_metrics(self) -> List[Dict[str, Any]]:
         if not self.metrics.exists():
@@ -235,6 +278,7 @@ def open_run(path, flag: str = "--run", kinds: Sequence[str] = ("train", "ensemb
         raise UserError(f"{flag} {root}: not a wdr-pipe run folder (no config.json of a run); {fix}")
     if run.kind not in kinds:
         raise UserError(f"{flag} {root}: the folder of 'wdr-pipe {run.kind}'; {fix}")
+    run.check_format()
     return run
 
 
@@ -247,4 +291,4 @@ def store_identity(store: Store, splits: List[str], feature_key: Optional[str]) 
             "shards": {split: len(store.image_shards(split)) for split in splits}}
 
 
-__all__ = ["CHECKPOINTS", "KINDS", "RunFolder", "open_run", "store_identity"]
+__all__ = ["CHECKPOINTS", "KINDS", "LOCK", "STACKER_KEYS", "RunFolder", "open_run", "store_identity"]

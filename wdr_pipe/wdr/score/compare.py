@@ -11,11 +11,10 @@ recomputed.
 """
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any, Dict, List, Sequence, Tuple
 
 from ...errors import UserError
+from ..runs.evalfiles import csv_text
 from ..runs.folder import RunFolder, open_run
 
 FIGURES = ("micro_f1_at_0.5", "micro_f1_tuned", "macro_f1", "images_per_s", "seconds")
@@ -78,11 +77,7 @@ def compare_runs(paths: Sequence[str], split: str = "validation") -> Tuple[List[
 
 def format_table(header: List[str], rows: List[List[str]], fmt: str = "markdown") -> str:
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-        return buf.getvalue()
+        return csv_text(header, rows)
     if fmt != "markdown":
         raise UserError(f"--format {fmt}: use markdown or csv")
     numeric = {i for i, h in enumerate(header) if h.startswith(("micro", "macro", "train"))}

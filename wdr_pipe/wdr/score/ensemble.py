@@ -19,7 +19,7 @@ that ``evaluate`` and ``predict`` accept like a training run's:
 
 Folder: ``config.json`` (kind ``wdr-pipe ensemble run``, members with their
 checkpoint, step and weights digest, label ids, the store), ``thresholds.json``,
-``stacker.npz`` (stack: ``coef`` (L, M), ``intercept`` (L,), ``fitted`` (L,)),
+``stacker.safetensors`` (stack: ``coef`` (L, M), ``intercept`` (L,), ``fitted`` (L,)),
 ``stack_oof.parquet``, and ``result.json`` last. Members must share their
 label space; an image that some member could not score (failed wide features)
 is left out of the fit and, when scored, gets the mean of the members that did.
@@ -45,6 +45,7 @@ from ...result import StageResult
 from ..checks import ENSEMBLE_BOUNDS, check_device
 from ..runs.evalfiles import Scored, read_predictions, write_predictions
 from ..runs.folder import CHECKPOINTS, RunFolder, open_run
+from ..runs.outputs import check_run_out
 from .scorer import TTA, ModelScorer
 
 log = logging.getLogger("wdr_pipe")
@@ -133,8 +134,7 @@ class EnsembleScorer:
             self.members.append(scorer)
         self.stacker = None
         if self.method == "stack":
-            with np.load(run.stacker) as z:
-                self.stacker = {k: z[k] for k in ("coef", "intercept", "fitted")}
+            self.stacker = run.read_stacker()
         self.checkpoint, self.tta, self.device = "members'", "members'", self.members[0].device
 
     def feature_keys(self) -> List[str]:
@@ -155,7 +155,8 @@ class EnsembleScorer:
                           skipped=parts[0].skipped, seconds=time.perf_counter() - t0)
         fit = self.run.doc["fit"]
         if self.method == "stack" and split == fit["split"] and store.fingerprint(split) == fit["store_fingerprint"]:
-            oof, _ = read_predictions(self.run.stack_oof)
+            oof, _ = read_predictions(self.run.stack_oof,
+                                      "make the ensemble again ('wdr-pipe ensemble ... --out NEW')")
             have = np.isin(combined.ids.astype(str), oof.ids.astype(str))
             combined.probs[have] = oof.take(combined.ids[have]).probs
             log.info("%s: split %s is the stack's fit split: out-of-fold probabilities", self.run.root, split)
@@ -254,7 +255,7 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
     from ..metrics.thresholds import cross_validated_gain, save_thresholds, tune_thresholds
 
     t0 = time.time()
-    out = Path(cfg.out).expanduser().resolve()
+    out = check_run_out(cfg.out)  # not a store, nor inside one or another run
     done = _finished(cfg, out)
     if done is not None:
         return done
@@ -292,11 +293,7 @@ def make_ensemble(cfg: EnsembleConfig, progress: Hook = None) -> StageResult:
            "settings": {"method": cfg.method, "members": ",".join(r.name for r in runs), "checkpoint": cfg.checkpoint,
                         "tta": cfg.tta, "train_split": first.train_split, "val_split": cfg.split}}
     if stacker is not None:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **stacker)
-        write_bytes_atomic(folder.stacker, buf.getvalue())
+        folder.write_stacker(stacker)
         write_predictions(folder.stack_oof, Scored(ids, oof, y), first.label_ids, fit.thresholds,
                           {"split": cfg.split, "store_fingerprint": fingerprint, "out_of_fold": True})
     save_thresholds(folder.thresholds, first.label_ids, fit)

@@ -6,9 +6,11 @@ split (``scorer.py``: streamed through the loader, on CUDA when there is one;
 0.5 and at the run's tuned thresholds (``thresholds.json``): micro and macro
 F1, precision and recall, mean average precision, subset accuracy and
 Hamming accuracy, and the per-label table. Written to ``RUN/eval/<split>/``
-(``evalfiles.py``): ``predictions.parquet``, ``saliency.npz`` (Grad-CAM of a
-few images, ``model/saliency.py``), ``per_label.csv``, ``metrics.json`` and last
-``result.json``.
+(``evalfiles.py``): ``predictions.parquet``, ``saliency.safetensors`` (Grad-CAM
+of a few images, ``model/saliency.py``), ``per_label.csv``, ``metrics.json``, the
+report when the caller builds one (``before_commit``) and last ``result.json``,
+the commit marker. The old marker and report go before anything is written, so a
+kill part-way never leaves a report or a marker of another evaluation.
 
 The tuned thresholds are the run's, tuned on its validation split without
 TTA: on that split the tuned figures are in-sample (``thresholds.json`` of a
@@ -21,14 +23,12 @@ out-of-fold probabilities.
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from ...cache import config_key, label_map, open_store, write_result
-from ...cache.atomic import write_bytes_atomic
 from ...checks import check_all
 from ...errors import UserError
 from ...progress import Hook
@@ -86,8 +86,9 @@ def per_label_rows(label_ids, names, train_counts, y, probs, thresholds) -> List
     return rows
 
 
-def evaluate(cfg: EvalConfig, progress: Hook = None) -> StageResult:
-    """Score ``cfg.split`` with the run and write ``RUN/eval/<split>/``; the result's details hold the metrics."""
+def evaluate(cfg: EvalConfig, progress: Hook = None, before_commit: Optional[Callable[[], Any]] = None) -> StageResult:
+    """Score ``cfg.split`` with the run and write ``RUN/eval/<split>/``; the result's details hold the metrics.
+    ``before_commit``: what to make of the written files before ``result.json`` (the CLI's report)."""
     t0 = time.time()
     run = open_run(cfg.run)
     store = open_store(cfg.store)
@@ -106,15 +107,11 @@ def evaluate(cfg: EvalConfig, progress: Hook = None) -> StageResult:
     maps = None
     if cfg.saliency:  # computed before any file is written: a failure here leaves the folder as it was
         model = scorer if run.kind == "train" else scorer.members[0]
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **saliency_examples(model, store, cfg.split, cfg.saliency, cfg.saliency_labels),
-                            model=np.asarray(str(model.run.root)))
-        maps = buf.getvalue()
+        maps = {**saliency_examples(model, store, cfg.split, cfg.saliency, cfg.saliency_labels),
+                "model": str(model.run.root)}
+    folder.uncommit()
     write_predictions(folder.predictions, scored, run.label_ids, thresholds, source)
-    if maps is not None:
-        write_bytes_atomic(folder.saliency, maps)
-    else:  # maps of an earlier evaluation would not be this one's
-        folder.saliency.unlink(missing_ok=True)
+    folder.write_saliency(maps)  # None: maps of an earlier evaluation would not be this one's
     folder.write_per_label(rows)
     never = [r["label_id"] for r in rows if r["predicted"] == 0 and r["support"] > 0]
     images_per_s = None if scored.reused or not scored.seconds else len(scored.ids) / scored.seconds
@@ -136,14 +133,16 @@ def evaluate(cfg: EvalConfig, progress: Hook = None) -> StageResult:
                  "thresholds": source_of_thresholds, "images_per_s": images_per_s,
                  "labels_never_predicted": len(never)})
     result.summary = summary_lines(result)
+    if before_commit is not None:
+        before_commit()
     write_result(folder.root, result)
     return result
 
 
 def saliency_examples(scorer, store, split: str, images: int = 6, labels: int = 3) -> Dict[str, np.ndarray]:
     """Grad-CAM maps of the first ``images`` images of ``split`` for their ``labels`` top-scoring labels:
-    the arrays ``saliency.npz`` holds (``image_id``, ``image`` uint8 as the model saw it, ``maps``
-    float16, ``label_ids`` / ``scores`` of the maps, ``true`` multi-hot, ``all_label_ids``, ``layer``)."""
+    the arrays ``saliency.safetensors`` holds (``image_id`` list, ``image`` uint8 as the model saw it, ``maps``
+    float16, ``label_ids`` / ``scores`` of the maps, ``true`` multi-hot, ``all_label_ids``, ``layer`` name)."""
     import torch
 
     from ..data.loader import make_loader
@@ -164,10 +163,10 @@ def saliency_examples(scorer, store, split: str, images: int = 6, labels: int = 
     maps = grad_cam(scorer.model, x, wide, top.tolist(), layer)
     true = batch["labels"].numpy()[:, columns].astype(np.uint8) if columns is not None else \
         np.zeros(probs.shape, np.uint8)
-    return {"image_id": np.asarray(batch["image_id"], dtype=str), "image": raw.permute(0, 2, 3, 1).numpy(),
+    return {"image_id": [str(i) for i in batch["image_id"]], "image": raw.permute(0, 2, 3, 1).numpy(),
             "maps": maps.astype(np.float16), "label_ids": scorer.label_ids[top],
             "scores": np.take_along_axis(probs, top, axis=1).astype(np.float32), "true": true,
-            "all_label_ids": scorer.label_ids, "layer": np.asarray(layer[0])}
+            "all_label_ids": scorer.label_ids, "layer": str(layer[0])}
 
 
 def summary_lines(result: StageResult) -> List[str]:

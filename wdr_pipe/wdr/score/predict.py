@@ -1,7 +1,9 @@
 """Prediction: a store split -> a Kaggle submission (``predict_split``), and new photos -> tags (``tag_images``).
 
 Submission (``wdr-pipe predict --store S --run RUN --split test --out submission.csv``):
-header ``image_id,label_id``, then one row per row of ``STORE/index/<split>.parquet``,
+a CSV written by the csv module (an id with a comma, quote or line break stays one
+field; one that a spreadsheet would run as a formula gets a leading ``'``:
+``evalfiles.safe_cell``), header ``image_id,label_id``, then one row per row of ``STORE/index/<split>.parquet``,
 in index order, with the index's own image ids and the label ids
 space-separated in ascending order (the store keeps the data set's own ids,
 1..228 for FGVC5). An image's labels are those whose probability reaches the
@@ -39,19 +41,21 @@ from ...cache import config_key, index_ids, open_store
 from ...cache.atomic import write_text_atomic
 from ...checks import check_all
 from ...errors import UserError
-from ...imaging import ImageRejected, decode_rgb, process
+from ...imaging import ADVICE, ImageRejected, decode_rgb, process
 from ...progress import Hook
 from ...result import StageResult
 from ..checks import PREDICT_BOUNDS, TOP, check_device
 from ..data.wide import photo_wide
-from ..runs.evalfiles import write_predictions
+from ..runs.evalfiles import csv_text, write_predictions
 from ..runs.folder import open_run
+from ..runs.outputs import check_outputs, prepare
 from .checks import check_inputs, fallback_labels, image_spec
 from .ensemble import scorer_for
 from .evaluate import label_names
 
 log = logging.getLogger("wdr_pipe")
 MAX_BYTES = 20 * 2 ** 20
+DEADLINE = 60.0  # seconds for a whole URL download (a server may drip bytes within every timeout)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -73,18 +77,11 @@ class PredictConfig:
         check_device(self.device)
 
 
-def _check_out(path: str, flag: str) -> Path:
-    p = Path(path).expanduser().resolve()
-    if p.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; pass a file name such as submission.csv")
-    return p
-
-
 def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
     """Write the submission for every row of the split's index (and the probabilities with ``probs``)."""
     t0 = time.time()
-    out = _check_out(cfg.out, "--out")
-    probs_path = _check_out(cfg.probs, "--probs") if cfg.probs else None
+    paths = check_outputs({"--out": cfg.out, "--probs": cfg.probs})  # before any work: no write destroys
+    out, probs_path = paths["--out"], paths.get("--probs")
     run = open_run(cfg.run)
     store = open_store(cfg.store)
     rows = index_ids(store, cfg.split)
@@ -96,19 +93,19 @@ def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
     ids = run.label_ids
     where = {k: i for i, k in enumerate(scored.ids.tolist())}
     decided = scored.probs >= thresholds[None, :]
-    lines, missing = ["image_id,label_id"], 0
+    lines, missing = [], 0
     fallback_text = " ".join(map(str, fallback))
     for image_id in rows:
         i = where.get(image_id)
         if i is None:
             missing += 1
-            lines.append(f"{image_id},{fallback_text}")
+            lines.append((image_id, fallback_text))
         else:
-            lines.append(f"{image_id},{' '.join(map(str, ids[decided[i]]))}")
+            lines.append((image_id, " ".join(map(str, ids[decided[i]]))))
     if probs_path is not None:
-        write_predictions(probs_path, scored.take([i for i in rows if i in where]), ids, thresholds,
+        write_predictions(prepare(probs_path), scored.take([i for i in rows if i in where]), ids, thresholds,
                           scorer.source(store, cfg.split))
-    write_text_atomic(out, "\n".join(lines) + "\n")
+    write_text_atomic(prepare(out), csv_text(["image_id", "label_id"], lines))
     n = len(scored.ids)
     speed = None if scored.reused or not scored.seconds else n / scored.seconds
     return StageResult(
@@ -123,7 +120,8 @@ def predict_split(cfg: PredictConfig, progress: Hook = None) -> StageResult:
 
 # -- new photos --------------------------------------------------------------------------------
 def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> bytes:
-    """The bytes of an image file or URL; a ``UserError`` naming the input and the fix."""
+    """The bytes of an image file or URL; a ``UserError`` naming the input and the fix. A URL is bounded:
+    ``timeout`` for each network wait, ``DEADLINE`` seconds for the whole download, ``max_bytes``."""
     if _URL.match(src):
         scheme = src.split(":", 1)[0].lower()
         if scheme not in ("http", "https", "file"):
@@ -131,7 +129,7 @@ def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> 
         try:
             request = urllib.request.Request(src, headers={"User-Agent": "wdr-pipe"})
             with urllib.request.urlopen(request, timeout=timeout) as r:
-                data = r.read(max_bytes + 1)
+                data = _read_bounded(r, src, max_bytes, time.monotonic() + DEADLINE)
         except urllib.error.HTTPError as e:
             raise UserError(f"{src}: the server answered HTTP {e.code} ({e.reason}); check the URL") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -152,6 +150,21 @@ def read_source(src: str, timeout: float = 15.0, max_bytes: int = MAX_BYTES) -> 
         raise UserError(f"{src}: no such file; pass an image file or an http(s) URL") from None
     except OSError as e:
         raise UserError(f"{src}: cannot be read ({e.strerror}); check its permissions") from None
+
+
+def _read_bounded(response, src: str, max_bytes: int, deadline: float) -> bytes:
+    """What arrives as it arrives (``read1``), until the end, ``max_bytes`` + 1 or the deadline."""
+    data = bytearray()
+    read = getattr(response, "read1", response.read)
+    while len(data) <= max_bytes:
+        chunk = read(min(1 << 16, max_bytes + 1 - len(data)))
+        if not chunk:
+            break
+        data += chunk
+        if time.monotonic() > deadline:
+            raise UserError(f"{src}: still downloading after {DEADLINE:g} s (a server that sends too slowly); "
+                            "download the image and pass the file")
+    return bytes(data)
 
 
 WideFn = Callable[[Any, str, List[bytes]], np.ndarray]  # (store, feature key, stored JPEGs) -> (N, D)
@@ -175,7 +188,7 @@ def tag_images(run_path: str, sources: Sequence[str], store: Optional[str] = Non
         try:
             jpegs.append(process(read_source(src), spec)[0])
         except ImageRejected as e:
-            raise UserError(f"{src}: {e} ({e.status}); pass a photo (JPEG, PNG, WebP, ...)") from None
+            raise UserError(f"{src}: {e} ({e.status}); {ADVICE[e.status]}") from None
     scorer = scorer_for(run, checkpoint, tta, device)
     wide = None
     if scorer.feature_keys():

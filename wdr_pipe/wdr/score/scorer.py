@@ -188,7 +188,7 @@ class ModelScorer:
         meta = read_meta(path) if path.exists() else None
         if not meta or meta.get("source") != self.source(store, split) or meta.get("label_ids") != self.label_ids.tolist():
             return None
-        scored, _ = read_predictions(path)
+        scored, _ = read_predictions(path, f"delete it, or evaluate the split {split} again")
         log.info("%s: reusing the probabilities of %s", self.run.root, path)
         return scored
 

@@ -7,7 +7,7 @@ loaders; the model, optimizer, schedule and EMA; then per step: batch ->
 ``--eval-every`` steps and at each epoch end the validation split is scored
 (loss, micro-F1 at 0.5; the scorer's own loop, ``score.scorer.predict_loader``)
 into ``RUN/metrics.jsonl`` and the best model is kept; every
-``--checkpoint-every`` steps and at each epoch end ``last.pt`` is written
+``--checkpoint-every`` steps and at each epoch end ``last.safetensors`` is written
 (``runs/folder.py`` has the folder, ``runs/checkpoint.py`` the checkpoint dict).
 At the end the best model predicts the validation split once and per-label
 thresholds are tuned on it (``retune.fit_thresholds``).
@@ -47,6 +47,7 @@ from ..runs.checkpoint import (Counters, checkpoint_dict, load_checkpoint, resto
 from ..runs.folder import RunFolder, open_run, store_identity
 from ..score.scorer import predict_loader
 from .config import TrainConfig, check_same_settings
+from .guards import annotate, diverged, resume_settings, run_guard, watch_loss
 from .init import load_init
 from .inputs import TrainInputs, prepare_inputs, training_embeddings
 from .loss import Criterion
@@ -56,22 +57,27 @@ from .retune import fit_thresholds
 log = logging.getLogger("wdr_pipe")
 
 
-def train(cfg: TrainConfig, progress: Hook = None) -> StageResult:
+def train(cfg: TrainConfig, progress: Hook = None, changes: Optional[Dict[str, Any]] = None) -> StageResult:
     """Train into ``cfg.out``: a new run, the rest of an unfinished one of the same settings, or
-    (for a finished one) nothing: its stored result comes back with ``reused`` set."""
+    (for a finished one) nothing: its stored result comes back with ``reused`` set. ``changes``: a resume's
+    (``guards.resume_settings``), recorded in ``config.json`` once the run folder is locked."""
     dist = Dist().start(cfg.device)
     try:
-        return _train(cfg, dist, progress)
+        with run_guard(cfg, dist, changes):  # one process per run folder (an OS file lock)
+            return _train(cfg, dist, progress)
     finally:
         dist.stop()
 
 
-def resume(run_dir, progress: Hook = None, cfg: Optional[TrainConfig] = None) -> StageResult:
-    """Continue the run in ``run_dir`` with its own settings (``cfg``, if given, must match them)."""
+def resume(run_dir, progress: Hook = None, cfg: Optional[TrainConfig] = None,
+           given: Optional[Dict[str, Any]] = None) -> StageResult:
+    """Continue the run in ``run_dir`` with its own settings (``cfg``, if given, must match them); ``given``:
+    the options given with ``--resume``, refused where they differ from the run's except ``--lr``."""
     run = open_run(run_dir, "--resume", kinds=("train",))
     if cfg is not None:
         check_same_settings(run.root, run.settings, cfg)
-    return train(TrainConfig.from_dict({**run.settings, "out": str(run.root)}), progress)
+    settings, changes = resume_settings(run, given or {})
+    return train(TrainConfig.from_dict({**settings, "out": str(run.root)}), progress, changes)
 
 
 def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
@@ -173,7 +179,7 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
                     continue
                 value = dist.mean(loss_sum).item()  # one sync per step: a NaN stops the run right here
                 if not math.isfinite(value):
-                    raise _diverged(c.step + 1, cfg, run, last_saved, f"the loss is {value}")
+                    raise diverged(c.step + 1, cfg, run, last_saved, f"the loss is {value}")
                 if cfg.clip_grad is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
@@ -185,6 +191,7 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
                     ema.update(model, step=c.step)
                 c.meter["loss"] += value
                 c.meter["n"] += 1
+                watch_loss(c, value, optimizer.param_groups[0]["lr"])  # a loss grown 100x: a warning
                 loss_sum = torch.zeros((), device=device)
                 now = time.time()
                 emit(progress, Progress(stage="train", done=c.step, total=steps,
@@ -225,7 +232,7 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
                  "embedding_key": inputs.embedding_key,
                  "images_per_s": rows[-1]["images_per_s"] if rows else None})
     if main:
-        run.write_result(result)
+        run.write_result(annotate(result, run, c))
     dist.barrier()
     return result
 
@@ -245,7 +252,7 @@ def _save(path, c: Counters, last_saved: int, full: bool = True, *, model, ema, 
     dist.sync_buffers(*[m for m in (model, ema) if m is not None])
     rngs = dist.gather(rng_state())
     if not bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()):
-        raise _diverged(c.step, cfg, run, last_saved, "the weights hold NaN or inf")
+        raise diverged(c.step, cfg, run, last_saved, "the weights hold NaN or inf")
     if dist.main:
         resume_with = dict(optimizer=optimizer, scheduler=scheduler, loader=loader, rngs=rngs) if full else {}
         save_checkpoint(path, checkpoint_dict(c, model=model, ema=ema, settings=cfg.settings(),
@@ -274,13 +281,6 @@ def _validate(c: Counters, last_saved: int, *, save, model, ema, loader, inputs:
         c.best, c.best_step = row["val_f1"], c.step
         save(run.best, c, last_saved, full=False)
     return row
-
-
-def _diverged(step: int, cfg: TrainConfig, run: RunFolder, last_saved: int, what: str) -> UserError:
-    kept = (f"the last good checkpoint (step {last_saved}) is kept in {run.last}" if run.last.exists()
-            else "no checkpoint had been written yet")
-    return UserError(f"training diverged at step {step}: {what}; {kept}; train again with a lower --lr "
-                     f"(now {cfg.lr:g}) or with --clip-grad 1.0")
 
 
 def _compiled(module, device: torch.device):

@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from ...cache import open_store
+from ...cache.lock import FileLock
 from ...errors import UserError
 from ...progress import Hook
 from ...result import StageResult
@@ -88,6 +89,12 @@ def retune_thresholds(run_dir: Union[str, Path], mode: str = "tune", min_positiv
                                  "min_positives": min_positives})
     store = open_store(run.store_path)
     run.check_store(store_identity(store, [cfg.train_split, cfg.val_split], run.feature_key))
+    with FileLock(run.lock, "wdr-pipe thresholds"):  # the run's files: one writer at a time, as train
+        return _retune(run, store, cfg, mode, min_positives, device, loader_workers, progress, t0)
+
+
+def _retune(run: RunFolder, store, cfg: TrainConfig, mode: str, min_positives: int, device: Optional[str],
+            loader_workers: Optional[int], progress: Hook, t0: float) -> StageResult:
     scorer = ModelScorer(run, checkpoint="best", device=cfg.device if device is None else device,
                          batch_size=cfg.batch_size,
                          loader_workers=cfg.loader_workers if loader_workers is None else loader_workers)
