@@ -71,7 +71,9 @@ HELP = {
     "amp": "auto (bf16 and channels_last on CUDA), bf16 or off.", "compile": "torch.compile the model.",
     "checkpoint_every": "Checkpoint every N steps (also at each epoch's end).",
     "eval_every": "Validate every N steps (0: at each epoch's end only).",
-    "thresholds": "tune: per-class thresholds on the validation split; cv: also report their out-of-fold gain; none.",
+    "thresholds": "auto: per class, per class for labels with more positives, or one global threshold, whichever "
+                  "holds best out of fold on the validation split; tune: per class; cv: tune, and report its "
+                  "out-of-fold gain; none: 0.5.",
     "min_positives": "Labels with fewer validation positives get the global threshold.",
 }
 
@@ -137,10 +139,12 @@ def train(store, out, resume_run, as_json, **settings):
 @cli.command(context_settings=CONTEXT)
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A finished run folder (the --out of 'wdr-pipe train').")
-@click.option("--thresholds", "mode", type=click.Choice(["tune", "cv"]), default="tune", show_default=True,
-              help="tune: per-class thresholds; cv: also report their out-of-fold gain (5 folds).")
-@click.option("--min-positives", type=bounded(MIN_POSITIVES), default=5, show_default=True,
-              help="Labels with fewer validation positives get the one global threshold.")
+@click.option("--thresholds", "mode", type=click.Choice(["auto", "tune", "cv"]), default=None,
+              help="auto: per class, per class for labels with more positives, or one global threshold, whichever "
+                   "holds best out of fold; tune: per class; cv: also report their out-of-fold gain (5 folds) "
+                   "[default: the run's own].")
+@click.option("--min-positives", type=bounded(MIN_POSITIVES), default=None,
+              help="Labels with fewer validation positives get the one global threshold [default: the run's own].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
 @loader_workers_option(None, "Loader worker processes [default: the run's].")
 @json_option
@@ -169,3 +173,6 @@ def thresholds(run_dir, mode, min_positives, device, loader_workers, as_json):
         if "val_f1_tuned_out_of_fold" in d:
             line += f" ({d['val_f1_tuned_out_of_fold']:.4f} out of fold)"
         click.echo(line)
+        if "threshold_rule" in d:
+            click.echo(f"kept: {d['threshold_rule']}, {d['val_f1_tuned']:.4f} in sample, "
+                       f"{d['val_f1_tuned_out_of_fold']:.4f} out of fold (the figure to expect on new images)")

@@ -32,9 +32,12 @@ What some settings mean:
   frequent training labels only (ties: the lower id).
 - ``init``: another run folder; its best weights of the same name and shape
   are loaded (the backbone always, the head only for the same labels).
-- ``thresholds``: ``tune`` (per label, Fan-Lin, on the validation split),
-  ``cv`` (the same, plus its 5-fold out-of-fold micro-F1 in the result) or
-  ``none`` (0.5); labels under ``min_positives`` positives get the global one.
+- ``thresholds``: ``auto`` (per label, per label with twice ``min_positives``,
+  or one global threshold: whichever has the best out-of-fold micro-F1,
+  ``metrics/rules.py``; that figure is in the result), ``tune`` (per label,
+  Fan-Lin, on the validation split), ``cv`` (the same, plus its 5-fold
+  out-of-fold micro-F1 in the result) or ``none`` (0.5); labels under
+  ``min_positives`` positives get the global one.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "none")
 AMP = ("auto", "bf16", "off")
 LOSSES = ("bce", "asl")
 WEIGHTING = ("none", "loss", "sample")
-THRESHOLDS = ("tune", "cv", "none")
+THRESHOLDS = ("auto", "tune", "cv", "none")
 # settings that may differ between a run and the command that resumes it: the run folder itself
 NOT_SETTINGS = ("out",)
 # earlier names of settings, still read (a run folder's config.json, a [train.NAME] table): old -> new
@@ -118,7 +121,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     eval_every: int = 0
     # after training
-    thresholds: str = "tune"
+    thresholds: str = "auto"
     min_positives: int = 5
 
     def __post_init__(self):

@@ -30,6 +30,7 @@ from ...errors import UserError
 from ...progress import Hook
 from ...result import StageResult
 from ..checks import LOADER_WORKERS, MIN_POSITIVES, check_device
+from ..metrics.rules import choose_rule
 from ..metrics.scores import micro, predict
 from ..metrics.thresholds import ThresholdResult, cross_validated_gain, save_thresholds, tune_thresholds
 from ..runs.folder import RunFolder, open_run, store_identity
@@ -37,18 +38,25 @@ from ..score.scorer import ModelScorer
 from .config import TrainConfig
 
 log = logging.getLogger("wdr_pipe")
-MODES = ("tune", "cv")
+MODES = ("auto", "tune", "cv")
 # result.json details that only some modes write: dropped before the new ones go in
-_MODE_KEYS = ("val_f1_tuned_out_of_fold", "val_f1_global_out_of_fold")
+_MODE_KEYS = ("val_f1_tuned_out_of_fold", "val_f1_global_out_of_fold", "threshold_rule", "out_of_fold_by_rule")
 
 
 def fit_thresholds(run: RunFolder, label_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, mode: str,
                    min_positives: int, seed: int) -> Dict[str, Any]:
     """Per-label thresholds tuned on a run's validation predictions (Fan-Lin, ``metrics/thresholds.py``;
     ``none``: 0.5 for every label), written to ``RUN/thresholds.json``; ``cv`` also measures their gain out
-    of fold (5 folds). Returns the figures ``result.json`` records."""
+    of fold (5 folds); ``auto`` keeps the rule (per label, per label with a higher minimum of positives, or
+    one global threshold) with the best out-of-fold micro-F1 (``metrics/rules.py``) and reports that figure.
+    Returns the figures ``result.json`` records."""
     n_labels = labels.shape[1]
-    if mode == "none":
+    choice = None
+    if mode == "auto":
+        choice = choose_rule(labels, probs, min_positives=min_positives, seed=seed)
+        fit = choice.fit
+        log.info("%s", choice.describe())
+    elif mode == "none":
         f1 = micro(labels.astype(bool), predict(probs, 0.5))["f1"]
         fit = ThresholdResult(thresholds=np.full(n_labels, 0.5), global_threshold=0.5, f1_before=f1,
                               f1_global=f1, f1_after=f1, passes=0, fallback=np.zeros(n_labels, bool),
@@ -61,18 +69,25 @@ def fit_thresholds(run: RunFolder, label_ids: np.ndarray, labels: np.ndarray, pr
            "global_threshold": fit.global_threshold, "val_f1_tuned": fit.f1_after}
     if mode == "cv":
         cv = cross_validated_gain(labels, probs, folds=min(5, len(labels)), seed=seed, min_positives=min_positives)
+        log.info("%s", cv.describe())
         out.update(val_f1_tuned_out_of_fold=cv.f1_out_of_fold, val_f1_global_out_of_fold=cv.f1_global_out_of_fold)
+    if choice is not None:
+        out.update(threshold_rule=choice.rule, val_f1_tuned_out_of_fold=choice.f1_out_of_fold,
+                   out_of_fold_by_rule=choice.out_of_fold)
     return out
 
 
-def retune_thresholds(run_dir: Union[str, Path], mode: str = "tune", min_positives: int = 5,
+def retune_thresholds(run_dir: Union[str, Path], mode: Optional[str] = None, min_positives: Optional[int] = None,
                       device: Optional[str] = None, loader_workers: Optional[int] = None,
                       progress: Hook = None) -> StageResult:
-    """Tune the per-label thresholds of the finished run in ``run_dir`` again on its validation split."""
+    """Tune the per-label thresholds of the finished run in ``run_dir`` again on its validation split
+    (``mode`` and ``min_positives``: the run's own where not given)."""
     t0 = time.time()
-    if mode not in MODES:
-        raise UserError(f"--thresholds {mode}: use tune (per label) or cv (also their out-of-fold gain)")
-    MIN_POSITIVES.check("thresholds", min_positives, "min_positives")
+    if mode is not None and mode not in MODES:
+        raise UserError(f"--thresholds {mode}: use tune (per label), auto (the rule that holds best out of fold) "
+                        "or cv (also their out-of-fold gain)")
+    if min_positives is not None:
+        MIN_POSITIVES.check("thresholds", min_positives, "min_positives")
     if loader_workers is not None:
         LOADER_WORKERS.check("thresholds", loader_workers, "loader_workers")
     if device is not None:  # None: the run's own
@@ -84,8 +99,9 @@ def retune_thresholds(run_dir: Union[str, Path], mode: str = "tune", min_positiv
     if not run.finished:
         raise UserError(f"--run {run.root}: an unfinished run (no result.json); finish it first with "
                         f"'wdr-pipe train --resume {run.root}'")
-    cfg = TrainConfig.from_dict({**run.settings, "out": str(run.root), "thresholds": mode,
-                                 "min_positives": min_positives})
+    cfg = TrainConfig.from_dict({**run.settings, "out": str(run.root)})
+    mode = mode or (cfg.thresholds if cfg.thresholds in MODES else "auto")
+    min_positives = min_positives or cfg.min_positives
     store = open_store(run.store_path)
     run.check_store(store_identity(store, [cfg.train_split, cfg.val_split], run.feature_key))
     scorer = ModelScorer(run, checkpoint="best", device=cfg.device if device is None else device,
