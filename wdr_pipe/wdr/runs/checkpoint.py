@@ -9,6 +9,8 @@ Keys of every checkpoint (``best.pt`` holds these alone)::
     samples      images trained on, all ranks
     best         the best validation micro-F1 so far (at 0.5), and
     best_step    the step it was reached at
+    phase        the recipe's phase (0-based), the step it started at (phase_start), its own best
+                 validation micro-F1 (phase_best) and validations since that improved (stale)
     settings     TrainConfig.settings() of the run
     label_ids    the store label ids the model predicts, in column order
     world_size   processes that trained it
@@ -53,6 +55,12 @@ class Counters:
     best: float = -1.0
     best_step: int = 0
     meter: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"loss": 0.0, "n": 0, "images": 0})
+    phase: int = 0
+    phase_start: int = 0
+    phase_best: float = -1.0
+    stale: int = 0
+
+PHASE_COUNTERS = ("phase", "phase_start", "phase_best", "stale")
 
 
 def save_checkpoint(path: Path, ckpt: Dict[str, Any]) -> None:
@@ -77,7 +85,8 @@ def checkpoint_dict(c: Counters, *, model, ema, settings: Dict[str, Any], label_
     """The checkpoint of this moment; a full one (``optimizer`` given) also holds what resuming needs."""
     ckpt = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
             "step": c.step, "epoch": c.epoch, "samples": c.samples, "best": c.best, "best_step": c.best_step,
-            "settings": settings, "label_ids": [int(i) for i in label_ids], "world_size": world_size}
+            "settings": settings, "label_ids": [int(i) for i in label_ids], "world_size": world_size,
+            **{k: getattr(c, k) for k in PHASE_COUNTERS}}
     if optimizer is not None:
         ckpt.update(optimizer=optimizer.state_dict(), loader=loader.state_dict(), rng=rngs, meter=c.meter,
                     scheduler=scheduler.state_dict() if scheduler is not None else None)
@@ -99,7 +108,7 @@ def restore(ckpt: Dict[str, Any], where: Path, *, model, optimizer, scheduler, e
         ema.module.load_state_dict(ckpt["ema"])
     loader.load_state_dict(ckpt["loader"])
     c = Counters(*(ckpt[k] for k in ("step", "epoch", "samples", "best", "best_step")),
-                 meter={**ckpt["meter"], "images": 0})
+                 meter={**ckpt["meter"], "images": 0}, **{k: ckpt[k] for k in PHASE_COUNTERS if k in ckpt})
     set_rng_state(ckpt["rng"][rank])
     return c
 
