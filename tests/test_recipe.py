@@ -27,8 +27,8 @@ from wdr_pipe.wdr.train.loop import resume, train
 from wdr_pipe.wdr.train.recipe import fit_batch, phases
 
 REPO = Path(wdr_pipe.__file__).resolve().parents[1]
-# lp-ft kept short: phase 1 stops after 2 validations without a gain, phase 2 trains 2 epochs of 6 steps
-TINY = dict(image_size=64, batch_size=8, checkpoint_every=2, epochs=2, patience=2, recipe="lp-ft")
+# lp-ft kept short: phase 1 stops after 2 validations without a gain, phase 2 trains 1 epoch of 6 steps
+TINY = dict(image_size=64, batch_size=8, checkpoint_every=2, epochs=1, patience=2, recipe="lp-ft")
 
 
 def env():
@@ -137,7 +137,7 @@ def test_lp_ft_killed_mid_epoch_in_each_phase_resumes_to_the_same_bits(copy_stor
     assert {r["phase"] for r in rows} == {"heads", "fine-tune"} and rows == sorted(rows, key=lambda r: r["step"])
     doc = json.loads(run.config.read_text())
     assert [p["name"] for p in doc["recipe"]["phases"]] == ["heads", "fine-tune"] and doc["embedding_key"] is None
-    assert doc["recipe"]["phases"][1]["layer_decay"] == 0.75 and doc["recipe"]["phases"][1]["epochs"] == 2
+    assert doc["recipe"]["phases"][1]["layer_decay"] == 0.75 and doc["recipe"]["phases"][1]["epochs"] == 1
 
 
 # -- the learning-rate finder ---------------------------------------------------------------------------------

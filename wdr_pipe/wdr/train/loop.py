@@ -332,7 +332,8 @@ def phase_loaders(store, cfg: TrainConfig, phase: Phase, inputs: TrainInputs, lo
     args = {**loader_args, "embedding_key": inputs.embedding_key if phase.embeddings else None}
     if workers is not None:
         args.update(num_workers=workers, persistent_workers=False)
-    val = make_loader(store, cfg.val_split, cfg.batch_size, train=False, **args)
+    val = make_loader(store, cfg.val_split, cfg.batch_size, train=False,  # embeddings: nothing to decode
+                      **{**args, **({"num_workers": 0} if args["embedding_key"] else {})})
     train = functools.partial(make_loader, store, cfg.train_split, train=True, drop_last=False,
                               weighted=cfg.weighting == "sample", **args)
     loader = train(cfg.batch_size)
