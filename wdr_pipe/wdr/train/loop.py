@@ -39,27 +39,23 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ...cache import open_store
 from ...errors import UserError
 from ...progress import Hook, Progress, emit
 from ...result import StageResult
-from ..data.loader import make_loader
-from ..data.transforms import data_config
 from ..dist import Dist
 from ..metrics.scores import micro, predict
-from ..model.network import HeadOnly, build_model
+from ..model.network import HeadOnly
 from ..runs.checkpoint import (Counters, checkpoint_dict, load_checkpoint, restore, rng_state, save_checkpoint,
                                state_digest, trained_weights)
 from ..runs.folder import RunFolder, open_run, store_identity
 from ..score.scorer import predict_loader
 from .config import TrainConfig, check_same_settings
-from .init import load_init
-from .inputs import TrainInputs, prepare_inputs, training_embeddings
-from .loss import Criterion
+from .inputs import TrainInputs
 from .lr_find import phase_rate
 from .optim import make_ema, make_optimizer
-from .recipe import Phase, enter, fit_batch, length, outcome, phases, record, start, stopped, train_mode
+from .recipe import Phase, enter, length, outcome, phases, record, start, stopped, train_mode
 from .retune import fit_thresholds
+from .setup import phase_loaders, prepare
 
 log = logging.getLogger("wdr_pipe")
 
@@ -244,28 +240,6 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
     return result
 
 
-def prepare(cfg: TrainConfig, dist: Dist, resuming: bool = False, progress: Hook = None):
-    """What a run of ``cfg`` trains from: ``(store, inputs, model, init, data config, criterion)``, the model on the
-    device with its first phase's backbone mode, the cached embeddings it trains from made where missing
-    (``inputs.embedding_key``)."""
-    device = dist.device
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    # -- the store: splits, label space, wide statistics, loss weights
-    store = open_store(cfg.store)
-    inputs = prepare_inputs(store, cfg, need_wide_stats=not resuming)
-
-    # -- the model and the loss
-    model = build_model(cfg.model_config(deep=phases(cfg)[0].deep), len(inputs.label_ids), wide_dim=inputs.wide_dim,
-                        wide_mean=inputs.wide_mean, wide_std=inputs.wide_std, label_vectors=inputs.label_vectors)
-    init = load_init(model, cfg.init, inputs.label_ids) if cfg.init and not resuming else None
-    dcfg = data_config(model.backbone, **({"size": cfg.image_size} if cfg.image_size else {}))
-    model.to(device, memory_format=torch.channels_last)  # as the loader's images: 2x faster on CPU too
-    criterion = Criterion(cfg.loss, inputs.pos_weight).to(device)
-    # a phase from cached embeddings: the backbone's vectors from the store (made first where missing)
-    inputs.embedding_key = dist.on_main(lambda: training_embeddings(store, cfg, model, dcfg, device, progress))
-    return store, inputs, model, init, dcfg, criterion
-
-
 # -- the helpers the loop names ---------------------------------------------------------------
 def _run_state(run: RunFolder, cfg: TrainConfig) -> str:
     """``new``, ``unfinished`` or ``finished`` (the last two: of the same settings, else a UserError)."""
@@ -321,28 +295,6 @@ def _diverged(step: int, cfg: TrainConfig, run: RunFolder, last_saved: int, what
             else "no checkpoint had been written yet")
     return UserError(f"training diverged at step {step}: {what}; {kept}; train again with a lower --lr "
                      f"(now {cfg.lr}) or with --clip-grad 1.0")
-
-
-def phase_loaders(store, cfg: TrainConfig, phase: Phase, inputs: TrainInputs, loader_args: Dict[str, Any],
-             workers: Optional[int] = None):
-    """``(train loader, validation loader)`` of a phase: cached embeddings or images, and an epoch cut into equal
-    batches of at most ``--batch-size`` (none dropped: small sets see every image)."""
-    from ..data.sampling import rank_size
-
-    args = {**loader_args, "embedding_key": inputs.embedding_key if phase.embeddings else None}
-    if workers is not None:
-        args.update(num_workers=workers, persistent_workers=False)
-    val = make_loader(store, cfg.val_split, cfg.batch_size, train=False,  # embeddings: nothing to decode
-                      **{**args, **({"num_workers": 0} if args["embedding_key"] else {})})
-    train = functools.partial(make_loader, store, cfg.train_split, train=True, drop_last=False,
-                              weighted=cfg.weighting == "sample", **args)
-    loader = train(cfg.batch_size)
-    rows = rank_size(loader.dataset.layout.num_rows, args["world_size"])
-    if rows < cfg.batch_size:
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {rows} training images per process; lower "
-                        f"--batch-size")
-    batch = fit_batch(rows, cfg.batch_size)
-    return (loader if batch == cfg.batch_size else train(batch)), val
 
 
 def _compiled(module, device: torch.device):

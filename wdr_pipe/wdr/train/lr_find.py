@@ -160,7 +160,7 @@ def lr_find(cfg: TrainConfig, phase_name: Optional[str] = None, progress: Hook =
     cached embeddings, made first where missing) -> ``OUT/lr_find.json`` and ``OUT/lr_find.png``."""
     from ...errors import UserError
     from ..dist import Dist
-    from .loop import phase_loaders, prepare
+    from .setup import phase_loaders, prepare
 
     t0 = time.time()
     plan = phases(cfg)

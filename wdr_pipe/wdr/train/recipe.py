@@ -97,9 +97,9 @@ class Length:
 def _check(ok: bool, name: str, fix: str, value: Any = None) -> None:
     if not ok:
         from ...errors import BadSetting
-        from .config import flag
 
-        raise BadSetting(f"{flag(name)}{'' if value is None else ' ' + str(value)}: {fix}", name)
+        flag = "--" + name.replace("_", "-")
+        raise BadSetting(f"{flag}{'' if value is None else ' ' + str(value)}: {fix}", name)
 
 
 def settle(cfg) -> Dict[str, Any]:
