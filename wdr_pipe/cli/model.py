@@ -15,7 +15,7 @@ import click
 
 from ..wdr.checks import LOADER_WORKERS, MIN_POSITIVES
 from . import cli
-from .common import CONTEXT, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
+from .common import CONTEXT, FiniteFloatRange, bounded, echo_result, json_option, not_empty, progress_bar, user_errors
 
 
 def loader_workers_option(default=2, help="Loader worker processes."):
@@ -99,18 +99,15 @@ HELP = {
 }
 
 
-class Rate(click.ParamType):
+class Rate(FiniteFloatRange):
     """A learning rate in its range, or ``auto`` (the learning-rate finder)."""
 
     name = "rate"
 
-    def __init__(self, bound):
-        self.number = bounded(bound)
-
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
-        return self.number.convert(value, param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def _train_options(f):
@@ -127,7 +124,9 @@ def _train_options(f):
         elif name == "pretrained":
             f = click.option("--pretrained/--no-pretrained", name, default=None, help=HELP[name])(f)
         elif name in ("lr", "head_lr"):
-            f = click.option(opt, name, default=None, type=Rate(bounds[name]), help=HELP[name])(f)
+            b = bounds[name]
+            f = click.option(opt, name, default=None, type=Rate(b.lo, b.hi, min_open=b.lo_open, max_open=b.hi_open),
+                             metavar="RATE|auto", help=HELP[name])(f)
         elif isinstance(default, bool):
             f = click.option(opt, name, is_flag=True, help=HELP[name])(f)
         else:

@@ -8,7 +8,7 @@ tuned on k - 1 folds, scored on the held-out fold, the held-out counts pooled):
 
 - ``per-label``: Fan-Lin thresholds per label, labels under ``min_positives``
   validation positives on the one global threshold;
-- ``per-label, min M``: the same with a higher minimum ``M = HIGHER x min_positives``
+- ``per-label-min-M``: the same with a higher minimum ``M = HIGHER x min_positives``
   (only the labels with many positives keep their own threshold);
 - ``global``: one threshold shared by every label.
 
@@ -36,7 +36,7 @@ FOLDS = 5
 class RuleChoice:
     """The rule ``choose_rule`` picked, its thresholds (tuned on every image) and the figures behind it."""
 
-    rule: str                      # "per-label", "per-label, min M" or "global"
+    rule: str                      # "per-label", "per-label-min-M" or "global"
     fit: ThresholdResult           # the thresholds to save and use
     f1_out_of_fold: float          # the winner's out-of-fold micro-F1 (the honest figure)
     out_of_fold: Dict[str, float]  # every rule's
@@ -70,8 +70,8 @@ def choose_rule(y_true, scores, min_positives: int = 5, seed: int = 0) -> RuleCh
     per_label = {"per-label": min_positives}
     positives = np.count_nonzero(y, axis=0)
     if ((positives >= min_positives) & (positives < higher)).any():  # else the same thresholds as per-label
-        fits[f"per-label, min {higher}"] = tune_thresholds(y, s, min_positives=higher)
-        per_label = {f"per-label, min {higher}": higher, **per_label}
+        fits[f"per-label-min-{higher}"] = tune_thresholds(y, s, min_positives=higher)
+        per_label = {f"per-label-min-{higher}": higher, **per_label}
     fits["per-label"] = own
     if n < 2:  # nothing to hold out: the rule that fits least
         return RuleChoice("global", fits["global"], fits["global"].f1_after, {}, 0)

@@ -147,7 +147,7 @@ def training_embeddings(store: Store, cfg: TrainConfig, model, dcfg: DataConfig,
     result = embed(store, chosen, source, [cfg.train_split, cfg.val_split], device=device, progress=progress)
     how = (f"computed {result.details['images_computed']} images' vectors first, reused {result.reused} shards"
            if result.ran else f"all {result.reused} shards were there")
-    log.info("training the heads from the cached embeddings %s (%s, %s px; %s); no image is decoded",
+    log.info("heads: training from the cached embeddings %s (%s, %s px; %s); no image is decoded",
              chosen.key, chosen.dtype, chosen.size, how)
     return chosen.key
 

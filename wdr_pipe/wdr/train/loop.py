@@ -91,6 +91,8 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     if main:
         log.info("%s", cfg.why)  # the recipe and the weights, and why
+    if cfg.compile:
+        _compiled(None, device)  # a compiler to compile with, before any work
     store, inputs, model, init, dcfg, criterion = prepare(cfg, dist, resuming, progress)
     plan = phases(cfg)
 
@@ -299,7 +301,7 @@ def _diverged(step: int, cfg: TrainConfig, run: RunFolder, last_saved: int, what
 
 def _compiled(module, device: torch.device):
     """``torch.compile(module)``; on the CPU, a ``UserError`` first if inductor has no C++ compiler to use
-    (it would fail at the first step, deep in a traceback)."""
+    (it would fail at the first step, deep in a traceback; ``module`` None: that check alone)."""
     if device.type == "cpu":
         from torch._inductor import cpp_builder
 
@@ -308,7 +310,7 @@ def _compiled(module, device: torch.device):
         except Exception as e:  # InvalidCxxCompiler
             raise UserError(f"--compile: {str(e).splitlines()[0]}; install a C++ compiler (g++ or clang++, "
                             f"or name one in CXX) or train without --compile") from None
-    return torch.compile(module)
+    return torch.compile(module) if module is not None else None
 
 
 def _tensorboard(run: RunFolder, step: int = 0):

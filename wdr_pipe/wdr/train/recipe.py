@@ -236,27 +236,28 @@ def start(c, k: int) -> None:
 
 
 def outcome(plan: List[Phase], rows: List[Dict[str, Any]], lengths: List[Length], best_step: int) -> Dict[str, Any]:
-    """What ``result.json`` says of the phases: each one's steps, best validation micro-F1 and why it ended; which
-    phase the kept weights come from and why."""
-    out, start_step = [], 0
+    """What ``result.json`` says of the phases, as flat figures: ``phases`` (their names), and per phase ``NAME_steps``,
+    ``NAME_planned_steps``, ``NAME_epochs``, ``NAME_best_val_f1`` and ``NAME_ended`` (patience or budget); which
+    phase the kept weights come from (``best_phase``) and why."""
+    out: Dict[str, Any] = {"phases": ",".join(p.name for p in plan)}
+    begin, best = 0, []
     for p, n in zip(plan, lengths):
         mine = [r for r in rows if r.get("phase") == p.name]
-        end = mine[-1]["step"] if mine else start_step
+        end = mine[-1]["step"] if mine else begin
         f1 = max((r["val_f1"] for r in mine), default=None)
-        out.append({"phase": p.name, "steps": end - start_step, "planned_steps": n.steps, "epochs": n.epochs,
-                    "best_val_f1": f1, "ended": "patience" if end - start_step < n.steps else "budget"})
-        start_step = end
-    ends = [sum(o["steps"] for o in out[:i + 1]) for i in range(len(out))]
-    won = next((o for o, end in zip(out, ends) if best_step <= end), out[-1])
-    why = f"{won['phase']}: the best validation micro-F1 ({won['best_val_f1']:.4f})" if won["best_val_f1"] is not None \
-        else won["phase"]
-    if len(out) > 1:
-        other = out[1] if won is out[0] else out[0]
-        if other["best_val_f1"] is not None:
-            why += f", against {other['best_val_f1']:.4f} of {other['phase']}"
-        if won is out[0]:
-            why += "; the fine-tune did not beat the heads, so the heads' weights are kept"
-    return {"phases": out, "best_phase": won["phase"], "why": why}
+        out.update({f"{p.name}_steps": end - begin, f"{p.name}_planned_steps": n.steps, f"{p.name}_epochs": n.epochs,
+                    f"{p.name}_best_val_f1": f1, f"{p.name}_ended": "patience" if end - begin < n.steps else "budget"})
+        best.append((p.name, f1, begin < best_step <= end))
+        begin = end
+    won = next((b for b in best if b[2]), best[0])
+    why = f"{won[0]}: the best validation micro-F1" + (f" ({won[1]:.4f})" if won[1] is not None else "")
+    others = [b for b in best if b is not won and b[1] is not None]
+    if others:
+        why += ", against " + ", ".join(f"{f1:.4f} of {name}" for name, f1, _ in others)
+    if len(best) > 1 and won is best[0]:
+        why += "; the fine-tune did not beat the heads, so the heads' weights are kept"
+    out.update(best_phase=won[0], why=why)
+    return out
 
 
 __all__ = ["BN_MODES", "FINETUNE", "HEADS", "Length", "Phase", "RECIPES", "SHAPE", "SINGLE", "enter", "fit_batch",

@@ -40,7 +40,8 @@ from .config import TrainConfig
 log = logging.getLogger("wdr_pipe")
 MODES = ("auto", "tune", "cv")
 # result.json details that only some modes write: dropped before the new ones go in
-_MODE_KEYS = ("val_f1_tuned_out_of_fold", "val_f1_global_out_of_fold", "threshold_rule", "out_of_fold_by_rule")
+_MODE_KEYS = ("val_f1_tuned_out_of_fold", "val_f1_global_out_of_fold", "threshold_rule")
+RULE = "val_f1_out_of_fold_"  # + a rule's name: auto's figure of each rule
 
 
 def fit_thresholds(run: RunFolder, label_ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, mode: str,
@@ -73,7 +74,7 @@ def fit_thresholds(run: RunFolder, label_ids: np.ndarray, labels: np.ndarray, pr
         out.update(val_f1_tuned_out_of_fold=cv.f1_out_of_fold, val_f1_global_out_of_fold=cv.f1_global_out_of_fold)
     if choice is not None:
         out.update(threshold_rule=choice.rule, val_f1_tuned_out_of_fold=choice.f1_out_of_fold,
-                   out_of_fold_by_rule=choice.out_of_fold)
+                   **{RULE + rule: f1 for rule, f1 in choice.out_of_fold.items()})
     return out
 
 
@@ -112,8 +113,8 @@ def retune_thresholds(run_dir: Union[str, Path], mode: Optional[str] = None, min
     retuned = {"by": "wdr-pipe thresholds", "thresholds": mode, "min_positives": min_positives,
                "device": str(scorer.device), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     done = run.read_result()
-    for k in _MODE_KEYS:
-        done.details.pop(k, None)
+    for k in [k for k in done.details if k in _MODE_KEYS or k.startswith(RULE)]:
+        done.details.pop(k)
     done.details.update(tuned, retuned=retuned)
     run.write_result(done)
     n_val = int(len(scored.ids))

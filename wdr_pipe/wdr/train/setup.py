@@ -11,6 +11,7 @@ import torch
 from ...cache import open_store
 from ...errors import UserError
 from ...progress import Hook
+from ..data.layout import build_layout
 from ..data.loader import make_loader
 from ..data.sampling import rank_size
 from ..data.transforms import data_config
@@ -32,6 +33,7 @@ def prepare(cfg: TrainConfig, dist: Dist, resuming: bool = False, progress: Hook
     # -- the store: splits, label space, wide statistics, loss weights
     store = open_store(cfg.store)
     inputs = prepare_inputs(store, cfg, need_wide_stats=not resuming)
+    check_batch(rank_size(build_layout(store, cfg.train_split, inputs.feature_key).num_rows, dist.world), cfg)
 
     # -- the model and the loss
     model = build_model(cfg.model_config(deep=phases(cfg)[0].deep), len(inputs.label_ids), wide_dim=inputs.wide_dim,
@@ -58,12 +60,17 @@ def phase_loaders(store, cfg: TrainConfig, phase: Phase, inputs: TrainInputs, lo
     train = functools.partial(make_loader, store, cfg.train_split, train=True, drop_last=False,
                               weighted=cfg.weighting == "sample", **args)
     loader = train(cfg.batch_size)
-    rows = rank_size(loader.dataset.layout.num_rows, args["world_size"])
+    rows = check_batch(rank_size(loader.dataset.layout.num_rows, args["world_size"]), cfg)
+    batch = fit_batch(rows, cfg.batch_size)
+    return (loader if batch == cfg.batch_size else train(batch)), val
+
+
+def check_batch(rows: int, cfg: TrainConfig) -> int:
+    """``rows`` (training images per process), or a ``UserError`` when they are fewer than one batch."""
     if rows < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {rows} training images per process; lower "
                         f"--batch-size")
-    batch = fit_batch(rows, cfg.batch_size)
-    return (loader if batch == cfg.batch_size else train(batch)), val
+    return rows
 
 
 __all__ = ["phase_loaders", "prepare"]
