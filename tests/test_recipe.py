@@ -92,7 +92,8 @@ def start(args, what="train"):
 
 
 def kill_in_phase(proc, run: RunFolder, phase: int) -> dict:
-    """SIGKILL the trainer (and its loader workers) at its first checkpoint of ``phase``; that checkpoint."""
+    """SIGKILL the trainer (and its loader workers) at its first checkpoint inside ``phase`` (past the one a phase
+    starts with); that checkpoint."""
     seen, deadline = None, time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         try:
@@ -102,7 +103,8 @@ def kill_in_phase(proc, run: RunFolder, phase: int) -> dict:
             continue
         if (stat.st_ino, stat.st_mtime_ns) != seen:
             seen = (stat.st_ino, stat.st_mtime_ns)
-            if phase == 0 or load_checkpoint(run.last).get("phase") == phase:
+            ckpt = load_checkpoint(run.last) if phase else {"phase": 0, "step": 1, "phase_start": 0}
+            if ckpt["phase"] == phase and ckpt["step"] > ckpt["phase_start"]:
                 break
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -112,7 +112,7 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
             run.check_store(identity)
         else:
             run.write_config(_config_doc(cfg, inputs, model, dcfg, identity, init, dist.world, plan, lengths,
-                                         loaders[-1][1].dataset.embedding_key))
+                                         loaders[-1][1].dataset.embedding_key, loaders[-1][0].dataset.layout.num_rows))
     ckpt = load_checkpoint(run.last) if resuming else None
     c = Counters()
     started_at = last_saved = int(ckpt["step"]) if ckpt else 0
@@ -139,6 +139,8 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
             if dist.world > 1:
                 fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda"
                                                                 else None)
+            save = functools.partial(_save, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
+                                     loader=train_loader, cfg=cfg, inputs=inputs, dist=dist, run=run)
             if ckpt is not None:
                 c = restore(ckpt, run.root, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                             loader=train_loader, rank=dist.rank, world_size=dist.world)
@@ -147,11 +149,12 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
             else:
                 start(c, k)
                 torch.manual_seed(cfg.seed + dist.rank + k * dist.world)  # dropout differs between ranks
+                if k > 0:  # a run killed before this phase's first checkpoint starts it again from here
+                    save(run.last, c, last_saved)
+                    last_saved = c.step
             log.info("phase %d of %d, %s: %d epochs of %d steps at lr %g (%s)", k + 1, len(plan), phase.name,
                      n.epochs, n.updates_per_epoch, phase.lr, "cached embeddings" if train_loader.deep_key ==
                      "embedding" else "images")
-            save = functools.partial(_save, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
-                                     loader=train_loader, cfg=cfg, inputs=inputs, dist=dist, run=run)
             validate = functools.partial(_validate, save=save, model=model, ema=ema, loader=val_loader, inputs=inputs,
                                          criterion=criterion, amp=amp, dist=dist, optimizer=optimizer,
                                          updates_per_epoch=n.updates_per_epoch, run=run, writer=writer, phase=phase,
@@ -324,7 +327,7 @@ def _tensorboard(run: RunFolder, step: int = 0):
 
 
 def _config_doc(cfg: TrainConfig, inputs: TrainInputs, model, dcfg, identity, init, world: int, plan, lengths,
-                scoring_key: Optional[str]) -> Dict[str, Any]:
+                scoring_key: Optional[str], train_images: int) -> Dict[str, Any]:
     """What ``RUN/config.json`` records besides its kind (``embedding_key``: what the run is scored from, the last
     phase's input; ``recipe``: each phase's settings and length)."""
     import timm
@@ -332,7 +335,7 @@ def _config_doc(cfg: TrainConfig, inputs: TrainInputs, model, dcfg, identity, in
     from ... import __version__
 
     return {"settings": cfg.settings(), "key": cfg.key(), "store": identity, "feature_key": inputs.feature_key,
-            "embedding_key": scoring_key,
+            "embedding_key": scoring_key, "train_images": train_images,
             "recipe": {"name": cfg.recipe, "why": cfg.why, "phases": [{**p.doc(), **dataclasses.asdict(n)}
                                                                      for p, n in zip(plan, lengths)]},
             "labels": {"mode": cfg.labels, "ids": inputs.label_ids.tolist(), "of": inputs.space_size,
