@@ -314,6 +314,26 @@ def test_resume_mid_epoch_with_two_workers_repeats_and_skips_nothing(store7):
     assert sorted(again, key=int) == sorted(whole, key=int)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_resume_keeps_the_batch_order_for_any_number_of_workers(store7, workers):
+    """A loader resumed after any number of batches yields the rest of the epoch in the unbroken run's order,
+    the same crops too (the DataLoader restarts its round-robin at process 0; the streams turn with it)."""
+    def loader():
+        return make_loader(store7, "train", batch_size=3, num_workers=workers, config=SMALL, seed=5)
+
+    whole = [(b["image_id"], b["image"]) for b in loader()]
+    for stop in (1, 2, len(whole) - 2):
+        first = loader()
+        for k, _ in enumerate(first):
+            if k + 1 == stop:
+                break
+        second = loader()
+        second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        rest = [(b["image_id"], b["image"]) for b in second]
+        assert [ids for ids, _ in rest] == [ids for ids, _ in whole[stop:]], (workers, stop)
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(rest, whole[stop:]))
+
+
 def test_resume_state_from_other_settings_is_refused(store7):
     a = make_loader(store7, "train", batch_size=3, num_workers=2, config=SMALL)
     b = make_loader(store7, "train", batch_size=3, num_workers=1, config=SMALL)

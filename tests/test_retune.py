@@ -22,7 +22,7 @@ from wdr_pipe.wdr.train.config import TrainConfig
 def finished(wdr_store, tmp_path_factory):
     cfg = TrainConfig(store=str(wdr_store), out=str(tmp_path_factory.mktemp("retune") / "run"), image_size=64,
                       batch_size=16, loader_workers=0, checkpoint_every=0, epochs=2, lr=1e-3, pretrained=True,
-                      parts="deep,wide,recurrent", labels="top:12")
+                      parts="deep,wide,recurrent", labels="top:12", thresholds="tune")
     return cfg, train(cfg)
 
 
@@ -70,6 +70,22 @@ def test_the_command_prints_the_result_and_the_figures(run):
     assert read(run.thresholds)["min_positives"] == 3
     res = CliRunner().invoke(cli, ["thresholds", "--run", str(run.root), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["details"]["thresholds"] == "tune"
+
+
+def test_auto_keeps_the_rule_that_holds_out_of_fold_and_says_so(run):
+    res = CliRunner().invoke(cli, ["thresholds", "--run", str(run.root), "--thresholds", "auto"])
+    assert res.exit_code == 0, res.output
+    assert "kept: " in res.output and "out of fold (the figure to expect on new images)" in res.output
+    d = read(run.result)["details"]
+    by_rule = {k[len("val_f1_out_of_fold_"):]: v for k, v in d.items() if k.startswith("val_f1_out_of_fold_")}
+    assert d["thresholds"] == "auto" and d["threshold_rule"] in by_rule and "global" in by_rule
+    assert d["val_f1_tuned_out_of_fold"] == max(by_rule.values())
+    doc = read(run.thresholds)
+    if d["threshold_rule"] == "global":
+        assert set(doc["thresholds"].values()) == {doc["global_threshold"]} == {d["global_threshold"]}
+    tune = retune_thresholds(run.root, mode="tune")  # another mode drops auto's own figures
+    assert not {"threshold_rule", "val_f1_out_of_fold_global"} & set(read(run.result)["details"])
+    assert tune.details["thresholds"] == "tune"
 
 
 def test_bad_input_is_one_clear_error(finished, run, tmp_path):

@@ -236,3 +236,29 @@ def test_bad_arguments():
         tune_thresholds(y, s * 4)
     res = tune_thresholds(y, s, min_positives=0, max_passes=0)
     assert res.passes == 0 and np.all(res.thresholds == 0.5) and res.f1_after == res.f1_before
+
+
+# -- the rule that holds out of sample (metrics/rules.py) -------------------------------------------
+def test_auto_rule_keeps_per_label_thresholds_where_labels_differ_and_one_threshold_where_they_overfit():
+    from wdr_pipe.wdr.metrics.rules import choose_rule
+
+    rng = np.random.default_rng(0)
+    # 600 images, labels whose scores sit on different scales: each needs its own threshold
+    y = (rng.random((600, 6)) < 0.3).astype(np.uint8)
+    scale = np.array([0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
+    s = (np.clip(0.5 * y + 0.5 * rng.random(y.shape), 0, 1) * scale).astype(np.float32)
+    own = choose_rule(y, s, min_positives=5, seed=0)
+    assert own.rule == "per-label" and own.repeats == 2
+    assert set(own.out_of_fold) == {"global", "per-label"}  # min 10 would keep the same thresholds: not tried
+    assert own.out_of_fold["per-label"] > own.out_of_fold["global"] + 0.05
+    assert own.fit.f1_after == tune_thresholds(y, s, min_positives=5).f1_after
+    # 40 images, labels alike and a few positives each: per-label thresholds fit noise, one threshold holds
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 8)) < 0.3).astype(np.uint8)
+    s = np.clip(0.3 * y + 0.7 * rng.random(y.shape), 0, 1).astype(np.float32)
+    one = choose_rule(y, s, min_positives=2, seed=0)
+    assert one.out_of_fold[one.rule] == max(one.out_of_fold.values()) == one.f1_out_of_fold
+    assert one.rule == "global", one.describe()
+    assert np.all(one.fit.thresholds == one.fit.global_threshold) and one.fit.fallback.all()
+    assert one.fit.f1_after == one.fit.f1_global and one.repeats == 5
+    assert "out of fold" in one.describe()

@@ -306,7 +306,6 @@ def bare_store(store, tmp_path):
                               r"\(it has: test, train, validation\); pick one of those"),
     (dict(val_split="test"), r"--val-split test: an unlabelled split \(no image has labels\); train and "
                              r"validate on labelled splits"),
-    (dict(batch_size=200), r"--batch-size 200: larger than the 160 training images per process; lower"),
     (dict(init="elsewhere"), r"--init .*elsewhere: not a wdr-pipe run folder; pass the --out folder"),
     pytest.param(dict(device="cuda"), r"--device cuda: no CUDA device is available here; use --device cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

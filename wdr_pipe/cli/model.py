@@ -15,8 +15,8 @@ import click
 
 from ..wdr.checks import LOADER_WORKERS, MIN_POSITIVES
 from . import cli
-from .common import (CONTEXT, bounded, device_option, echo_result, given_options, json_option, not_empty, progress_bar,
-                     store_option, user_errors)
+from .common import (CONTEXT, FiniteFloatRange, bounded, device_option, echo_result, given_options, json_option,
+                     not_empty, progress_bar, store_option, user_errors)
 
 
 def loader_workers_option(default=2, help="Loader worker processes."):
@@ -37,13 +37,20 @@ def loader_workers_option(default=2, help="Loader worker processes."):
 
 
 # help text of every train flag, in the order --help shows them
+RECIPE = " [default: the recipe's]"
 HELP = {
     "train_split": "Split to train on.",
     "val_split": "Split to validate on (thresholds are tuned on it).",
+    "recipe": "lp-ft: the heads on the cached embeddings, then the whole network fine-tuned; fixed: the heads "
+              "alone; single: one phase as the flags say [default: lp-ft; single where --deep, --epochs, --lr, "
+              "--optimizer, --weight-decay, --sched, --warmup-epochs, --init, --freeze-first or --stream-images is "
+              "given, or the backbone has no weights].",
     "backbone": "Any timm model name (Deep part), e.g. tf_efficientnet_lite0, legacy_xception, vgg16.",
-    "pretrained": "ImageNet weights: tf_efficientnet_lite0 offline from its package; others from timm's source.",
+    "pretrained": "ImageNet weights: tf_efficientnet_lite0 offline from its package; others from timm's source "
+                  "[default: on where they ship offline].",
     "weights": "A local .pth/.safetensors file of the backbone's weights (loaded through timm).",
-    "deep": "fixed: backbone frozen; half: its first half frozen; tune: all trained (the WDR table's rows).",
+    "deep": "fixed: backbone frozen; half: its first half frozen; tune: all trained (the WDR table's rows; lp-ft: "
+            "phase 2's) [default: tune].",
     "freeze_first": "Freeze the first N weight layers (the VGG-16 paper's first 12 layers fixed).",
     "head": "linear, or mlp: two layers stacked on top (the VGG-16 paper).",
     "head_hidden": "Hidden units of the mlp head.",
@@ -58,10 +65,23 @@ HELP = {
     "stream_images": "With --deep fixed: decode and augment images every batch instead of training from the "
                      "cached embeddings (wdr-pipe embed; computed first when missing).",
     "labels": "all, or top:N to train on the N most frequent training labels.",
-    "epochs": "Epochs.", "batch_size": "Images per step (per process).", "lr": "Learning rate.",
-    "optimizer": "Any timm optimizer (nadam as in the paper, adamw, sgd...).",
-    "weight_decay": "Weight decay.", "sched": "Learning-rate schedule (timm), stepped per update.",
-    "warmup_epochs": "Warm-up epochs.", "grad_accum": "Steps of gradient accumulation per update.",
+    "epochs": "Epochs of the recipe's last phase [default: single 10; lp-ft and fixed: scaled to the data].",
+    "batch_size": "Most images per step (per process); an epoch is cut into equal batches [default: single 64, "
+                  "lp-ft and fixed 32].",
+    "lr": "Learning rate of the recipe's last phase, or auto (the range test of lr-find) [default: single 3e-4, "
+          "lp-ft 1e-3, fixed 3e-2].",
+    "head_lr": "lp-ft: learning rate of phase 1, the heads on the cached embeddings, or auto [default: 3e-2].",
+    "optimizer": "Any timm optimizer (nadam as in the paper, adamw, sgd...) [default: single nadam, else adamw].",
+    "weight_decay": "Weight decay [default: lp-ft 0.01, else 0].",
+    "sched": "Learning-rate schedule (timm), stepped per update [default: cosine].",
+    "warmup_epochs": "Warm-up epochs [default: lp-ft 1, else 0].",
+    "layer_decay": "Layer-wise rate decay of the backbone (timm): each layer group trains at this times the rate "
+                   "of the one above [default: lp-ft 0.75, else none].",
+    "bn": "train: BatchNorm statistics of the batches; frozen: the backbone's own, kept [default: lp-ft frozen, "
+          "else train].",
+    "patience": "Validations without a gain in micro-F1 before a phase stops; 0: never [default: single 0; "
+                "heads 5, fine-tune 2].",
+    "grad_accum": "Steps of gradient accumulation per update.",
     "clip_grad": "Clip the gradient norm to this.", "ema": "Keep an EMA of the weights (timm ModelEmaV3).",
     "ema_decay": "EMA decay.", "loss": "bce, or asl (asymmetric loss, timm).",
     "weighting": "The poster's alpha weighting: loss (loss weights), sample (weighted sampling) or none.",
@@ -71,10 +91,24 @@ HELP = {
     "loader_workers": "Loader worker processes.", "device": "auto, cpu, cuda or cuda:N.",
     "amp": "auto (bf16 and channels_last on CUDA), bf16 or off.", "compile": "torch.compile the model.",
     "checkpoint_every": "Checkpoint every N steps (also at each epoch's end).",
-    "eval_every": "Validate every N steps (0: at each epoch's end only).",
-    "thresholds": "tune: per-class thresholds on the validation split; cv: also report their out-of-fold gain; none.",
+    "eval_every": "Validate every N steps (0: at each epoch's end only) [default: single 0; lp-ft and fixed: about "
+                  "20 times in the heads phase, 5 in the fine-tune].",
+    "thresholds": "auto: per class, per class for labels with more positives, or one global threshold, whichever "
+                  "holds best out of fold on the validation split; tune: per class; cv: tune, and report its "
+                  "out-of-fold gain; none: 0.5.",
     "min_positives": "Labels with fewer validation positives get the global threshold.",
 }
+
+
+class Rate(FiniteFloatRange):
+    """A learning rate in its range, or ``auto`` (the learning-rate finder)."""
+
+    name = "rate"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
 
 
 def _train_options(f):
@@ -88,6 +122,12 @@ def _train_options(f):
         opt = "--" + name.replace("_", "-")
         if name == "loader_workers":
             f = loader_workers_option(default, HELP[name])(f)
+        elif name == "pretrained":
+            f = click.option("--pretrained/--no-pretrained", name, default=None, help=HELP[name])(f)
+        elif name in ("lr", "head_lr"):
+            b = bounds[name]
+            f = click.option(opt, name, default=None, type=Rate(b.lo, b.hi, min_open=b.lo_open, max_open=b.hi_open),
+                             metavar="RATE|auto", help=HELP[name])(f)
         elif isinstance(default, bool):
             f = click.option(opt, name, is_flag=True, help=HELP[name])(f)
         else:
@@ -139,10 +179,12 @@ def train(store, out, resume_run, as_json, **settings):
 @cli.command(context_settings=CONTEXT)
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A finished run folder (the --out of 'wdr-pipe train').")
-@click.option("--thresholds", "mode", type=click.Choice(["tune", "cv"]), default="tune", show_default=True,
-              help="tune: per-class thresholds; cv: also report their out-of-fold gain (5 folds).")
-@click.option("--min-positives", type=bounded(MIN_POSITIVES), default=5, show_default=True,
-              help="Labels with fewer validation positives get the one global threshold.")
+@click.option("--thresholds", "mode", type=click.Choice(["auto", "tune", "cv"]), default=None,
+              help="auto: per class, per class for labels with more positives, or one global threshold, whichever "
+                   "holds best out of fold; tune: per class; cv: also report their out-of-fold gain (5 folds) "
+                   "[default: the run's own].")
+@click.option("--min-positives", type=bounded(MIN_POSITIVES), default=None,
+              help="Labels with fewer validation positives get the one global threshold [default: the run's own].")
 @device_option(None, "auto, cpu, cuda or cuda:N [default: the run's].")
 @loader_workers_option(None, "Loader worker processes [default: the run's].")
 @json_option
@@ -163,4 +205,34 @@ def thresholds(run_dir, mode, min_positives, device, loader_workers, as_json):
     with user_errors(), progress_bar("thresholds", unit="batch") as bar:
         result = retune_thresholds(run_dir, mode=mode, min_positives=min_positives, device=device,
                                    loader_workers=loader_workers, progress=bar)
+    echo_result(result, as_json)
+
+
+@cli.command("lr-find", context_settings=CONTEXT)
+@store_option(help="The store to test on.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=not_empty,
+              help="The folder lr_find.json and lr_find.png go to.")
+@click.option("--phase", default=None,
+              help="The recipe's phase to test: heads (from the cached embeddings) or fine-tune (images) "
+                   "[default: its first].")
+@_train_options
+@json_option
+def lr_find(store, out, phase, as_json, **settings):
+    """The learning-rate range test of a training phase: the rate it suggests, and its curve.
+
+    As fastai's lr_find: the phase's own optimizer at a rate growing exponentially from 1e-7 to
+    10 over 100 steps, the loss smoothed; the suggestion is where it falls fastest. Deterministic;
+    the heads phase trains from the cached embeddings (computed first where missing) in seconds.
+    Takes train's flags, so it tests the phase that 'train' with them would run.
+
+    \b
+    Examples:
+      wdr-pipe lr-find --store store/ --out lrf/
+      wdr-pipe lr-find --store store/ --out lrf/ --recipe fixed --parts deep,wide
+    """
+    from ..wdr.train.config import TrainConfig
+    from ..wdr.train.lr_find import lr_find as find
+
+    with user_errors(), progress_bar("lr-find", unit="step") as bar:
+        result = find(TrainConfig(store=store, out=out, **settings), phase, progress=bar)
     echo_result(result, as_json)

@@ -35,20 +35,24 @@ MODEL_BOUNDS = {
 }
 
 # TrainConfig (train/config.py): its own settings; the model's are MODEL_BOUNDS, checked by ModelConfig
+# (optional ones: None is the recipe's value, train/recipe.py; --lr and --head-lr also take auto)
 TRAIN_BOUNDS = {
     "image_size": IMAGE_SIZE,
-    "epochs": Bound("--epochs", 1, 100_000),
-    "batch_size": BATCH_SIZE,
-    "lr": Bound("--lr", 0, 10, integer=False, lo_open=True),
-    "weight_decay": Bound("--weight-decay", 0, 10, integer=False),
-    "warmup_epochs": Bound("--warmup-epochs", 0, 100_000, integer=False),  # and fewer than --epochs
+    "epochs": Bound("--epochs", 1, 100_000, optional=True),
+    "batch_size": replace(BATCH_SIZE, optional=True),
+    "lr": Bound("--lr", 0, 10, integer=False, lo_open=True, optional=True),
+    "head_lr": Bound("--head-lr", 0, 10, integer=False, lo_open=True, optional=True),
+    "weight_decay": Bound("--weight-decay", 0, 10, integer=False, optional=True),
+    "warmup_epochs": Bound("--warmup-epochs", 0, 100_000, integer=False, optional=True),  # and fewer than --epochs
+    "layer_decay": Bound("--layer-decay", 0, 1, integer=False, lo_open=True, optional=True),
+    "patience": Bound("--patience", 0, 1_000_000, unit="validations", optional=True),
     "grad_accum": Bound("--grad-accum", 1, 1024, unit="batches"),
     "clip_grad": Bound("--clip-grad", 0, 1_000_000, integer=False, lo_open=True, optional=True),
     "ema_decay": Bound("--ema-decay", 0, 1, integer=False, lo_open=True, hi_open=True),
     "seed": SEED,
     "loader_workers": LOADER_WORKERS,
     "checkpoint_every": Bound("--checkpoint-every", 0, 1_000_000_000, unit="steps"),
-    "eval_every": Bound("--eval-every", 0, 1_000_000_000, unit="steps"),
+    "eval_every": Bound("--eval-every", 0, 1_000_000_000, unit="steps", optional=True),
     "min_positives": MIN_POSITIVES,
 }
 # --pos-weight K (or 'stats'): checked once the text is read as a number

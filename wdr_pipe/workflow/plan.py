@@ -112,6 +112,7 @@ def _stats_step(cfg: WorkflowConfig, deps: List[str]) -> Step:
 def _train_step(cfg: WorkflowConfig, name: str, deps: List[str], feature_key: Optional[str]) -> Step:
     from ..wdr.train.config import TrainConfig
     from ..wdr.train.loop import train
+    from ..wdr.train.recipe import phases
 
     flags = dict(cfg.train[name])
     if feature_key and "wide" in str(flags.get("parts", "")):
@@ -129,7 +130,9 @@ def _train_step(cfg: WorkflowConfig, name: str, deps: List[str], feature_key: Op
         return train(tc, progress=progress)
 
     return Step(f"train.{name}", deps, action,
-                f"train {name}: {tc.backbone}, deep {tc.deep}, parts {','.join(tc.parts)}, {tc.epochs} epochs",
+                f"train {name}: {tc.backbone}, parts {','.join(tc.parts)}, " + (
+                    f"deep {tc.deep}, {tc.epochs} epochs" if tc.recipe == "single" else
+                    f"recipe {tc.recipe} ({' then '.join(p.name for p in phases(tc))})"),
                 every_rank=True, prepare=prepare)
 
 

@@ -37,7 +37,11 @@ one smaller) and counted in ``skipped``.
 Resume: ``loader.state_dict()`` holds the epoch and, per worker, how many of
 its samples have been yielded to the caller (each batch carries its worker
 id and count); ``load_state_dict`` makes the next ``iter(loader)`` continue
-each worker's stream right there, without repeating or skipping a sample.
+each worker's stream right there, without repeating or skipping a sample, and
+in the same order: the DataLoader takes batches from its worker processes in
+turn starting at process 0, so after ``taken`` batches process ``p`` serves
+the logical stream ``(p + taken) % workers`` (the next batch is stream
+``taken % workers``'s), whatever the number of workers.
 The state is the same on every rank, so saving rank 0's is enough; it names
 the embedding key, so a run that streamed images cannot resume on embeddings
 or the other way round.
@@ -104,8 +108,8 @@ class StoreDataset(IterableDataset):
             import pyarrow.parquet as pq
 
             self.wide_dim = wide_dim(pq.read_schema(self.layout.features_dir / self.layout.units[0].shard))
-        # epoch and per-worker start positions, shared with worker processes (persistent ones too)
-        self._control = torch.zeros(1 + max(1, self.num_workers), dtype=torch.int64).share_memory_()
+        # epoch, rotation and per-worker start positions, shared with worker processes (persistent ones too)
+        self._control = torch.zeros(2 + max(1, self.num_workers), dtype=torch.int64).share_memory_()
 
     # -- sizes and order ---------------------------------------------------------------------
     @property
@@ -134,13 +138,15 @@ class StoreDataset(IterableDataset):
                                     buffer_size=self.buffer_size)
 
     def _position(self) -> Tuple[int, int, int]:
-        """``(epoch, worker, samples already consumed)`` of the DataLoader worker calling it."""
+        """``(epoch, worker, samples already consumed)`` of the DataLoader worker calling it: ``worker`` is the
+        logical stream it serves, its process number turned by the rotation ``Loader`` set (module doc)."""
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        process, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if workers != self._workers():
             raise UserError(f"{type(self).__name__} was made for num_workers={self.num_workers} but runs in a "
                             f"DataLoader with {workers} workers; pass the same num_workers (make_loader does)")
-        return int(self._control[0]), worker, int(self._control[1 + worker])
+        worker = (process + int(self._control[1])) % workers
+        return int(self._control[0]), worker, int(self._control[2 + worker])
 
     # -- batches -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -254,6 +260,10 @@ class Loader:
         """Rows left out: failed downloads, embeddings and features (of the split), decode failures (so far)."""
         return {**self.dataset.layout.skipped, "decode": self.failed}
 
+    def taken(self) -> int:
+        """Batches of this epoch yielded so far (a worker's batches are whole but for the epoch's last)."""
+        return sum(-(-c // self.dataset.batch_size) for c in self.consumed)
+
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next ``iter``."""
         self.epoch, self.consumed = int(epoch), [0] * len(self.consumed)
@@ -261,7 +271,8 @@ class Loader:
     def __iter__(self) -> Iterator[dict]:
         control = self.dataset._control
         control[0] = self.epoch
-        control[1:] = torch.tensor(self.consumed, dtype=torch.int64)
+        control[1] = self.taken() % len(self.consumed)  # the stream whose batch comes next (module doc)
+        control[2:] = torch.tensor(self.consumed, dtype=torch.int64)
         # Workers fork here (the first time, when persistent). They should not run OpenCV's own
         # thread pool, but cv2.setNumThreads inside a forked worker hangs once the parent has
         # started that pool (as fetch or features do); so the parent forks them at one thread.

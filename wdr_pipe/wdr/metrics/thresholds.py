@@ -302,7 +302,7 @@ def cross_validated_gain(y_true, scores, folds: int = 5, seed: int = 0, min_posi
                              f1_out_of_fold=float(f1_from_counts(*tuned_counts)),
                              f1_global_out_of_fold=float(f1_from_counts(*global_counts)), fold_f1=fold_f1,
                              fit=whole)
-    log.info("%s", result.describe())
+    log.debug("%s", result.describe())
     return result
 
 

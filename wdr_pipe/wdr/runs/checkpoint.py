@@ -12,6 +12,8 @@ Keys of every checkpoint (``best.safetensors`` holds these alone)::
     settings     TrainConfig.settings() of the run
     label_ids    the store label ids the model predicts, in column order
     world_size   processes that trained it
+    phase        the recipe's phase (0-based), the step it started at (phase_start), its own best
+                 validation micro-F1 (phase_best) and validations since that improved (stale)
 
 and of a full one (``last.safetensors``), what an exact resume needs besides::
 
@@ -63,6 +65,13 @@ class Counters:
     best_step: int = 0
     meter: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"loss": 0.0, "n": 0, "images": 0})
     watch: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    phase: int = 0
+    phase_start: int = 0
+    phase_best: float = -1.0
+    stale: int = 0
+
+
+PHASE_COUNTERS = ("phase", "phase_start", "phase_best", "stale")
 
 
 def save_checkpoint(path: Path, ckpt: Dict[str, Any]) -> None:
@@ -107,7 +116,7 @@ def checkpoint_dict(c: Counters, *, model, ema, settings: Dict[str, Any], label_
     ckpt = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
             "step": c.step, "epoch": c.epoch, "samples": c.samples, "best": c.best, "best_step": c.best_step,
             "settings": settings, "label_ids": [int(i) for i in label_ids], "world_size": world_size,
-            "watch": c.watch}
+            "watch": c.watch, **{k: getattr(c, k) for k in PHASE_COUNTERS}}
     if optimizer is not None:
         ckpt.update(optimizer=optimizer.state_dict(), loader=loader.state_dict(), rng=rngs, meter=c.meter,
                     scheduler=scheduler.state_dict() if scheduler is not None else None)
@@ -137,11 +146,12 @@ def restore(ckpt: Dict[str, Any], where: Path, *, model, optimizer, scheduler, e
         ema.module.load_state_dict(ckpt["ema"])
     loader.load_state_dict(ckpt["loader"])
     c = Counters(*(ckpt[k] for k in ("step", "epoch", "samples", "best", "best_step")),
-                 meter={**ckpt["meter"], "images": 0}, watch=dict(ckpt.get("watch") or {}))
+                 meter={**ckpt["meter"], "images": 0}, watch=dict(ckpt.get("watch") or {}),
+                 **{k: ckpt[k] for k in PHASE_COUNTERS if k in ckpt})
     if rate_changed:  # the loss watch starts again from the first loss: the new rate is judged on its own
         c.watch = {k: v for k, v in c.watch.items() if k in ("first", "first_step")}
     if rate_changed and scheduler is not None:
-        scheduler.step_update(num_updates=c.step)  # the new schedule's rate at this step
+        scheduler.step_update(num_updates=c.step - c.phase_start)  # the new schedule's rate at this step
     set_rng_state(ckpt["rng"][rank])
     return c
 

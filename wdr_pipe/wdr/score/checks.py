@@ -87,7 +87,7 @@ def fallback_labels(run: RunFolder, store: Optional[Store]) -> np.ndarray:
         res = run.result_if_finished()
         details, counts = (res.details, res.counts) if res is not None else ({}, {})
         epochs = max(1, int(details.get("epochs", 1) or 1))
-        n = int(counts.get("samples", 0)) // epochs or int(run.doc.get("train_images", 0))
+        n = int(run.doc.get("train_images", 0)) or int(counts.get("samples", 0)) // epochs
     p = counts / max(n, int(counts.max(initial=0)), 1)
     order = np.argsort(-p, kind="stable")
     f1 = 2 * np.cumsum(p[order]) / (np.arange(1, p.size + 1) + p.sum())

@@ -32,9 +32,12 @@ What some settings mean:
   frequent training labels only (ties: the lower id).
 - ``init``: another run folder; its best weights of the same name and shape
   are loaded (the backbone always, the head only for the same labels).
-- ``thresholds``: ``tune`` (per label, Fan-Lin, on the validation split),
-  ``cv`` (the same, plus its 5-fold out-of-fold micro-F1 in the result) or
-  ``none`` (0.5); labels under ``min_positives`` positives get the global one.
+- ``thresholds``: ``auto`` (per label, per label with twice ``min_positives``,
+  or one global threshold: whichever has the best out-of-fold micro-F1,
+  ``metrics/rules.py``; that figure is in the result), ``tune`` (per label,
+  Fan-Lin, on the validation split), ``cv`` (the same, plus its 5-fold
+  out-of-fold micro-F1 in the result) or ``none`` (0.5); labels under
+  ``min_positives`` positives get the global one.
 """
 from __future__ import annotations
 
@@ -56,11 +59,13 @@ SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "none")
 AMP = ("auto", "bf16", "off")
 LOSSES = ("bce", "asl")
 WEIGHTING = ("none", "loss", "sample")
-THRESHOLDS = ("tune", "cv", "none")
+THRESHOLDS = ("auto", "tune", "cv", "none")
 # settings that may differ between a run and the command that resumes it: the run folder itself
 NOT_SETTINGS = ("out",)
 # earlier names of settings, still read (a run folder's config.json, a [train.NAME] table): old -> new
 ALIASES = {"workers": "loader_workers"}
+# what a run made before a setting existed had, where that is not the setting's default (a run before recipes)
+BEFORE = {"recipe": "single", "bn": "train", "patience": 0}
 
 
 def flag(name: str) -> str:
@@ -74,11 +79,12 @@ class TrainConfig:
     out: str
     train_split: str = "train"
     val_split: str = "validation"
+    recipe: Optional[str] = None    # lp-ft, fixed or single; None: train/recipe.py's rule (settled in __post_init__)
     # the model (ModelConfig's fields)
     backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool = False
+    pretrained: Optional[bool] = None   # None: where the weights ship offline
     weights: Optional[str] = None
-    deep: str = "tune"
+    deep: Optional[str] = None
     freeze_first: int = 0
     head: str = "linear"
     head_hidden: int = 512
@@ -93,14 +99,18 @@ class TrainConfig:
     image_size: Optional[int] = None
     stream_images: bool = False     # --deep fixed: images every batch instead of the cached embeddings
     labels: str = "all"
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 3e-4
-    optimizer: str = "nadam"
-    weight_decay: float = 0.0
-    sched: str = "cosine"
-    warmup_epochs: float = 0.0
+    # optimisation (None: the recipe's value; epochs, patience and eval_every may stay None: scaled to the data)
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[Union[float, str]] = None
+    head_lr: Optional[Union[float, str]] = None
+    optimizer: Optional[str] = None
+    weight_decay: Optional[float] = None
+    sched: Optional[str] = None
+    warmup_epochs: Optional[float] = None
+    layer_decay: Optional[float] = None
+    bn: Optional[str] = None
+    patience: Optional[int] = None
     grad_accum: int = 1
     clip_grad: Optional[float] = None
     ema: bool = False
@@ -116,9 +126,9 @@ class TrainConfig:
     amp: str = "auto"
     compile: bool = False
     checkpoint_every: int = 500
-    eval_every: int = 0
+    eval_every: Optional[int] = None
     # after training
-    thresholds: str = "tune"
+    thresholds: str = "auto"
     min_positives: int = 5
 
     def __post_init__(self):
@@ -135,9 +145,19 @@ class TrainConfig:
             put("parts", tuple(p.strip() for p in self.parts.split(",") if p.strip()))
         put("parts", tuple(self.parts))
         put("pos_weight", _pos_weight(self.pos_weight))
-        check_all("train config", self, TRAIN_BOUNDS)
-        check(self.warmup_epochs < self.epochs, "warmup_epochs",
+        for name in ("lr", "head_lr"):  # a number, or auto: the learning-rate finder
+            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() == "auto":
+                put(name, "auto")
+        from .recipe import BN_MODES, settle
+
+        settled = settle(self)
+        object.__setattr__(self, "why", settled.pop("why"))  # not a setting: how the recipe was chosen
+        for name, value in settled.items():
+            put(name, value)
+        check_all("train config", self, {k: b for k, b in TRAIN_BOUNDS.items() if getattr(self, k) != "auto"})
+        check(self.epochs is None or self.warmup_epochs < self.epochs, "warmup_epochs",
               f"use 0 or more and fewer than --epochs {self.epochs}")
+        check(self.bn in BN_MODES, "bn", f"use one of {', '.join(BN_MODES)}")
         check(self.sched in SCHEDULES, "sched", f"use one of {', '.join(SCHEDULES)}")
         check(self.amp in AMP, "amp", f"use one of {', '.join(AMP)}")
         check(self.loss in LOSSES, "loss", f"use one of {', '.join(LOSSES)}")
@@ -148,8 +168,9 @@ class TrainConfig:
         check(self.train_split != self.val_split, "val_split",
               "is the training split too; validate on another split")
         check_device(self.device)
-        check(not self.stream_images or self.deep == "fixed", "stream_images",
-              "only --deep fixed trains from cached embeddings; the other modes always stream images")
+        check(not self.stream_images or self.deep == "fixed" or self.recipe != "single", "stream_images",
+              "only --deep fixed and the heads phase train from cached embeddings; the other modes always stream "
+              "images")
         check(self.feature_key is None or "wide" in self.parts, "feature_key",
               "only the wide part reads image features; add wide to --parts or leave --feature-key out")
         import timm.optim
@@ -212,7 +233,7 @@ def setting_names(aliases: bool = False) -> set:
 def settings_diff(run: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """``["--lr 0.001 (the run has 0.0003)", ...]`` for every setting that differs. A setting added to
     wdr-pipe after a run was made counts as its default there; one renamed since, under its new name."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **BEFORE}
     run = {ALIASES.get(k, k): v for k, v in run.items()}
     out = []
     for k in sorted(set(run) | set(new)):

@@ -35,7 +35,7 @@ from .config import TrainConfig, flag, settings_diff
 
 log = logging.getLogger("wdr_pipe")
 
-RESUME_CHANGES = ("lr",)  # what `train --resume RUN` may change (recorded in config.json)
+RESUME_CHANGES = ("lr", "head_lr", "loader_workers")  # what `train --resume RUN` may change (in config.json)
 GROWTH = 100.0            # a loss this many times the first step's is a warning
 
 
@@ -104,26 +104,28 @@ def record_changes(run: RunFolder, changes: Dict[str, Tuple[Any, Any]]) -> None:
 
 
 # -- the loss watch and the divergence advice ---------------------------------------------------------
-def watch_loss(c: Counters, loss: float, lr: float) -> None:
-    """Record the step's training loss; warn once when it is ``GROWTH`` times the first step's."""
+def watch_loss(c: Counters, loss: float, rate: Tuple[str, float]) -> None:
+    """Record the step's training loss; warn once when it is ``GROWTH`` times the first step's (``rate``: the
+    flag that sets the phase's rate and its value, ``recipe.rate_flag``)."""
     w = c.watch
     if "first" not in w:
         w.update(first=loss, first_step=c.step)
     if loss > w.get("max", float("-inf")):  # (a resume at another rate keeps only the first loss)
         w.update(max=loss, max_step=c.step)
     if "warned_at" not in w and loss > GROWTH * max(w["first"], 1e-6):
-        w.update(warned_at=c.step, lr=lr)
-        log.warning("the training loss grew from %.3g (step %d) to %.3g (step %d): it is diverging at --lr %g",
-                    w["first"], w["first_step"], loss, c.step, lr)
+        w.update(warned_at=c.step, flag=rate[0], lr=rate[1])
+        log.warning("the training loss grew from %.3g (step %d) to %.3g (step %d): it is diverging at %s %g",
+                    w["first"], w["first_step"], loss, c.step, *rate)
 
 
 def loss_warning(c: Counters, run: RunFolder) -> Optional[str]:
     w = c.watch
     if "warned_at" not in w:
         return None
+    name = w.get("flag", "--lr")
     return (f"the training loss grew {w['max'] / max(w['first'], 1e-6):.2g} times, from {w['first']:.3g} (step "
-            f"{w['first_step']}) to {w['max']:.3g} (step {w['max_step']}): the run diverged at --lr {w['lr']:g}; "
-            f"train again into a new --out with a lower --lr (e.g. {w['lr'] / 10:g})")
+            f"{w['first_step']}) to {w['max']:.3g} (step {w['max_step']}): the run diverged at {name} {w['lr']:g}; "
+            f"train again into a new --out with a lower {name} (e.g. {w['lr'] / 10:g})")
 
 
 def annotate(result: StageResult, run: RunFolder, c: Counters) -> StageResult:
@@ -140,12 +142,14 @@ def annotate(result: StageResult, run: RunFolder, c: Counters) -> StageResult:
     return result
 
 
-def diverged(step: int, cfg: TrainConfig, run: RunFolder, last_saved: int, what: str) -> UserError:
-    """The one line of a run stopped by a NaN or inf: what is kept, and the one command that continues it."""
+def diverged(step: int, rate: Tuple[str, float], run: RunFolder, last_saved: int, what: str) -> UserError:
+    """The one line of a run stopped by a NaN or inf: what is kept, and the one command that continues it
+    (``rate``: the flag that sets the phase's rate and its value, ``recipe.rate_flag``)."""
+    name, lr = rate
     kept = (f"the last good checkpoint (step {last_saved}) is kept in {run.last}" if run.last.exists()
             else "no checkpoint had been written yet")
-    return UserError(f"training diverged at step {step}: {what} at --lr {cfg.lr:g}; {kept}; continue at a lower "
-                     f"rate with 'wdr-pipe train --resume {run.root} --lr {cfg.lr / 10:g}'")
+    return UserError(f"training diverged at step {step}: {what} at {name} {lr:g}; {kept}; continue at a lower "
+                     f"rate with 'wdr-pipe train --resume {run.root} {name} {lr / 10:g}'")
 
 
 __all__ = ["GROWTH", "RESUME_CHANGES", "annotate", "diverged", "loss_warning", "record_changes", "resume_settings",

@@ -117,8 +117,9 @@ def _feature_key(store: Store, cfg: TrainConfig) -> str:
 
 def training_embeddings(store: Store, cfg: TrainConfig, model, dcfg: DataConfig, device,
                         progress=None) -> Optional[str]:
-    """The embedding key a ``--deep fixed`` run of ``cfg`` trains from, computed first where missing; ``None``
-    when it streams images (``--stream-images``, another ``--deep``, or random weights: nothing to key them by).
+    """The embedding key a run of ``cfg`` trains its heads from (``--deep fixed``, a recipe's heads phase), computed
+    first where missing; ``None`` when it streams images (``--stream-images``, no phase of ``--deep fixed``, or
+    random weights: nothing to key them by).
 
     The key is the one ``wdr-pipe embed`` gives the same backbone, weights (``--init RUN``: that run's
     checkpoint), data config and dtype; an existing float32 key is preferred to float16, and float16
@@ -128,7 +129,9 @@ def training_embeddings(store: Store, cfg: TrainConfig, model, dcfg: DataConfig,
     from ..embed.stage import EmbedConfig, embed, run_checkpoint
     from ..model.backbone import file_sha256
 
-    if cfg.deep != "fixed" or cfg.stream_images:
+    from .recipe import phases
+
+    if not any(p.embeddings for p in phases(cfg)):
         return None
     if cfg.init:
         _, ckpt = run_checkpoint(cfg.init, "--init")
@@ -144,7 +147,7 @@ def training_embeddings(store: Store, cfg: TrainConfig, model, dcfg: DataConfig,
     result = embed(store, chosen, source, [cfg.train_split, cfg.val_split], device=device, progress=progress)
     how = (f"computed {result.details['images_computed']} images' vectors first, reused {result.reused} shards"
            if result.ran else f"all {result.reused} shards were there")
-    log.info("--deep fixed: training from the cached embeddings %s (%s, %s px; %s); no image is decoded",
+    log.info("heads: training from the cached embeddings %s (%s, %s px; %s); no image is decoded",
              chosen.key, chosen.dtype, chosen.size, how)
     return chosen.key
 

@@ -20,6 +20,12 @@ and only rank 0 writes files.
 A resumed run restores the weights, optimizer, schedule, EMA, the loader's
 position and every random generator, so it ends where an uninterrupted run
 would have: mid-epoch too.
+
+The recipe (``recipe.py``) cuts the run into phases (``lp-ft``: the heads on
+the cached embeddings, then the fine-tune): each has its own loaders,
+optimizer, schedule and early stopping, and starts from the best weights so
+far; the step count, the best checkpoint and ``metrics.jsonl`` (a ``phase``
+column) run on across them, and the checkpoint names the phase it was taken in.
 """
 from __future__ import annotations
 
@@ -33,26 +39,24 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ...cache import open_store
 from ...errors import UserError
 from ...progress import Hook, Progress, emit
 from ...result import StageResult
-from ..data.loader import make_loader
-from ..data.transforms import data_config
 from ..dist import Dist
 from ..metrics.scores import micro, predict
-from ..model.network import HeadOnly, build_model
+from ..model.network import HeadOnly
 from ..runs.checkpoint import (Counters, checkpoint_dict, load_checkpoint, restore, rng_state, save_checkpoint,
                                state_digest, trained_weights)
 from ..runs.folder import RunFolder, open_run, store_identity
 from ..score.scorer import predict_loader
 from .config import TrainConfig, check_same_settings
 from .guards import annotate, diverged, resume_settings, run_guard, watch_loss
-from .init import load_init
-from .inputs import TrainInputs, prepare_inputs, training_embeddings
-from .loss import Criterion
+from .inputs import TrainInputs
+from .lr_find import phase_rate
 from .optim import make_ema, make_optimizer
-from .retune import fit_thresholds
+from .recipe import Phase, enter, length, outcome, phases, rate_flag, record, start, stopped, train_mode
+from .retune import fit_thresholds, threshold_lines
+from .setup import phase_loaders, prepare
 
 log = logging.getLogger("wdr_pipe")
 
@@ -91,44 +95,20 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
     resuming = run.last.exists()
     device, main = dist.device, dist.main
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    if main:
+        log.info("%s", cfg.why)  # the recipe and the weights, and why
+    if cfg.compile:
+        _compiled(None, device)  # a compiler to compile with, before any work
+    store, inputs, model, init, dcfg, criterion = prepare(cfg, dist, resuming, progress)
+    plan = phases(cfg)
 
-    # -- the store: splits, label space, wide statistics, loss weights
-    store = open_store(cfg.store)
-    inputs = prepare_inputs(store, cfg, need_wide_stats=not resuming)
-
-    # -- the model and the loss
-    model = build_model(cfg.model_config(), len(inputs.label_ids), wide_dim=inputs.wide_dim,
-                        wide_mean=inputs.wide_mean, wide_std=inputs.wide_std, label_vectors=inputs.label_vectors)
-    init = load_init(model, cfg.init, inputs.label_ids) if cfg.init and not resuming else None
-    dcfg = data_config(model.backbone, **({"size": cfg.image_size} if cfg.image_size else {}))
-    model.to(device, memory_format=torch.channels_last)  # as the loader's images: 2x faster on CPU too
-    criterion = Criterion(cfg.loss, inputs.pos_weight).to(device)
-    # --deep fixed: the backbone's vectors from the store's cached embeddings (made first where missing)
-    inputs.embedding_key = dist.on_main(lambda: training_embeddings(store, cfg, model, dcfg, device, progress))
-
-    # -- the loaders: every rank its own equal share of each epoch, in an order drawn from the seed
-    loader_args = dict(feature_key=inputs.feature_key, embedding_key=inputs.embedding_key, config=dcfg,
-                       seed=cfg.seed, rank=dist.rank, world_size=dist.world, device=device,
-                       num_workers=cfg.loader_workers)
-    train_loader = make_loader(store, cfg.train_split, cfg.batch_size, train=True, drop_last=True,
-                               weighted=cfg.weighting == "sample", **loader_args)
-    val_loader = make_loader(store, cfg.val_split, cfg.batch_size, train=False, **loader_args)
-    batches = len(train_loader)
-    if batches == 0:
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {train_loader.dataset.layout.num_rows} "
-                        f"training images per process; lower --batch-size")
-    updates_per_epoch = math.ceil(batches / cfg.grad_accum)
-    steps = cfg.epochs * updates_per_epoch
-
-    # -- optimizer, schedule, EMA, compile, DDP (with cached embeddings, the model from its head on)
-    optimizer, scheduler = make_optimizer(cfg, model, updates_per_epoch)
-    ema = make_ema(cfg, model)
-    fwd = HeadOnly(model) if train_loader.deep_key == "embedding" else model
-    fwd = _compiled(fwd, device) if cfg.compile else fwd
-    if dist.world > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+    # -- the loaders of each phase: every rank its own equal share of each epoch, in an order drawn from the seed
+    loader_args = dict(feature_key=inputs.feature_key, config=dcfg, seed=cfg.seed, rank=dist.rank,
+                       world_size=dist.world, device=device, num_workers=cfg.loader_workers)
+    loaders = [phase_loaders(store, cfg, p, inputs, loader_args) for p in plan]
+    lengths = [length(p, math.ceil(len(tl) / cfg.grad_accum), tl.dataset.layout.num_rows)
+               for p, (tl, _) in zip(plan, loaders)]
+    steps = sum(n.steps for n in lengths)
 
     # -- the run folder: a new run writes its config; a resumed one restores its checkpoint
     identity = store_identity(store, [cfg.train_split, cfg.val_split], inputs.feature_key)
@@ -137,79 +117,113 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
         if run.is_run():
             run.check_store(identity)
         else:
-            run.write_config(_config_doc(cfg, inputs, model, dcfg, identity, init, dist.world))
-    if resuming:
-        c = restore(load_checkpoint(run.last), run.root, model=model, optimizer=optimizer, scheduler=scheduler,
-                    ema=ema, loader=train_loader, rank=dist.rank, world_size=dist.world)
-        log.info("%s: resumed at step %d of %d (epoch %d)", run.root, c.step, steps, c.epoch)
-    else:
-        c = Counters()
-        torch.manual_seed(cfg.seed + dist.rank)  # dropout differs between ranks
+            run.write_config(_config_doc(cfg, inputs, model, dcfg, identity, init, dist.world, plan, lengths,
+                                         loaders[-1][1].dataset.embedding_key, loaders[-1][0].dataset.layout.num_rows))
+    ckpt = load_checkpoint(run.last) if resuming else None
+    c = Counters()
+    started_at = last_saved = int(ckpt["step"]) if ckpt else 0
     if main:
-        run.truncate_metrics(c.step)
-    started_at = last_saved = c.step
-    writer = _tensorboard(run, c.step) if main else None
-    save = functools.partial(_save, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
-                             loader=train_loader, cfg=cfg, inputs=inputs, dist=dist, run=run)
-    validate = functools.partial(_validate, save=save, model=model, ema=ema, loader=val_loader, inputs=inputs, criterion=criterion, amp=amp, dist=dist,
-                                 optimizer=optimizer, updates_per_epoch=updates_per_epoch, run=run, writer=writer)
+        run.truncate_metrics(started_at)
+    writer = _tensorboard(run, started_at) if main else None
 
-    # -- the loop
+    # -- the phases, each from the best weights so far
     t_step = time.time()
-    c.meter["since"] = t_step
     try:
-        while c.epoch < cfg.epochs:
-            model.train()
-            first = (c.step - c.epoch * updates_per_epoch) * cfg.grad_accum  # batches of this epoch already done
-            loss_sum = torch.zeros((), device=device)
-            for i, batch in enumerate(train_loader, start=first):
-                group = min(cfg.grad_accum, batches - (i // cfg.grad_accum) * cfg.grad_accum)
-                stepping = (i + 1) % cfg.grad_accum == 0 or i + 1 == batches
-                labels = batch["labels"][:, inputs.columns] if inputs.columns is not None else batch["labels"]
-                sync = contextlib.nullcontext() if stepping or dist.world == 1 else fwd.no_sync()
-                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = fwd(batch[train_loader.deep_key], batch.get("wide"))
-                    loss = criterion(logits, labels, batch["weight"] if cfg.weighting == "loss" else None) / group
-                    loss.backward()
-                loss_sum += loss.detach()
-                n_images = len(batch["image_id"]) * dist.world
-                c.samples += n_images
-                c.meter["images"] += n_images
-                if not stepping:
-                    continue
-                value = dist.mean(loss_sum).item()  # one sync per step: a NaN stops the run right here
-                if not math.isfinite(value):
-                    raise diverged(c.step + 1, cfg, run, last_saved, f"the loss is {value}")
-                if cfg.clip_grad is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                c.step += 1
-                if scheduler is not None:
-                    scheduler.step_update(num_updates=c.step)
-                if ema is not None:
-                    ema.update(model, step=c.step)
-                c.meter["loss"] += value
-                c.meter["n"] += 1
-                watch_loss(c, value, optimizer.param_groups[0]["lr"])  # a loss grown 100x: a warning
-                loss_sum = torch.zeros((), device=device)
-                now = time.time()
-                emit(progress, Progress(stage="train", done=c.step, total=steps,
-                                        message=f"loss {value:.3f}, {n_images / max(1e-9, now - t_step):.0f} img/s"))
-                t_step = now
-                end_of_epoch = i + 1 == batches
-                if cfg.eval_every and c.step % cfg.eval_every == 0 and not end_of_epoch:
-                    validate(c, last_saved=last_saved)
-                    model.train()
-                if cfg.checkpoint_every and c.step % cfg.checkpoint_every == 0 and not end_of_epoch:
+        for k, (phase, (train_loader, val_loader), n) in enumerate(zip(plan, loaders, lengths)):
+            if ckpt is not None and k < ckpt.get("phase", 0):
+                continue
+            enter(model, phase)  # the backbone frozen or trained, as the phase says
+            if ckpt is None and k > 0:
+                model.load_state_dict(dist.broadcast(trained_weights(run.best).state if main else None))
+            phase = phase_rate(phase, model, lambda: phase_loaders(store, cfg, phase, inputs, loader_args,
+                                                                       0 if phase.embeddings else cfg.loader_workers)[0], inputs,
+                               criterion, cfg, dist, run, amp)  # --lr auto: the learning-rate finder's
+            optimizer, scheduler = make_optimizer(phase, model, n.updates_per_epoch, n.epochs)
+            ema = make_ema(cfg, model)
+            fwd = HeadOnly(model) if train_loader.deep_key == "embedding" else model
+            fwd = _compiled(fwd, device) if cfg.compile else fwd
+            if dist.world > 1:
+                fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda"
+                                                                else None)
+            save = functools.partial(_save, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
+                                     loader=train_loader, cfg=cfg, inputs=inputs, dist=dist, run=run, phase=phase)
+            if ckpt is not None:
+                c = restore(ckpt, run.root, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                            loader=train_loader, rank=dist.rank, world_size=dist.world)
+                ckpt = None
+                log.info("%s: resumed at step %d of %d (%s, epoch %d)", run.root, c.step, steps, phase.name, c.epoch)
+            else:
+                start(c, k)
+                torch.manual_seed(cfg.seed + dist.rank + k * dist.world)  # dropout differs between ranks
+                if k > 0:  # a run killed before this phase's first checkpoint starts it again from here
                     save(run.last, c, last_saved)
                     last_saved = c.step
-            c.epoch += 1
-            validate(c, last_saved=last_saved)
-            save(run.last, c, last_saved)
-            last_saved = c.step
+            log.info("phase %d of %d, %s: %d epochs of %d steps at lr %g (%s)", k + 1, len(plan), phase.name,
+                     n.epochs, n.updates_per_epoch, phase.lr, "cached embeddings" if train_loader.deep_key ==
+                     "embedding" else "images")
+            validate = functools.partial(_validate, save=save, model=model, ema=ema, loader=val_loader, inputs=inputs,
+                                         criterion=criterion, amp=amp, dist=dist, optimizer=optimizer,
+                                         updates_per_epoch=n.updates_per_epoch, run=run, writer=writer, phase=phase,
+                                         k=k)
+            batches = len(train_loader)
+            c.meter["since"] = t_step
+            while c.epoch < n.epochs and not stopped(c, phase):
+                train_mode(model, phase)
+                first = (c.step - c.phase_start - c.epoch * n.updates_per_epoch) * cfg.grad_accum  # done this epoch
+                loss_sum = torch.zeros((), device=device)
+                for i, batch in enumerate(train_loader, start=first):
+                    group = min(cfg.grad_accum, batches - (i // cfg.grad_accum) * cfg.grad_accum)
+                    stepping = (i + 1) % cfg.grad_accum == 0 or i + 1 == batches
+                    labels = batch["labels"][:, inputs.columns] if inputs.columns is not None else batch["labels"]
+                    sync = contextlib.nullcontext() if stepping or dist.world == 1 else fwd.no_sync()
+                    with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        logits = fwd(batch[train_loader.deep_key], batch.get("wide"))
+                        loss = criterion(logits, labels, batch["weight"] if cfg.weighting == "loss" else None) / group
+                        loss.backward()
+                    loss_sum += loss.detach()
+                    n_images = len(batch["image_id"]) * dist.world
+                    c.samples += n_images
+                    c.meter["images"] += n_images
+                    if not stepping:
+                        continue
+                    value = dist.mean(loss_sum).item()  # one sync per step: a NaN stops the run right here
+                    if not math.isfinite(value):
+                        raise diverged(c.step + 1, rate_flag(cfg, phase), run, last_saved, f"the loss is {value}")
+                    if cfg.clip_grad is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    c.step += 1
+                    if scheduler is not None:
+                        scheduler.step_update(num_updates=c.step - c.phase_start)
+                    if ema is not None:
+                        ema.update(model, step=c.step - c.phase_start)
+                    c.meter["loss"] += value
+                    c.meter["n"] += 1
+                    watch_loss(c, value, rate_flag(cfg, phase))  # a loss grown 100x: a warning
+                    loss_sum = torch.zeros((), device=device)
+                    now = time.time()
+                    emit(progress, Progress(stage="train", done=c.step, total=steps,
+                                            message=f"{phase.name}: loss {value:.3f}, "
+                                                    f"{n_images / max(1e-9, now - t_step):.0f} img/s"))
+                    t_step = now
+                    end_of_epoch = i + 1 == batches
+                    if n.eval_every and (c.step - c.phase_start) % n.eval_every == 0 and not end_of_epoch:
+                        validate(c, last_saved=last_saved)
+                        if stopped(c, phase):
+                            break  # early stop mid-epoch: no epoch-end validation
+                        train_mode(model, phase)
+                    if cfg.checkpoint_every and c.step % cfg.checkpoint_every == 0 and not end_of_epoch:
+                        save(run.last, c, last_saved)
+                        last_saved = c.step
+                else:
+                    c.epoch += 1
+                    validate(c, last_saved=last_saved)
+                save(run.last, c, last_saved)
+                last_saved = c.step
+            loaders[k] = (None, val_loader)  # its worker processes end
 
-        # -- the end: the best model predicts the validation split once, for per-label thresholds
+        # -- the end: the best model predicts the validation split once, for the thresholds
         dist.sync_buffers(model)
         digest = state_digest(model.state_dict())
         model.load_state_dict(dist.broadcast(trained_weights(run.best).state if main else None))
@@ -222,15 +236,19 @@ def _train(cfg: TrainConfig, dist: Dist, progress: Hook) -> StageResult:
     if writer is not None:
         writer.close()
     rows = run.read_metrics() if main else []
+    outcome_of = outcome(plan, rows, lengths, c.best_step) if main else {}
     result = StageResult(
         stage="train", key=cfg.key(), output=str(run.root), seconds=time.time() - t0, ran=c.step - started_at,
         reused=started_at, counts={"steps": c.step, "samples": c.samples,
                                    "skipped": sum(train_loader.skipped.values())},
-        details={"best_val_f1": c.best, "best_step": c.best_step, "epochs": cfg.epochs,
+        details={"best_val_f1": c.best, "best_step": c.best_step, "epochs": cfg.epochs, "recipe": cfg.recipe,
+                 **outcome_of,
                  "labels": len(inputs.label_ids), "val_images": int(scored.labels.shape[0]), **tuned,
                  "final_weights_digest": digest, "world_size": dist.world, "device": str(device),
                  "embedding_key": inputs.embedding_key,
-                 "images_per_s": rows[-1]["images_per_s"] if rows else None})
+                 "images_per_s": rows[-1]["images_per_s"] if rows else None},
+        summary=([f"recipe {cfg.recipe}; kept {outcome_of['why']}"] if "why" in outcome_of else [])
+        + (threshold_lines(tuned) if tuned else []))
     if main:
         run.write_result(annotate(result, run, c))
     dist.barrier()
@@ -247,12 +265,12 @@ def _run_state(run: RunFolder, cfg: TrainConfig) -> str:
 
 
 def _save(path, c: Counters, last_saved: int, full: bool = True, *, model, ema, optimizer, scheduler, loader,
-          cfg: TrainConfig, inputs: TrainInputs, dist: Dist, run: RunFolder) -> None:
+          cfg: TrainConfig, inputs: TrainInputs, dist: Dist, run: RunFolder, phase: Phase) -> None:
     """Write the checkpoint of this moment (every rank takes part: the RNG states are gathered)."""
     dist.sync_buffers(*[m for m in (model, ema) if m is not None])
     rngs = dist.gather(rng_state())
     if not bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()):
-        raise diverged(c.step, cfg, run, last_saved, "the weights hold NaN or inf")
+        raise diverged(c.step, rate_flag(cfg, phase), run, last_saved, "the weights hold NaN or inf")
     if dist.main:
         resume_with = dict(optimizer=optimizer, scheduler=scheduler, loader=loader, rngs=rngs) if full else {}
         save_checkpoint(path, checkpoint_dict(c, model=model, ema=ema, settings=cfg.settings(),
@@ -260,23 +278,27 @@ def _save(path, c: Counters, last_saved: int, full: bool = True, *, model, ema, 
 
 
 def _validate(c: Counters, last_saved: int, *, save, model, ema, loader, inputs: TrainInputs, criterion, amp: bool,
-              dist: Dist, optimizer, updates_per_epoch: int, run: RunFolder, writer) -> Dict[str, Any]:
+              dist: Dist, optimizer, updates_per_epoch: int, run: RunFolder, writer, phase: Phase, k: int
+              ) -> Dict[str, Any]:
     """Score the validation split with the weights validation uses (the EMA's when kept), log the row
-    (``metrics.jsonl``, TensorBoard) and keep the best model."""
+    (``metrics.jsonl``, TensorBoard), keep the best model and count the phase's validations without a gain."""
     dist.sync_buffers(*[m for m in (model, ema) if m is not None])
     scored = predict_loader(ema.module if ema is not None else model, loader, columns=inputs.columns, amp=amp, criterion=criterion, dist=dist)
     val = {"loss": float(scored.loss.mean()), **micro(scored.labels.astype(bool), predict(scored.probs, 0.5))}
-    row = {"step": c.step, "epoch": round(c.step / updates_per_epoch, 4), "samples": c.samples,
-           "loss": c.meter["loss"] / max(1, c.meter["n"]), "lr": optimizer.param_groups[0]["lr"],
+    row = {"step": c.step, "phase": phase.name, "epoch": round((c.step - c.phase_start) / updates_per_epoch, 4),
+           "samples": c.samples,
+           "loss": c.meter["loss"] / max(1, c.meter["n"]), "lr": max(g["lr"] for g in optimizer.param_groups),
            "images_per_s": c.meter["images"] / max(1e-9, time.time() - c.meter["since"]),
            **{f"val_{k}": v for k, v in val.items()}}
     c.meter.update(loss=0.0, n=0, images=0, since=time.time())
     if dist.main:
         run.append_metrics(row)
         if writer is not None:  # flushed at once: a killed run keeps what it logged
-            for k in sorted(row.keys() - {"step"}):
-                writer.add_scalar(k, row[k], c.step)
+            for key in sorted(row.keys() - {"step", "phase"}):
+                writer.add_scalar(key, row[key], c.step)
+            writer.add_scalar("phase", k + 1, c.step)
             writer.flush()
+    record(c, row["val_f1"], phase)
     if row["val_f1"] > c.best:
         c.best, c.best_step = row["val_f1"], c.step
         save(run.best, c, last_saved, full=False)
@@ -285,7 +307,7 @@ def _validate(c: Counters, last_saved: int, *, save, model, ema, loader, inputs:
 
 def _compiled(module, device: torch.device):
     """``torch.compile(module)``; on the CPU, a ``UserError`` first if inductor has no C++ compiler to use
-    (it would fail at the first step, deep in a traceback)."""
+    (it would fail at the first step, deep in a traceback; ``module`` None: that check alone)."""
     if device.type == "cpu":
         from torch._inductor import cpp_builder
 
@@ -294,7 +316,7 @@ def _compiled(module, device: torch.device):
         except Exception as e:  # InvalidCxxCompiler
             raise UserError(f"--compile: {str(e).splitlines()[0]}; install a C++ compiler (g++ or clang++, "
                             f"or name one in CXX) or train without --compile") from None
-    return torch.compile(module)
+    return torch.compile(module) if module is not None else None
 
 
 def _tensorboard(run: RunFolder, step: int = 0):
@@ -307,14 +329,18 @@ def _tensorboard(run: RunFolder, step: int = 0):
     return SummaryWriter(str(run.tb), purge_step=step if step > 0 else None)
 
 
-def _config_doc(cfg: TrainConfig, inputs: TrainInputs, model, dcfg, identity, init, world: int) -> Dict[str, Any]:
-    """What ``RUN/config.json`` records besides its kind."""
+def _config_doc(cfg: TrainConfig, inputs: TrainInputs, model, dcfg, identity, init, world: int, plan, lengths,
+                scoring_key: Optional[str], train_images: int) -> Dict[str, Any]:
+    """What ``RUN/config.json`` records besides its kind (``embedding_key``: what the run is scored from, the last
+    phase's input; ``recipe``: each phase's settings and length)."""
     import timm
 
     from ... import __version__
 
     return {"settings": cfg.settings(), "key": cfg.key(), "store": identity, "feature_key": inputs.feature_key,
-            "embedding_key": inputs.embedding_key,
+            "embedding_key": scoring_key, "train_images": train_images,
+            "recipe": {"name": cfg.recipe, "why": cfg.why, "phases": [{**p.doc(), **dataclasses.asdict(n)}
+                                                                     for p, n in zip(plan, lengths)]},
             "labels": {"mode": cfg.labels, "ids": inputs.label_ids.tolist(), "of": inputs.space_size,
                        "train_positives": inputs.train_counts.tolist()},
             "backbone": {"name": cfg.backbone, "pretrained": cfg.pretrained, "weights": cfg.weights,
