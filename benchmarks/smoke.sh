@@ -22,5 +22,13 @@ run bench_predict --out "$out/predict" --test 32 --batch 16 --rounds 1
 run bench_saliency --images 2 --labels 2 --repeats 1
 run bench_browse --out "$out/browse" --images 2000 --rounds 2
 run ablation --out "$out/ablation" --train 64 --val 32 --stored 96 --size 64 --epochs 1 --batch 16
+run bench_recipe --out "$out/recipe" --sets demo,photos --demo 48,24 --photos 48,24 \
+    --rows default,single,oracle,oracle-wide,fastai --train-flags "--epochs 1 --image-size 64 --batch-size 16 --workers 0" \
+    --fastai-epochs 2 --fastai-batch 16 --oracle-c 1
+for exp in grid steps lastbatch lrfind thresholds; do   # on the photo store bench_recipe built (64 px embeddings)
+  run recipe_lab "$exp" --store "$out/recipe/photos/store" --size 64 --seeds 1 --epochs 2 --batch 16 --batches 16 --opts adamw \
+      --lrs 1e-2 --budgets 10,20 --fold-seeds 2
+done
+run finetune_lab --store "$out/recipe/photos/store" --size 64 --batch 16 --variants "one:lr=1e-3;epochs=1"
 [ -n "$keep" ] || rm -rf "$out"
 exit $status
