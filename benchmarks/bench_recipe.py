@@ -32,7 +32,7 @@ Rows (``--rows``), each trained from scratch in this invocation, on the same sto
 - ``fastai-lrfind``: the same with ``base_lr`` from its ``lr_find()`` (``valley``), as a fastai user does.
 
 Each row: validation micro-F1 at 0.5, tuned (per-label thresholds on the validation split, in sample,
-``wdr_pipe.wdr.thresholds.tune_thresholds`` for every row alike), out of fold (5-fold
+``wdr_pipe.wdr.metrics.thresholds.tune_thresholds`` for every row alike), out of fold (5-fold
 ``cross_validated_gain``: the honest figure of those thresholds) and wall time. Wall times are of the
 row's own work (a ``wdr-pipe`` row: the whole command, process start included; the oracle: the fits;
 fastai: learner, training and prediction); the store's one-off embedding (used by the oracle rows) is
@@ -78,7 +78,7 @@ def build_set(name: str, out: Path, sizes: Tuple[int, int]) -> Path:
         from photos import photo_store
 
         return photo_store(root, n_train, n_val)
-    from wdr_pipe.demo.store import generated_store
+    from stores import generated_store
 
     store = root / "store"
     if (store / "stats" / "train" / "config.json").exists():
@@ -102,7 +102,7 @@ def figures(y: np.ndarray, p: np.ndarray) -> Dict[str, float]:
     """micro-F1 at 0.5, tuned per label (in sample) and out of fold, as wdr-pipe's trainer computes them."""
     import logging
 
-    from wdr_pipe.wdr.thresholds import cross_validated_gain
+    from wdr_pipe.wdr.metrics.thresholds import cross_validated_gain
 
     logging.getLogger("wdr_pipe").setLevel(logging.WARNING)
     cv = cross_validated_gain(y, p, folds=min(5, len(y)), seed=0)
@@ -145,7 +145,7 @@ def run_train(store: Path, run: Path, flags: List[str]) -> dict:
 def run_figures(store: Path, run: Path) -> dict:
     """The three figures of a finished run, from its best checkpoint's validation predictions
     (``wdr-pipe evaluate`` writes them; not timed), computed as for every other row."""
-    from wdr_pipe.wdr.evalfiles import read_predictions
+    from wdr_pipe.wdr.runs.evalfiles import read_predictions
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cli("evaluate", "--store", str(store), "--run", str(run), "--split", "validation",
@@ -251,7 +251,7 @@ def fastai_row(store: Path, size: int, epochs: int, lrfind: bool, batch: int = 6
     from fastai.vision.all import (DataBlock, FuncSplitter, ImageBlock, MultiCategoryBlock, PILImage, Resize,
                                    aug_transforms, vision_learner)
 
-    from wdr_pipe.wdr.backbone import offline_weights_file
+    from wdr_pipe.wdr.model.backbone import offline_weights_file
 
     logging.getLogger("wdr_pipe").setLevel(logging.WARNING)
     train, val = store_items(store, "train"), store_items(store, "validation")
@@ -348,7 +348,7 @@ def main() -> None:
                     done.append(("single phase (today's defaults, explicit)", r))
                     print(f"{name} single: {r['f1']:.3f} / {r['tuned']:.3f} tuned, {r['wall']:.0f} s", flush=True)
         if size is None:
-            from wdr_pipe.wdr.embed import backbone_data_config
+            from wdr_pipe.wdr.embed.stage import backbone_data_config
             size = backbone_data_config("tf_efficientnet_lite0", None).size
         if "oracle" in rows or "oracle-wide" in rows:
             from recipe_lab import embedding_key

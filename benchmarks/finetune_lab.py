@@ -1,6 +1,6 @@
 """Phase 2 of LP-FT, what today's flags can't do: layer-wise rate decay and frozen BatchNorm, side by side.
 
-The model is ``tf_efficientnet_lite0`` with its ImageNet weights (``wdr_pipe.wdr.backbone.create_backbone``,
+The model is ``tf_efficientnet_lite0`` with its ImageNet weights (``wdr_pipe.wdr.model.backbone.create_backbone``,
 offline) and timm's own classifier as the head (``num_classes`` = the store's labels), so that timm's
 ``param_groups_layer_decay`` (through ``create_optimizer_v2(layer_decay=...)``) puts the head in the last,
 undecayed group. The head starts from phase 1: a linear probe trained on the store's cached embeddings
@@ -98,9 +98,9 @@ def finetune(store: Path, size: int, head, v: dict, seed: int, batch: int, worke
     import torch
 
     from recipe_lab import micro_f1
-    from wdr_pipe.wdr.backbone import create_backbone
-    from wdr_pipe.wdr.data import make_loader
-    from wdr_pipe.wdr.embed import backbone_data_config
+    from wdr_pipe.wdr.model.backbone import create_backbone
+    from wdr_pipe.wdr.data.loader import make_loader
+    from wdr_pipe.wdr.embed.stage import backbone_data_config
 
     torch.manual_seed(seed)
     n_labels = head.out_features
@@ -148,7 +148,7 @@ def finetune(store: Path, size: int, head, v: dict, seed: int, batch: int, worke
 
 
 def tuned(y, p) -> Dict[str, float]:
-    from wdr_pipe.wdr.thresholds import cross_validated_gain
+    from wdr_pipe.wdr.metrics.thresholds import cross_validated_gain
 
     cv = cross_validated_gain(y, p, folds=5, seed=0)
     return {"tuned": cv.f1_in_sample, "oof": cv.f1_out_of_fold}

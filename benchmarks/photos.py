@@ -42,7 +42,7 @@ views of photos it has seen, not new photos, and is higher than on unseen photos
 labels such as animal and food then have no validation positive (the figures of record
 use the region split).
 
-The store is built by the real stages, as the demo's is (``wdr_pipe.demo.store.build_store``:
+The store is built by the real stages, as the demo's is (``stores.build_store``:
 ``fetch`` over ``file://`` URLs from an FGVC5-style index and label map, ``features``,
 ``stats``).
 
@@ -269,7 +269,7 @@ def photo_store(out: Path, n_train: int = 224, n_val: int = 48, seed: int = 0, s
     features and stats stages at a ``size`` px shorter side; reused when complete. ``stages``: more of
     ``build_store``'s keywords."""
     from wdr_pipe.demo import synth
-    from wdr_pipe.demo.store import build_store
+    from stores import build_store
 
     out = Path(out)
     store = out / "store"

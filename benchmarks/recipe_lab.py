@@ -56,7 +56,7 @@ class Split:
 def embedding_key(store: Path, size: Optional[int], backbone: str = "tf_efficientnet_lite0") -> str:
     """The key of the store's embeddings of ``backbone`` (ImageNet weights) at ``size`` px, computed
     first by the real embed stage where missing."""
-    from wdr_pipe.wdr.embed import EmbedSpec, compute_embeddings
+    from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings
 
     res = compute_embeddings(store, EmbedSpec(backbone=backbone, pretrained=True, image_size=size),
                              ["train", "validation"])
@@ -347,7 +347,7 @@ def exp_lrfind(args, train: Split, val: Split) -> None:
 def threshold_rules(y: np.ndarray, p: np.ndarray, fold_seeds: int = 20, folds: int = 5) -> Dict[str, Tuple[float, float]]:
     """Out-of-fold micro-F1 (mean, sd over ``fold_seeds`` fold draws) of each rule: 0.5, one global threshold,
     per label with min positives 5 / 10 / 20 (labels under it on the global one); plus in-sample figures."""
-    from wdr_pipe.wdr.thresholds import cross_validated_gain, tune_thresholds
+    from wdr_pipe.wdr.metrics.thresholds import cross_validated_gain, tune_thresholds
 
     out: Dict[str, List[float]] = {"0.5": [], "global": []}
     for m in (3, 5, 10, 20):
