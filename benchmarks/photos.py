@@ -64,6 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from wdr_pipe.demo.synth import Record  # noqa: E402 (after the path)
+
 # (labelId, taskId, labelName, taskName)
 LABELS = [
     (1, 1, "person", "content"), (2, 1, "animal", "content"), (3, 1, "food", "content"),
@@ -199,11 +201,9 @@ def _draw_box(region: Tuple[int, int, int, int], shorter: int, rng: np.random.Ge
 
 
 @dataclass(frozen=True)
-class Crop:
-    split: str
-    image_id: str
-    labels: Tuple[int, ...]
-    path: str          # relative to the data folder: images/<split>/<id>.jpg
+class Crop(Record):
+    """A generated data set's record (split, image id, labels, path under the data folder) and where it was cut."""
+
     source: str
     box: Tuple[int, int, int, int]
     flipped: bool
@@ -268,7 +268,6 @@ def photo_store(out: Path, n_train: int = 224, n_val: int = 48, seed: int = 0, s
     """The store of the photo set under ``out/store`` (crops under ``out/data``), built by the real fetch,
     features and stats stages at a ``size`` px shorter side; reused when complete. ``stages``: more of
     ``build_store``'s keywords."""
-    from wdr_pipe.demo import synth
     from stores import build_store
 
     out = Path(out)
@@ -276,8 +275,7 @@ def photo_store(out: Path, n_train: int = 224, n_val: int = 48, seed: int = 0, s
     if (store / "stats" / "train" / "config.json").exists():
         return store
     crops = make_photos(out / "data", n_train, n_val, seed=seed, split=split)
-    records = [synth.Record(c.split, c.image_id, c.labels, c.path) for c in crops]
-    return build_store(store, out / "data", records, size=size, shard_size=max(n_train, n_val), **stages)
+    return build_store(store, out / "data", crops, size=size, shard_size=max(n_train, n_val), **stages)
 
 
 def describe(crops: Sequence[Crop]) -> str:

@@ -18,8 +18,9 @@ table and appends JSON lines to ``--log``):
   sizes, to see where it plateaus as a function of the data;
 - ``lastbatch``: drop the last partial batch (today), keep it, or fit the batch size so every
   batch is full;
-- ``lrfind``: the range test (exponentially growing rate, smoothed loss) and where its
-  suggestions (fastai's ``valley``, ``steep``, ``minimum``) land against the grid's best rate;
+- ``lrfind``: wdr-pipe's range test (``wdr-pipe lr-find``: exponentially growing rate, smoothed loss)
+  and where its suggestion and fastai's suggestion functions (``valley``, ``steep``, ``minimum``) on
+  the same curve land against the grid's best rate;
 - ``thresholds``: per-label thresholds (min positives 5 / 10 / 20) against one global
   threshold and 0.5, by out-of-fold micro-F1 (``cross_validated_gain``, repeated fold draws);
 - ``check``: the same setting trained by ``wdr-pipe train --deep fixed`` and by ``probe()``.
@@ -31,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -265,44 +267,6 @@ def exp_lastbatch(args, train: Split, val: Split) -> None:
 
 
 # -- the learning-rate range test ----------------------------------------------------------------------------
-def range_test(train: Split, start: float = 1e-7, end: float = 10.0, num_it: int = 100, batch: int = 64,
-               opt: str = "nadam", wd: float = 0.0, beta: float = 0.98, seed: int = 0, stop_div: bool = True):
-    """fastai's ``lr_find`` on the vectors: the rate grows exponentially from ``start`` to ``end`` over
-    ``num_it`` updates of a fresh head; the loss is smoothed (exponential moving average with bias correction,
-    ``beta``) and the test stops once it exceeds 4x its minimum. Returns (lrs, smoothed losses)."""
-    import timm.optim
-    import torch
-
-    torch.manual_seed(seed)
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y.astype(np.float32))
-    head = torch.nn.Linear(x.shape[1], y.shape[1])
-    opt_ = timm.optim.create_optimizer_v2(head, opt=opt, lr=start, weight_decay=wd)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(seed)
-    lrs, losses, avg, best = [], [], 0.0, float("inf")
-    order, pos = torch.randperm(len(x), generator=gen), 0
-    for i in range(num_it):
-        lr = start * (end / start) ** (i / (num_it - 1))
-        for g in opt_.param_groups:
-            g["lr"] = lr
-        if pos + batch > len(x):
-            order, pos = torch.randperm(len(x), generator=gen), 0
-        idx = order[pos:pos + batch]
-        pos += batch
-        loss = loss_fn(head(x[idx]), y[idx])
-        opt_.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_.step()
-        avg = beta * avg + (1 - beta) * float(loss.detach())
-        smooth = avg / (1 - beta ** (i + 1))
-        lrs.append(lr)
-        losses.append(smooth)
-        best = min(best, smooth)
-        if stop_div and (smooth > 4 * best or not math.isfinite(smooth)):
-            break
-    return np.asarray(lrs), np.asarray(losses)
-
-
 def suggestions(lrs: np.ndarray, losses: np.ndarray, num_it: int) -> Dict[str, float]:
     """fastai's own suggestion functions (``fastai.callback.schedule``) on our curve; fastai drops the
     first 10 and last 5 points before suggesting, as its ``Recorder.plot_lr_find`` does."""
@@ -317,30 +281,32 @@ def suggestions(lrs: np.ndarray, losses: np.ndarray, num_it: int) -> Dict[str, f
 
 
 def exp_lrfind(args, train: Split, val: Split) -> None:
-    print("| seed | points | valley | steep | minimum / 10 | slide | seconds |\n|---:|---:|---:|---:|---:|---:|---:|")
+    """wdr-pipe's own range test (``lr_find``, the heads on the store's embeddings, ``--recipe fixed`` with this
+    lab's optimizer and batch), its suggestions beside fastai's suggestion functions on the same curve."""
+    import tempfile
+
+    from wdr_pipe.wdr.train.config import TrainConfig
+    from wdr_pipe.wdr.train.lr_find import lr_find
+
+    print("| seed | points | ours (steep) | valley | steep | minimum / 10 | slide | seconds |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in range(args.seeds):
-        t0 = time.perf_counter()
-        lrs, losses = range_test(train, num_it=args.num_it, batch=args.batch, opt=args.opt, wd=args.wd, seed=s)
-        sug = suggestions(lrs, losses, args.num_it)
-        secs = time.perf_counter() - t0
-        row = dict(exp="lrfind", data=args.name, seed=s, points=len(lrs), seconds=secs, **sug,
-                   lrs=lrs.tolist(), losses=losses.tolist())
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(store=str(args.store), out=tmp, recipe="fixed", optimizer=args.opt, batch_size=args.batch,
+                              weight_decay=args.wd, image_size=args.size, seed=s, loader_workers=0)
+            t0 = time.perf_counter()
+            lr_find(cfg)
+            secs = time.perf_counter() - t0
+            doc = json.loads((Path(tmp) / "lr_find.json").read_text())
+            if args.plot and s == 0:
+                shutil.copy(Path(tmp) / "lr_find.png", args.plot)
+        lrs, losses = np.asarray(doc["lr"]), np.asarray(doc["loss"])
+        sug = suggestions(lrs, losses, doc["range"]["num_it"])
+        row = dict(exp="lrfind", data=args.name, seed=s, points=len(lrs), seconds=secs, ours=doc["suggestion"],
+                   **sug, lrs=lrs.tolist(), losses=losses.tolist())
         log_line(args.log, row)
-        print(f"| {s} | {len(lrs)} | {sug['valley']:.2e} | {sug['steep']:.2e} | {sug['minimum']:.2e} | "
-              f"{sug['slide']:.2e} | {secs:.2f} |", flush=True)
-        if args.plot and s == 0:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(6, 4))
-            ax.plot(lrs, losses)
-            ax.set_xscale("log")
-            for name, c in (("valley", "C1"), ("steep", "C2"), ("minimum", "C3")):
-                ax.axvline(sug[name], color=c, ls="--", label=f"{name} {sug[name]:.1e}")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("smoothed loss")
-            ax.legend()
-            fig.savefig(args.plot, dpi=100, bbox_inches="tight")
+        print(f"| {s} | {len(lrs)} | {doc['suggestion']:.2e} | {sug['valley']:.2e} | {sug['steep']:.2e} | "
+              f"{sug['minimum']:.2e} | {sug['slide']:.2e} | {secs:.2f} |", flush=True)
 
 
 # -- thresholds ---------------------------------------------------------------------------------------------------
@@ -438,7 +404,6 @@ def main() -> None:
     ap.add_argument("--batches", default="64")
     ap.add_argument("--sizes", default="", help="steps: train subset sizes")
     ap.add_argument("--budgets", default="25,50,100,200,400,800,1600")
-    ap.add_argument("--num-it", type=int, default=100)
     ap.add_argument("--fold-seeds", type=int, default=20)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)

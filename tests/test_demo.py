@@ -22,9 +22,9 @@ def test_demo_end_to_end_then_rerun_reuses_everything(tmp_path):
     assert store.splits() == ["test", "train", "validation"] and len(store.features.keys()) == 1
     assert (store.label_stats_dir("train") / "sample_weights.parquet").exists()
     config = tomllib.loads((tmp_path / "d" / "demo.toml").read_text())  # the user can edit and rerun it
-    assert set(config["train"]) == {"deep_fixed", "deep_half", "deep_tune", "wdr", "wdr_weighted"}
+    assert set(config["train"]) == {"deep_fixed", "deep_half", "deep_tune", "wdr", "wdr_weighted", "wdr_lpft"}
     rows = [line for line in first.output.splitlines() if line.startswith(("| Deep", "| Ensembled"))]
-    assert len(rows) == 6 and all(0 <= float(cell) <= 1 for r in rows for cell in r.split("|")[2:4])
+    assert len(rows) == 7 and all(0 <= float(cell) <= 1 for r in rows for cell in r.split("|")[2:4])
     for name in [*config["train"], "ensemble"]:
         assert (tmp_path / "d" / "runs" / name / "result.json").exists()
     submission = (tmp_path / "d" / "submission.csv").read_text().splitlines()
@@ -35,5 +35,5 @@ def test_demo_end_to_end_then_rerun_reuses_everything(tmp_path):
     assert "38 ok, 0 failed; ran 0, reused 3" in again.output and "train: cached" in again.output
     stages = [line for line in again.output.splitlines()
               if re.match(r"(fetch|features|stats|train) [0-9a-f]{12}: ", line) and "; ran " in line]
-    assert len(stages) == 3 + 5 and all("; ran 0, reused" in line for line in stages)  # no data or training work
+    assert len(stages) == 3 + 6 and all("; ran 0, reused" in line for line in stages)  # no data or training work
     assert [line for line in again.output.splitlines() if line.startswith(("| Deep", "| Ensembled"))] == rows

@@ -25,7 +25,8 @@ from ..workflow.schema import toml_value
 # broken entries added to train.json: (fault kind served by serve.py, expected status)
 FAULTS = [("404", "not_found"), ("truncated", "decode_error"), ("html", "not_image")]
 
-# The ablation rows: (run name, the paper's row, train flags over COMMON).
+# The ablation rows: (run name, the paper's row, train flags over COMMON; the flags name the single phase's
+# shape, so each runs as the paper did, --recipe single).
 ROWS = [
     ("deep_fixed", "Deep (fixed all)", {"deep": "fixed", "lr": 3e-3, "epochs_factor": 2}),
     ("deep_half", "Deep (fixed half)", {"deep": "half"}),
@@ -33,6 +34,8 @@ ROWS = [
     ("wdr", "Deep + Wide + Recurrent", {"deep": "tune", "parts": "deep,wide,recurrent"}),
     ("wdr_weighted", "Deep + Wide + Recurrent, weighted", {"deep": "tune", "parts": "deep,wide,recurrent",
                                                            "weighting": "loss"}),
+    # not a paper row: wdr-pipe's default recipe (the heads on the embeddings, then the fine-tune)
+    ("wdr_lpft", "Deep + Wide + Recurrent, lp-ft recipe", {"recipe": "lp-ft", "parts": "deep,wide,recurrent"}),
 ]
 COMMON = {"backbone": "tf_efficientnet_lite0", "pretrained": True, "batch_size": 16, "lr": 1e-3,
           "thresholds": "tune"}
