@@ -27,7 +27,8 @@ Rows (``--rows``), each trained from scratch in this invocation, on the same sto
 - ``fastai``: fastai's ``vision_learner`` + ``fine_tune`` at its default rate (``base_lr`` 2e-3, one
   frozen epoch), the same stored images (decoded from the store's shards), the same ImageNet weights
   (the lite0 file wdr-pipe converts, handed to timm through ``pretrained_cfg_overlay``), the default
-  row's image size and as many epochs in all (``fine_tune(E - 1, freeze_epochs=1)``; ``--fastai-epochs``).
+  row's image size and as many epochs over the images in all (``fine_tune(E - 1, freeze_epochs=1)``, E the
+  default row's epochs, for lp-ft its fine-tune's plus one: ``image_epochs``; ``--fastai-epochs``).
   fastai's own data pipeline otherwise: ``Resize`` then ``aug_transforms()``, batch 64, its head.
 - ``fastai-lrfind``: the same with ``base_lr`` from its ``lr_find()`` (``valley``), as a fastai user does.
 
@@ -155,6 +156,15 @@ def run_figures(store: Path, run: Path) -> dict:
         raise SystemExit(f"wdr-pipe evaluate --run {run} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     scored, _ = read_predictions(run / "eval" / "validation" / "predictions.parquet")
     return figures(scored.labels, scored.probs)
+
+
+def image_epochs(run: dict) -> int:
+    """Epochs over the images of a ``run_train`` row, fastai's ``fine_tune(E - 1, freeze_epochs=1)`` at equal
+    work: its ``--epochs``; for lp-ft, its fine-tune's planned epochs plus one (the heads phase trains on the
+    embeddings, one pass over the images, as fastai's frozen epoch does)."""
+    if run["settings"].get("epochs"):
+        return int(run["settings"]["epochs"])
+    return int(run["details"]["fine-tune_epochs"]) + 1
 
 
 def single_flags(help_text: str) -> List[str]:
@@ -363,7 +373,7 @@ def main() -> None:
                     done.append(("linear-probe oracle" + (" + HOG + colour" if wide else ""), r))
                     print(f"{name} {r['command']}: {r['f1']:.3f} / {r['tuned']:.3f} tuned, {r['wall']:.0f} s",
                           flush=True)
-        epochs = args.fastai_epochs or (default["settings"]["epochs"] if default else SINGLE["epochs"])
+        epochs = args.fastai_epochs or (image_epochs(default) if default else SINGLE["epochs"])
         for key in ("fastai", "fastai-lrfind"):
             if key in rows:
                 r = fastai_row(store, size, epochs, lrfind=key == "fastai-lrfind", batch=args.fastai_batch)
