@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LOADER_BATCH = 64  # bench_loader.BATCH of both commits
 
 LOADER = """
 import json, sys
@@ -40,12 +41,15 @@ b.build(__import__("pathlib").Path({out!r}), {n})
 """
 
 
-def worktree(rev: str) -> Path:
+def resolve(rev: str) -> str:
     found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
                            capture_output=True, text=True)
     if found.returncode:
         raise SystemExit(f"compare_commits.py: {rev!r} is not a commit of {REPO}; pass a hash, tag or branch")
-    sha = found.stdout.strip()
+    return found.stdout.strip()
+
+
+def worktree(sha: str) -> Path:
     path = REPO / "bench-out" / "compare" / sha
     if not path.exists():
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), sha], check=True,
@@ -57,7 +61,7 @@ def run(src: Path, cmd: list, timeout: float) -> str:
     env = {**os.environ, "PYTHONPATH": str(src)}
     p = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=timeout)
     if p.returncode:
-        raise SystemExit(f"{src}: {' '.join(cmd[:3])} failed:\n{p.stderr[-2000:]}")
+        raise SystemExit(f"{src}: {' '.join(cmd[:3])} failed:\n{(p.stderr.strip() or p.stdout)[-2000:]}")
     return p.stdout
 
 
@@ -82,10 +86,15 @@ def main() -> None:
     ap.add_argument("--loader-images", type=int, default=3000)
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "compare")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # each side runs in its own worktree
     for name in ("rounds", "fetch_images", "loader_images"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
-    sides = {"old": worktree(args.old), "new": worktree(args.new) if args.new else REPO}
+    if args.loader_images <= 2 * LOADER_BATCH:
+        ap.error(f"--loader-images {args.loader_images}: use more than {2 * LOADER_BATCH} (bench_loader.py times "
+                 f"2 epochs of batches of {LOADER_BATCH} after their first 3)")
+    shas = {"old": resolve(args.old), "new": resolve(args.new) if args.new else None}
+    sides = {"old": worktree(shas["old"]), "new": worktree(shas["new"]) if args.new else REPO}
     # each side's loader build once, before the rounds: a side whose build does not accept the
     # other's store (an older hand-written one) rebuilds it here, so every round reads one store
     for src in (sides["old"], sides["new"]):
