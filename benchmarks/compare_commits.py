@@ -1,4 +1,4 @@
-"""The fetch, loader and training benchmarks of two commits, side by side in one run.
+"""The fetch, loader and training benchmarks (and the fast test lane) of two commits, side by side in one run.
 
 Each commit is checked out in its own worktree under ``bench-out/compare/``
 and run with the same interpreter, its own ``benchmarks/`` scripts and its
@@ -16,10 +16,11 @@ commit, their ratio and every round's figure.
   step), each commit with its own ``bench_train.build`` and ``config`` and then
   the same explicit single-phase settings (``PIN``: the newer trainer settles on
   ``--recipe single``, the older one has no other); both sides must end with
-  the same settings and steps, or the run stops.
+  the same settings and steps, or the run stops;
+- suite: wall time of ``pytest -m "not slow"`` (minutes a round; not a default).
 
     python benchmarks/compare_commits.py 0fd436a            # against this working tree
-    python benchmarks/compare_commits.py 0fd436a --rounds 3 --parts train --train-images 384
+    python benchmarks/compare_commits.py 0fd436a --rounds 3 --parts fetch,loader,train,suite
 """
 from __future__ import annotations
 
@@ -30,17 +31,19 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("fetch", "loader", "train")
+PARTS = ("fetch", "loader", "train", "suite")
 DEEP = ("tune", "fixed")
 LOADER_BATCH = 64  # bench_loader.BATCH of both commits
 # (part, metric, row label) in the table's order
 ROWS = (("fetch", "fetch_ips", "fetch, images/s"), ("fetch", "fetch_cpu_ms", "fetch, CPU ms/image"),
         ("loader", "loader_ips", "loader (ours), images/s"),
         ("train", "train_tune_ips", "train --deep tune, images/s"),
-        ("train", "train_fixed_ips", "train --deep fixed, images/s"))
+        ("train", "train_fixed_ips", "train --deep fixed, images/s"),
+        ("suite", "suite_s", 'suite -m "not slow", s'))
 # the training settings both sides run with, on top of their bench_train.config (a field a commit's
 # TrainConfig lacks is skipped: before recipes every run was single-phase, BatchNorm training, no patience);
 # pretrained: the ImageNet weights both commits ship offline (the older config defaulted to random ones)
@@ -159,6 +162,13 @@ def train_rates(src: Path, args) -> dict:
     return out
 
 
+def suite_time(src: Path) -> dict:
+    t0 = time.perf_counter()
+    text = run(src, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "tests"],
+               timeout=7200)
+    return {"suite_s": time.perf_counter() - t0, "suite_line": text.strip().splitlines()[-1]}
+
+
 def train_store(args) -> Path:
     return args.out / f"train-{args.train_images}"  # bench_train's build reuses whatever store is there
 
@@ -179,7 +189,9 @@ def line(part: str, r: dict) -> str:
         return f"fetch {r['fetch_ips']:.0f} img/s ({r['fetch_cpu_ms']:.2f} CPU ms/img)"
     if part == "loader":
         return f"loader {r['loader_ips']:.0f} img/s"
-    return "train " + ", ".join(f"{d} {r[f'train_{d}_ips']:.1f} img/s" for d in DEEP)
+    if part == "train":
+        return "train " + ", ".join(f"{d} {r[f'train_{d}_ips']:.1f} img/s" for d in DEEP)
+    return f"suite {r['suite_s']:.0f} s ({r['suite_line']})"
 
 
 def table(args, runs: list, parts: list) -> tuple:
@@ -251,6 +263,8 @@ def main() -> None:
                 r.update(loader_rate(src, args.loader_images, args.out / "loader"))
             if "train" in parts:
                 r.update(train_rates(src, args))
+            if "suite" in parts:
+                r.update(suite_time(src))
             r["load"] = os.getloadavg()[0]
             runs.append(r)
             (args.out / "results.json").write_text(json.dumps({"runs": runs, "old": args.old,
