@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import build_store
+from helpers import build_store
 from wdr_pipe.cache import Store, commit_path, store_info
 from wdr_pipe.cache.atomic import TMP_PREFIX
 from wdr_pipe.cli import cli

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from conftest import build_store
-from optionwalk import VALUES, error_line, problems, walk
+from helpers import build_store
+from optionwalk import VALUES, error_line, problems, range_tables, walk
 from wdr_pipe.demo import synth
 
 CASE_SECONDS = 60   # a refusal takes well under a second; a tiny run that works, one or two
@@ -124,7 +124,6 @@ def test_every_model_option_with_boundary_values_works_or_fails_fast_in_one_line
 
 def test_every_ranged_option_refuses_what_its_config_refuses():
     """The click type of each option is built from its config's ``Bound``: the same ends, open or closed."""
-    from test_options import range_tables
     from wdr_pipe.cli import cli
 
     for command, tables in range_tables().items():

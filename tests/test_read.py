@@ -12,31 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from wdr_pipe.cache import (Store, config_dict, failures_path, fixed_matrix, label_space, load_features, load_labels,
+from helpers import BROKEN, add_failures, break_image
+from wdr_pipe.cache import (Store, config_dict, fixed_matrix, label_space, load_features, load_labels,
                             load_split, open_store, commit_path, store_info)
 from wdr_pipe.cache.atomic import write_parquet_atomic
-from wdr_pipe.cache.schema import FAILURES, LABEL_MAP
+from wdr_pipe.cache.schema import LABEL_MAP
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.features import FEATURE_CODE_VERSION, FeatureConfig, compute_features
 
 SMALL = FeatureConfig(hog_size=16, bins=2)                  # hog 36, colour histogram 8
 HALF = FeatureConfig(hog_size=32, bins=2, dtype="float16")  # hog 324: a second config beside SMALL
-BROKEN = "3"  # its stored JPEG bytes are damaged in every split
-
-
-def break_image(root, image_id=BROKEN):
-    """Damage one image's bytes in the image shards (as a bad disk would; the fetch stores only what decodes)."""
-    store = Store(root)
-    for split in store.splits():
-        for shard in store.image_shards(split):
-            t = pq.read_table(shard)
-            ids = t.column("image_id").to_pylist()
-            if image_id in ids:
-                jpeg = t.column("jpeg").to_pylist()
-                jpeg[ids.index(image_id)] = b"not a jpeg at all"
-                col = t.schema.get_field_index("jpeg")
-                write_parquet_atomic(t.set_column(col, t.schema.field(col), pa.array(jpeg, pa.binary())), shard)
 
 
 def stage_rows(root, key, split):
@@ -199,17 +185,9 @@ def test_incompatible_store_refused_by_api_and_cli(image_store):
     assert res.exit_code == 1 and "not a wdr-pipe store" in res.output
 
 
-def _add_failures(root):
-    shard = Store(root).image_shards("train")[0]
-    t = pa.table({"image_id": ["900", "901", "902"], "url": ["http://x/900", "http://x/901", None],
-                  "status": ["http_404", "timeout", "http_404"], "error": ["404", "read timeout", None]},
-                 schema=FAILURES)
-    write_parquet_atomic(t, failures_path(shard))
-
-
 def test_store_info_counts_everything(feature_store):
     root, key = feature_store
-    _add_failures(root)
+    add_failures(root)
     info = store_info(root)
     assert info["schema_version"] == 1 and info["labels"] == len(label_space(root))
     tr = info["splits"]["train"]
@@ -227,7 +205,7 @@ def test_store_info_counts_everything(feature_store):
 
 def test_store_info_command_text_and_json(feature_store):
     root, key = feature_store
-    _add_failures(root)
+    add_failures(root)
     res = CliRunner().invoke(cli, ["store", "info", str(root)])
     assert res.exit_code == 0, res.output
     assert "schema version 1" in res.output and "http_404 2, timeout 1" in res.output

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-import wdr_pipe
 from click.testing import CliRunner
-from conftest import build_store
+from helpers import build_store, subprocess_env
 from wdr_pipe.cli import cli
 from wdr_pipe.cache import load_labels
 from wdr_pipe.errors import UserError
@@ -33,7 +32,6 @@ from wdr_pipe.wdr.train.loop import resume, train
 from wdr_pipe.wdr.train.config import TrainConfig, settings_diff
 from wdr_pipe.wdr.train.loss import Criterion
 
-REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 SMALL = dict(image_size=64, batch_size=16, loader_workers=0, checkpoint_every=0)
 
 
@@ -55,10 +53,6 @@ def learned(store, tmp_path_factory):
     cfg = cfg_for(store, tmp_path_factory.mktemp("runs") / "learned", pretrained=True, epochs=3, lr=1e-3)
     seen = []
     return cfg, train(cfg, progress=seen.append), seen
-
-
-def subprocess_env():
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def metrics(out):
