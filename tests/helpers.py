@@ -2,7 +2,9 @@
 
 - ``subprocess_env``: the environment of a subprocess that must import this checkout's ``wdr_pipe``.
 - Stores written by the real stages: ``build_store`` (``benchmarks/stores.py``: fetch over ``file://``
-  URLs, inline, then features and label statistics).
+  URLs, inline, then features and label statistics), ``drawn_store`` (a data set drawn for one module,
+  then ``build_store``), ``csv_store`` (records fetched from an index CSV, with labels the test
+  chooses and no label map).
 - Damage a store as a bad disk or a failed fetch would: ``break_image``, ``add_failures``.
 - The command line in this process: ``cli_run``, ``error_line``.
 - ``HOSTILE_LABELS`` and ``HOSTILE_IDS``: the names in ``conftest.shared``'s store.
@@ -15,12 +17,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import wdr_pipe
+from wdr_pipe.demo import synth
 
 REPO = Path(__file__).resolve().parents[1]  # this checkout: docs/, benchmarks/
 PACKAGE_PARENT = Path(wdr_pipe.__file__).resolve().parents[1]  # the folder of the wdr_pipe imported here
@@ -43,6 +46,38 @@ def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_s
     from stores import build_store as build
 
     return build(root, data_root, records, size=size, shard_size=shard_size, features=features, stats=stats)
+
+
+def drawn_store(root: Path, splits: Dict[str, int], *, seed: int, size_range: Tuple[int, int],
+                **build) -> Tuple[Path, list]:
+    """(store, records): ``splits[name]`` images drawn under ``root/data`` (one process), then
+    ``build_store`` into ``root/store`` with ``build``'s keywords (size, shard_size, features, stats)."""
+    records = synth.make_dataset(root / "data", splits, seed=seed, size_range=size_range, processes=1)
+    return build_store(root / "store", root / "data", records, **build), records
+
+
+def csv_index(path: Path, data_root: Path, records, labels: Optional[Sequence[Sequence[int]]] = None,
+              urls: Optional[Dict[str, str]] = None) -> Path:
+    """An index CSV (``image_id,url,labels``) of ``records``: the ``file://`` URL of each drawn image
+    (or ``urls[image_id]``) and its labels (or ``labels[i]`` for the i-th record). Returns ``path``."""
+    labels = [r.labels for r in records] if labels is None else labels
+    urls = urls or {}
+    path.write_text("image_id,url,labels\n" + "".join(
+        f"{r.image_id},{urls.get(r.image_id, (data_root / r.path).as_uri())},{' '.join(map(str, lab))}\n"
+        for r, lab in zip(records, labels)))
+    return path
+
+
+def csv_store(root: Path, data_root: Path, records, labels: Optional[Sequence[Sequence[int]]] = None, *,
+              size: int, shard_size: int, name: str = "store") -> Tuple[Path, Path]:
+    """(store, index): ``csv_index(root/train.csv, ...)`` fetched into ``root/name`` by the real fetch,
+    inline, without a label map (the label space is the labels' own)."""
+    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
+
+    index = csv_index(root / "train.csv", data_root, records, labels)
+    fetch(root / name, [index], FetchConfig(size=size), FetchOptions(shard_size=shard_size, threads=2),
+          scheduler="inline")
+    return root / name, index
 
 
 BROKEN = "3"  # the image break_image damages unless told another

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, subprocess_env
+from helpers import REPO, csv_store, subprocess_env
 from optionwalk import VALUES, error_line, problems, range_tables, walk
 from wdr_pipe.checks import bounds
 from wdr_pipe.errors import UserError
@@ -31,13 +31,9 @@ WALK_SECONDS = 540  # the whole walk, in one subprocess
 def walk_inputs(synth_data, tmp_path_factory):
     """(index CSV, a store with images of it) for the walk."""
     data_root, records = synth_data
-    root = tmp_path_factory.mktemp("walk")
     train = [r for r in records if r.split == "train"][:4]
-    index = root / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri()},{' '.join(map(str, r.labels))}\n" for r in train))
-    store = root / "template"
-    fetch(store, [index], FetchConfig(size=64), FetchOptions(shard_size=2, threads=2), scheduler="inline")
+    store, index = csv_store(tmp_path_factory.mktemp("walk"), data_root, train, size=64, shard_size=2,
+                             name="template")
     return index, store
 
 

@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from helpers import build_store
+from helpers import drawn_store
 from optionwalk import VALUES, error_line, problems, range_tables, walk
-from wdr_pipe.demo import synth
 
 CASE_SECONDS = 60   # a refusal takes well under a second; a tiny run that works, one or two
 COMPILE_SECONDS = 240  # train --compile: torch.compile's first build on the CPU, 40 s on a quiet machine
@@ -40,9 +39,8 @@ def model_inputs(tmp_path_factory):
     from wdr_pipe.wdr.train.config import TrainConfig
 
     root = tmp_path_factory.mktemp("walk-model")
-    records = synth.make_dataset(root / "data", {"train": 8, "validation": 8, "test": 4}, seed=0,
-                                 size_range=(64, 96), processes=1)
-    store = build_store(root / "store", root / "data", records, size=40, shard_size=8)
+    store, records = drawn_store(root, {"train": 8, "validation": 8, "test": 4}, seed=0, size_range=(64, 96),
+                                 size=40, shard_size=8)
     tiny = dict(backbone="test_efficientnet", epochs=1, batch_size=4, image_size=32, loader_workers=0, device="cpu",
                 checkpoint_every=0)
     runs = []

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from helpers import BROKEN, add_failures, break_image
+from helpers import BROKEN, add_failures, break_image, csv_index
 from wdr_pipe.cache import (Store, config_dict, fixed_matrix, label_space, load_features, load_labels,
                             load_split, open_store, commit_path, store_info)
 from wdr_pipe.cache.atomic import write_parquet_atomic
@@ -223,10 +223,7 @@ def test_store_info_tells_fetched_failed_and_not_yet_attempted_rows(synth_data, 
 
     data_root, records = synth_data
     train = [r for r in records if r.split == "train"][:40]
-    index = tmp_path / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri() if r.image_id != '3' else 'file:///nowhere/3.jpg'},"
-        f"{' '.join(map(str, r.labels))}\n" for r in train))
+    index = csv_index(tmp_path / "train.csv", data_root, train, urls={"3": "file:///nowhere/3.jpg"})
     root = tmp_path / "store"
     res = CliRunner().invoke(cli, ["fetch", str(index), "--store", str(root), "--limit", "10", "--shard-size", "4",
                                    "--size", "48", "--resize-mode", "center_crop", "--scheduler", "inline"])

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from helpers import subprocess_env
+from helpers import csv_store, subprocess_env
 from wdr_pipe.cache import (Store, cooccurrence_matrix, label_counts, label_embeddings, label_space, label_weights,
                             load_labels, sample_weights, commit_path)
 from wdr_pipe.cache import LABEL_STATS_TABLES
@@ -188,15 +188,9 @@ def test_stats_command(image_store):
 
 def _store_with_labels(synth_data, root, labels):
     """A store of len(labels) generated images fetched by file:// URL, image i labelled labels[i]."""
-    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-
     data_root, records = synth_data
     train = [r for r in records if r.split == "train"][:len(labels)]
-    index = root / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri()},{' '.join(map(str, lab))}\n" for r, lab in zip(train, labels)))
-    fetch(root / "store", [index], FetchConfig(size=48), FetchOptions(shard_size=4, threads=2), scheduler="inline")
-    return root / "store"
+    return csv_store(root, data_root, train, labels, size=48, shard_size=4)[0]
 
 
 def _limit_memory():

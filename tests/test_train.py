@@ -21,11 +21,10 @@ import pytest
 import torch
 
 from click.testing import CliRunner
-from helpers import build_store, subprocess_env
+from helpers import drawn_store, subprocess_env
 from wdr_pipe.cli import cli
 from wdr_pipe.cache import load_labels
 from wdr_pipe.errors import UserError
-from wdr_pipe.demo import synth
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
 from wdr_pipe.wdr.runs.folder import RunFolder
 from wdr_pipe.wdr.train.loop import resume, train
@@ -38,9 +37,7 @@ SMALL = dict(image_size=64, batch_size=16, loader_workers=0, checkpoint_every=0)
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-store")
-    records = synth.make_dataset(root / "data", {"train": 160, "validation": 60, "test": 8}, seed=1,
-                                 size_range=(200, 300), processes=1)
-    return build_store(root / "store", root / "data", records, size=96)
+    return drawn_store(root, {"train": 160, "validation": 60, "test": 8}, seed=1, size_range=(200, 300), size=96)[0]
 
 
 def cfg_for(store, out, **kw) -> TrainConfig:
