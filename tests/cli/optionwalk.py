@@ -1,4 +1,4 @@
-"""The option walk shared by tests/test_options.py (data commands) and tests/test_options_model.py.
+"""The option walk shared by tests/cli/test_options.py (data commands) and tests/cli/test_options_model.py.
 
 ``walk(spec, tmp_path)`` runs the real ``wdr-pipe`` command line in one bounded subprocess
 (``DRIVER``): for every option and argument of each base command line it tries every value of

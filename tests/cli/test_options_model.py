@@ -1,6 +1,6 @@
 """Every option of the model and dev commands, given a boundary value, works or fails fast with one line.
 
-The walk of tests/test_options.py (tests/optionwalk.py), over the commands after the store: for
+The walk of tests/cli/test_options.py (tests/cli/optionwalk.py), over the commands after the store: for
 every option and argument of ``train``, ``thresholds``, ``evaluate``, ``predict`` (a split and
 image files), ``ensemble``, ``compare``, ``report``, ``embed``, ``similar``, ``run``, ``synth``,
 ``serve`` and ``demo`` it tries 0, -1, a huge number, an empty string and nan, and switches each

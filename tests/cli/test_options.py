@@ -1,6 +1,6 @@
 """Every option of the data commands, given a boundary value, works or fails fast with one line.
 
-The walk (tests/optionwalk.py) runs the real ``wdr-pipe`` command line over real stores in a
+The walk (tests/cli/optionwalk.py) runs the real ``wdr-pipe`` command line over real stores in a
 bounded subprocess:
 for every option and argument of ``fetch``, ``features``, ``stats`` and ``store info`` it
 tries 0, -1, a huge number, an empty string and nan. Each run must end within a bound,

@@ -2,7 +2,7 @@
 
 - ``train --init`` from a run of another backbone loads no backbone tensor (BatchNorm's step counters and the
   head do not count) and is refused; ``train --resume RUN`` refuses the options that differ from the run's,
-  naming them (``--lr`` alone may change: tests/test_train.py runs the divergence advice's command).
+  naming them (``--lr`` alone may change: tests/wdr/train/test_train.py runs the divergence advice's command).
 - A loss that grows by orders of magnitude is a warning in the log and the result, exit 0.
 - Two ``train`` processes on one ``--out``: the second is one line naming the first's pid.
 - Two ``fetch`` processes of one index on one store, over the loopback server: the second is one line naming
