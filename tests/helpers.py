@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 import wdr_pipe
 from wdr_pipe.demo import synth
+from wdr_pipe.pipeline.configs import FeatureConfig
 
 REPO = Path(__file__).resolve().parents[1]  # this checkout: docs/, benchmarks/
 PACKAGE_PARENT = Path(wdr_pipe.__file__).resolve().parents[1]  # the folder of the wdr_pipe imported here
@@ -81,6 +82,8 @@ def csv_store(root: Path, data_root: Path, records, labels: Optional[Sequence[Se
 
 
 BROKEN = "3"  # the image break_image damages unless told another
+# the features of tests/cache/conftest.py's feature_store: hog 36, colour histogram 8
+SMALL_FEATURES = FeatureConfig(hog_size=16, bins=2)
 
 
 def break_image(root: Path, image_id: str = BROKEN, splits: Optional[Sequence[str]] = None) -> None:
