@@ -3,7 +3,7 @@
 The report's saliency grid: --images images x --labels labels each, on
 ``tf_efficientnet_lite0`` at 224 px with ``--deep fixed`` (the WDR paper's
 setting), Deep + Wide + Recurrent parts, on the CPU. Both compute the same
-maps (checked here and in tests/test_saliency.py); the package needs a
+maps (checked here and in tests/wdr/model/test_saliency.py); the package needs a
 one-tensor wrapper for the wide input and ``compute_input_gradient=True``
 for a frozen backbone (without it, it fails with no gradient). Prints the
 seconds per grid (best of --repeats) and the package's import time.

@@ -1,5 +1,5 @@
 """Stores written by the real stages from a generated data set, for the benchmarks and the tests
-(``tests/conftest.py`` imports it from here; it is not part of the package).
+(``tests/helpers.py`` imports it from here; it is not part of the package).
 
 ``build_store`` takes the records of a drawn data set (``synth.make_dataset``),
 writes its FGVC5 indexes with ``file://`` URLs to the drawn JPEG files, and runs

@@ -4,18 +4,16 @@
 ``image_store`` is a store whose ``images/`` shards hold that data set
 (train and validation, several shards each), written by the real fetch;
 ``wdr_store`` adds features and label statistics from the real stages.
+Builders and helpers that are not fixtures are in ``helpers.py``.
 """
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import HOSTILE_IDS, HOSTILE_LABELS, build_store
 from wdr_pipe.demo import synth
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # stores.py: stores from the real stages
 
 SPLITS = {"train": 48, "validation": 16, "test": 8}
 # Sides of the generated images: no larger than the tests need. The largest store size they fetch
@@ -57,15 +55,6 @@ def image_store(_image_store_template, tmp_path):
     return dst
 
 
-def build_store(root: Path, data_root: Path, records, *, size: int = 96, shard_size: int = 40,
-                features: bool = True, stats: bool = True) -> Path:
-    """A store written by the real stages (inline, no cluster): fetch over ``file://``
-    URLs, then features and label statistics (``benchmarks/stores.py``)."""
-    from stores import build_store as build
-
-    return build(root, data_root, records, size=size, shard_size=shard_size, features=features, stats=stats)
-
-
 @pytest.fixture(scope="session")
 def wdr_store(synth_data, tmp_path_factory):
     """A store with images, features and label statistics, built once by the real stages.
@@ -101,32 +90,6 @@ def tmpfs(tmp_path):
     yield mount
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def cli_run(*args):
-    """The real ``wdr-pipe`` command line, in this process."""
-    from click.testing import CliRunner
-
-    from wdr_pipe.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def error_line(res) -> str:
-    """A command's refusal: exit 1, one ``Error:`` line, the last one (log lines may come before), no traceback."""
-    lines = res.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("Error:")]
-    assert res.exit_code == 1 and errors == lines[-1:] and "Traceback" not in res.output, res.output
-    return errors[0]
-
-
-# -- a run folder and a store as a colleague might share them (tests/test_hostile.py, test_outputs.py) ---------
-# label names and image ids that are legal in a label map and an index, and that a careless tool would run as
-# mathtext, HTML, a spreadsheet formula or a path
-HOSTILE_LABELS = {1: "$\\frac{$", 2: "=cmd|' /C calc'!A0", 3: "<script>alert(1)</script>", 4: "+SUM(1)",
-                  5: "-2+3", 6: "@attack", 7: 'a,b "quoted"', 8: "- dash"}
-HOSTILE_IDS = ['=HYPERLINK("http://x.example","y")', "a,b", 'quo"te', "line\nbreak", "../../../escape", "-5",
-               "@sum"]
 
 
 @pytest.fixture(scope="session")

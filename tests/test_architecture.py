@@ -4,7 +4,7 @@ cli -> demo -> workflow -> stages (pipeline) and model (wdr) -> cache -> imaging
 the report (report) reads the model side's and the store's files; wdr uses pipeline's configs and pure kernels
 only. Inside wdr the rooms are stacked: metrics (numpy only) at the bottom; data, model and dist; runs;
 embed; score; train at the top, imported by nothing but cli and workflow. The page (browse) serves
-what the stages stored.
+what the stages stored. The tests are laid out as the package is.
 """
 import ast
 import importlib
@@ -14,6 +14,7 @@ from pathlib import Path
 import wdr_pipe
 
 ROOT = Path(wdr_pipe.__file__).parent
+TESTS = Path(__file__).resolve().parent  # laid out as ROOT is
 # what each top-level part may import from inside wdr_pipe
 ALLOWED = {
     "cli": {"cli", "checks", "demo", "workflow", "pipeline", "wdr", "report", "browse", "cache", "imaging", "errors", "progress",
@@ -259,3 +260,15 @@ def test_metrics_import_no_torch_and_nothing_of_wdr_but_themselves():
         bad += [f"{path.relative_to(ROOT.parent)}:{line} imports {t}" for t, line in internal_imports(name, path, tree)
                 if part(t) == "wdr" and wdr_room(t) != "metrics"]
     assert not bad, "metrics must stay numpy only:\n" + "\n".join(bad)
+
+
+def test_tests_mirror_the_package_and_their_module_names_are_unique():
+    """tests/ is laid out as wdr_pipe/ is: the tests of wdr_pipe/<room>/ are in tests/<room>/, so every folder
+    of tests/ that holds Python files is a folder of the package. tests/ has no __init__.py, so pytest imports
+    each test module by its base name: two with one name would not both import."""
+    folders = sorted({p.parent.relative_to(TESTS) for p in TESTS.rglob("*.py")})
+    strays = [f"tests/{f}/" for f in folders if not (ROOT / f / "__init__.py").is_file()]
+    assert not strays, f"test folders that are no folder of wdr_pipe/ (name one after the room it tests): {strays}"
+    names = [p.name for p in TESTS.rglob("*.py") if p.name != "conftest.py"]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f"test modules that share a name (rename one): {twice}"

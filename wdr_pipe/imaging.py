@@ -207,7 +207,7 @@ def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     DCT-scaled decode, e.g. 400x500 -> 299x374): a Gaussian pre-blur with
     sigma = 0.5 * sqrt(r^2 - 1) then OpenCV's cubic, 0.4 ms. Larger shrinks:
     Pillow's antialiased bicubic, 1.5-2 ms. Both stay >= 40 dB PSNR against a
-    full decode + Lanczos (tests/test_imageops.py).
+    full decode + Lanczos (tests/test_imaging.py).
     """
     if (arr.shape[1], arr.shape[0]) == (w, h):
         return arr

@@ -3,7 +3,7 @@ section, every command's ``--help`` (from click).
 
     python -m wdr_pipe.cli.helpdoc docs/cli.md     # rewrite both sections between their markers
 
-``tests/test_cli_help.py`` fails when the file is out of date.
+``tests/cli/test_cli_help.py`` fails when the file is out of date.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The option walk shared by tests/test_options.py (data commands) and tests/test_options_model.py.
+"""The option walk shared by tests/cli/test_options.py (data commands) and tests/cli/test_options_model.py.
 
 ``walk(spec, tmp_path)`` runs the real ``wdr-pipe`` command line in one bounded subprocess
 (``DRIVER``): for every option and argument of each base command line it tries every value of
@@ -24,19 +24,15 @@ A spec (JSON) holds:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Dict, List
 
-import wdr_pipe
+from helpers import subprocess_env
 
 VALUES = ["0", "-1", "9" * 24, "", "nan"]
-# the subprocesses import this checkout's wdr_pipe, whatever is installed
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
-                                                     os.environ.get("PYTHONPATH", "")])}
 
 DRIVER = textwrap.dedent('''
     import io, json, logging, os, shutil, signal, sys, time, traceback
@@ -146,7 +142,7 @@ def walk(spec: Dict, tmp_path: Path, timeout: float) -> List[Dict]:
     work = tmp_path / "cases"
     work.mkdir()
     (tmp_path / "walk.json").write_text(json.dumps({**spec, "work": str(work)}))
-    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(tmp_path / "walk.py"), str(tmp_path / "walk.json")],
                           capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,6 +172,22 @@ def problems(results: List[Dict], refuse_seconds: float = 20) -> List[str]:
         else:
             found.append(f"{what}: exit {r['code']}: {output[-600:]}")
     return found
+
+
+def range_tables() -> Dict[str, List[Dict]]:
+    """command -> the tables of ``Bound`` its options are checked with (data and model side)."""
+    from wdr_pipe.checks import bounds
+    from wdr_pipe.demo.demo import DemoSettings
+    from wdr_pipe.pipeline.configs import DownloadConfig, FeatureConfig, FetchConfig, FetchOptions, StatsConfig
+    from wdr_pipe.wdr import checks as m
+
+    return {"fetch": [bounds(FetchConfig), bounds(DownloadConfig), bounds(FetchOptions)],
+            "features": [bounds(FeatureConfig)], "stats": [bounds(StatsConfig)],
+            "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
+            "thresholds": [{"min_positives": m.MIN_POSITIVES, "loader_workers": m.LOADER_WORKERS}],
+            "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
+            "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
+            "similar": [{"k": m.K}], "demo": [bounds(DemoSettings)]}
 
 
 def error_line(result: Dict) -> str:

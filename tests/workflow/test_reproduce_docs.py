@@ -1,12 +1,12 @@
 """Every config block of docs/reproduce.md passes the checks of ``wdr-pipe run`` (keys and values)."""
 import re
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from wdr_pipe.workflow import load_config, make_plan
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
+DOC = REPO / "docs" / "reproduce.md"
 BLOCKS = re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S)
 
 

@@ -1,6 +1,6 @@
 """Every option of the model and dev commands, given a boundary value, works or fails fast with one line.
 
-The walk of tests/test_options.py (tests/optionwalk.py), over the commands after the store: for
+The walk of tests/cli/test_options.py (tests/cli/optionwalk.py), over the commands after the store: for
 every option and argument of ``train``, ``thresholds``, ``evaluate``, ``predict`` (a split and
 image files), ``ensemble``, ``compare``, ``report``, ``embed``, ``similar``, ``run``, ``synth``,
 ``serve`` and ``demo`` it tries 0, -1, a huge number, an empty string and nan, and switches each
@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from conftest import build_store
-from optionwalk import VALUES, error_line, problems, walk
-from wdr_pipe.demo import synth
+from helpers import drawn_store
+from optionwalk import VALUES, error_line, problems, range_tables, walk
 
 CASE_SECONDS = 60   # a refusal takes well under a second; a tiny run that works, one or two
 COMPILE_SECONDS = 240  # train --compile: torch.compile's first build on the CPU, 40 s on a quiet machine
@@ -40,9 +39,8 @@ def model_inputs(tmp_path_factory):
     from wdr_pipe.wdr.train.config import TrainConfig
 
     root = tmp_path_factory.mktemp("walk-model")
-    records = synth.make_dataset(root / "data", {"train": 8, "validation": 8, "test": 4}, seed=0,
-                                 size_range=(64, 96), processes=1)
-    store = build_store(root / "store", root / "data", records, size=40, shard_size=8)
+    store, records = drawn_store(root, {"train": 8, "validation": 8, "test": 4}, seed=0, size_range=(64, 96),
+                                 size=40, shard_size=8)
     tiny = dict(backbone="test_efficientnet", epochs=1, batch_size=4, image_size=32, loader_workers=0, device="cpu",
                 checkpoint_every=0)
     runs = []
@@ -124,7 +122,6 @@ def test_every_model_option_with_boundary_values_works_or_fails_fast_in_one_line
 
 def test_every_ranged_option_refuses_what_its_config_refuses():
     """The click type of each option is built from its config's ``Bound``: the same ends, open or closed."""
-    from test_options import range_tables
     from wdr_pipe.cli import cli
 
     for command, tables in range_tables().items():

@@ -28,7 +28,7 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import build_store
+from helpers import build_store
 from wdr_pipe.browse import Background, bind, create_app, open_answers
 from wdr_pipe.cache import Store, fetch_settings
 from wdr_pipe.cli import cli

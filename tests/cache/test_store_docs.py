@@ -1,14 +1,13 @@
 """docs/store.md: every table and column is documented, and every Python snippet runs on a real store."""
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from test_read import _add_failures
+from helpers import REPO, add_failures, break_image
 from wdr_pipe.cache import LABEL_STATS_TABLES, Store, cooccurrence_matrix, label_counts, load_features, load_labels, sample_weights
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import (COOCCURRENCE, FAILURES, IMAGES, INDEX, LABEL_COUNTS, LABEL_MAP, LABEL_WEIGHTS,
@@ -20,7 +19,7 @@ from wdr_pipe.pipeline.features import FeatureConfig, compute_features
 from wdr_pipe.wdr.embed.stage import EmbedSpec, compute_embeddings
 from wdr_pipe.wdr.embed.search import similar
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "store.md"
+DOC = REPO / "docs" / "store.md"
 STORE_LINE = 'STORE = Path("store")'
 
 
@@ -34,17 +33,6 @@ def snippets():
     return out
 
 
-def _break_image(store: Store, split: str, image_id: str) -> None:
-    """Replace one stored JPEG by bytes that do not decode (its shard stays committed)."""
-    for shard in store.image_shards(split):
-        t = pq.read_table(shard)
-        ids = t.column("image_id").to_pylist()
-        if image_id in ids:
-            jpegs = t.column("jpeg").to_pylist()
-            jpegs[ids.index(image_id)] = b"not a jpeg"
-            write_parquet_atomic(t.set_column(1, "jpeg", pa.array(jpegs, pa.binary())).cast(IMAGES), shard)
-
-
 @pytest.fixture(scope="module")
 def doc_store(_image_store_template, tmp_path_factory):
     """A copy of the test store plus a label map, real feature shards (one image that does
@@ -54,9 +42,9 @@ def doc_store(_image_store_template, tmp_path_factory):
     store = Store(image_store)
     lm = pa.Table.from_pylist([dict(zip(LABEL_MAP.names, row)) for row in synth.label_map()], schema=LABEL_MAP)
     write_parquet_atomic(lm, store.label_map_path)
-    _break_image(store, "train", "3")
+    break_image(image_store, "3", splits=["train"])
     compute_features(store, cfg=FeatureConfig(hog_size=32, bins=4), scheduler="inline")
-    _add_failures(image_store)
+    add_failures(image_store)
     stats.compute_stats(store, ["train"], cfg=stats.StatsConfig(epochs=100))
     compute_embeddings(store, EmbedSpec(pretrained=True, image_size=32), ["train"], device="cpu")
     return store

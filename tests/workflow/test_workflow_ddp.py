@@ -5,19 +5,17 @@ The images come from a loopback server that counts requests, so "fetched once" i
 requests per image, not a timing.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-import wdr_pipe
+from helpers import PACKAGE_PARENT, subprocess_env
 from wdr_pipe.demo import synth
 from wdr_pipe.demo.serve import ImageServer
 from wdr_pipe.wdr.runs.folder import RunFolder
 
-REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 SPLITS = {"train": 32, "validation": 16}
 TINY = 'epochs = 1\nbatch_size = 8\nimage_size = 64\nworkers = 0\nthresholds = "none"\n'
 HEADER = "step                  status    seconds  result"
@@ -45,11 +43,9 @@ def write(folder: Path, indexes, label_map) -> Path:
 
 
 def torchrun(*args, timeout=240):
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "wdr_pipe.cli", "run", *map(str, args)],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=timeout)
 
 
 def test_rank0_runs_the_data_steps_once_both_ranks_train_and_one_table_is_printed(served, tmp_path):
@@ -94,5 +90,5 @@ def test_a_failing_data_step_ends_every_rank_with_its_one_line_error(served, tmp
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 2 and errors[0] == errors[1] and "nope.json" in errors[0], out.stderr[-4000:]
-    assert f'File "{REPO / "wdr_pipe"}' not in out.stderr  # no rank's traceback, only torchrun's summary
+    assert f'File "{PACKAGE_PARENT / "wdr_pipe"}' not in out.stderr  # no rank's traceback, only torchrun's summary
     assert not (tmp_path / "runs").exists()

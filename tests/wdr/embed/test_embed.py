@@ -15,11 +15,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import build_store
+from helpers import drawn_store
 from wdr_pipe.cache import Store, commit_path, store_info
 from wdr_pipe.cache.atomic import TMP_PREFIX
 from wdr_pipe.cli import cli
-from wdr_pipe.demo import synth
 from wdr_pipe.errors import UserError
 from wdr_pipe.wdr import DataConfig, make_loader
 from wdr_pipe.wdr.model.backbone import create_backbone
@@ -241,10 +240,8 @@ def test_embedding_loader_resumes_mid_epoch_repeating_and_skipping_nothing(embed
 @pytest.fixture(scope="module")
 def search_store(tmp_path_factory):
     """(store, records, key): 160 generated garments stored at 64 px, embedded at 64 px."""
-    root = tmp_path_factory.mktemp("search")
-    records = synth.make_dataset(root / "data", {"train": 160, "validation": 4}, seed=5, size_range=(96, 128),
-                                 processes=1)
-    store = build_store(root / "store", root / "data", records, size=PX, shard_size=64, features=False, stats=False)
+    store, records = drawn_store(tmp_path_factory.mktemp("search"), {"train": 160, "validation": 4}, seed=5,
+                                 size_range=(96, 128), size=PX, shard_size=64, features=False, stats=False)
     return store, records, compute_embeddings(store, SPEC, device="cpu").key
 
 

@@ -1,6 +1,6 @@
 """Every option of the data commands, given a boundary value, works or fails fast with one line.
 
-The walk (tests/optionwalk.py) runs the real ``wdr-pipe`` command line over real stores in a
+The walk (tests/cli/optionwalk.py) runs the real ``wdr-pipe`` command line over real stores in a
 bounded subprocess:
 for every option and argument of ``fetch``, ``features``, ``stats`` and ``store info`` it
 tries 0, -1, a huge number, an empty string and nan. Each run must end within a bound,
@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from optionwalk import ENV, VALUES, error_line, problems, walk
+from helpers import REPO, csv_store, subprocess_env
+from optionwalk import VALUES, error_line, problems, range_tables, walk
 from wdr_pipe.checks import bounds
 from wdr_pipe.errors import UserError
 from wdr_pipe.pipeline.configs import DownloadConfig, FeatureConfig, FetchConfig, FetchOptions, StatsConfig
@@ -31,13 +31,9 @@ WALK_SECONDS = 540  # the whole walk, in one subprocess
 def walk_inputs(synth_data, tmp_path_factory):
     """(index CSV, a store with images of it) for the walk."""
     data_root, records = synth_data
-    root = tmp_path_factory.mktemp("walk")
     train = [r for r in records if r.split == "train"][:4]
-    index = root / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri()},{' '.join(map(str, r.labels))}\n" for r in train))
-    store = root / "template"
-    fetch(store, [index], FetchConfig(size=64), FetchOptions(shard_size=2, threads=2), scheduler="inline")
+    store, index = csv_store(tmp_path_factory.mktemp("walk"), data_root, train, size=64, shard_size=2,
+                             name="template")
     return index, store
 
 
@@ -87,7 +83,7 @@ def test_the_values_of_the_issue_fail_at_once_in_one_line(walk_inputs, tmp_path,
     index, store = walk_inputs
     args = [a.format(index=index, store=tmp_path / "s", template=store) for a in args]
     proc = subprocess.run([sys.executable, "-m", "wdr_pipe.cli", *args], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path, env=ENV)
+                          cwd=tmp_path, env=subprocess_env())
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert all(w in errors[0] for w in words), errors[0]
@@ -132,7 +128,7 @@ def test_library_checks_workers_and_scheduler_before_any_work(tmp_path):
 def documented_ranges():
     """``{(command, option): accepted}`` of docs/cli.md's table of ranges (a blank command cell: the row
     above's; a cell may name several commands)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     rows, commands = {}, []
     for line in text.splitlines():
         cells = [c.strip() for c in line.split("|")]
@@ -142,20 +138,6 @@ def documented_ranges():
         for command in commands:
             rows[(command, cells[2].strip("`"))] = cells[3]
     return text, rows
-
-
-def range_tables():
-    """command -> the tables of ``Bound`` its options are checked with (data and model side)."""
-    from wdr_pipe.demo.demo import DemoSettings
-    from wdr_pipe.wdr import checks as m
-
-    return {"fetch": [bounds(FetchConfig), bounds(DownloadConfig), bounds(FetchOptions)],
-            "features": [bounds(FeatureConfig)], "stats": [bounds(StatsConfig)],
-            "train": [m.MODEL_BOUNDS, m.TRAIN_BOUNDS, {"pos_weight": m.POS_WEIGHT}],
-            "thresholds": [{"min_positives": m.MIN_POSITIVES, "loader_workers": m.LOADER_WORKERS}],
-            "evaluate": [m.EVAL_BOUNDS], "predict": [m.PREDICT_BOUNDS, {"top": m.TOP}],
-            "ensemble": [m.ENSEMBLE_BOUNDS], "embed": [m.EMBED_BOUNDS, {"batch_size": m.EMBED_BATCH}],
-            "similar": [{"k": m.K}], "demo": [bounds(DemoSettings)]}
 
 
 def test_docs_cli_lists_every_range_as_the_code_has_it():

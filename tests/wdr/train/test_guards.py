@@ -2,7 +2,7 @@
 
 - ``train --init`` from a run of another backbone loads no backbone tensor (BatchNorm's step counters and the
   head do not count) and is refused; ``train --resume RUN`` refuses the options that differ from the run's,
-  naming them (``--lr`` alone may change: tests/test_train.py runs the divergence advice's command).
+  naming them (``--lr`` alone may change: tests/wdr/train/test_train.py runs the divergence advice's command).
 - A loss that grows by orders of magnitude is a warning in the log and the result, exit 0.
 - Two ``train`` processes on one ``--out``: the second is one line naming the first's pid.
 - Two ``fetch`` processes of one index on one store, over the loopback server: the second is one line naming
@@ -19,21 +19,18 @@ import time
 from pathlib import Path
 
 import pytest
-import wdr_pipe
-from conftest import cli_run, error_line
+from helpers import cli_run, error_line, subprocess_env
 from wdr_pipe.cache import Store
 from wdr_pipe.cache.lock import FileLock, Locked
 from wdr_pipe.demo.serve import ImageServer
 
-REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 SMALL = ["--image-size", "64", "--batch-size", "16", "--loader-workers", "0", "--checkpoint-every", "0"]
 
 
 
 
 def wdr_pipe_process(*args, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "wdr_pipe.cli", *map(str, args)], env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "wdr_pipe.cli", *map(str, args)], env=subprocess_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 

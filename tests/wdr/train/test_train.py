@@ -20,29 +20,24 @@ import numpy as np
 import pytest
 import torch
 
-import wdr_pipe
 from click.testing import CliRunner
-from conftest import build_store
+from helpers import drawn_store, subprocess_env
 from wdr_pipe.cli import cli
 from wdr_pipe.cache import load_labels
 from wdr_pipe.errors import UserError
-from wdr_pipe.demo import synth
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
 from wdr_pipe.wdr.runs.folder import RunFolder
 from wdr_pipe.wdr.train.loop import resume, train
 from wdr_pipe.wdr.train.config import TrainConfig, settings_diff
 from wdr_pipe.wdr.train.loss import Criterion
 
-REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 SMALL = dict(image_size=64, batch_size=16, loader_workers=0, checkpoint_every=0)
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-store")
-    records = synth.make_dataset(root / "data", {"train": 160, "validation": 60, "test": 8}, seed=1,
-                                 size_range=(200, 300), processes=1)
-    return build_store(root / "store", root / "data", records, size=96)
+    return drawn_store(root, {"train": 160, "validation": 60, "test": 8}, seed=1, size_range=(200, 300), size=96)[0]
 
 
 def cfg_for(store, out, **kw) -> TrainConfig:
@@ -55,10 +50,6 @@ def learned(store, tmp_path_factory):
     cfg = cfg_for(store, tmp_path_factory.mktemp("runs") / "learned", pretrained=True, epochs=3, lr=1e-3)
     seen = []
     return cfg, train(cfg, progress=seen.append), seen
-
-
-def subprocess_env():
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def metrics(out):

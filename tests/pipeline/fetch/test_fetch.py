@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import wdr_pipe
+from helpers import subprocess_env
 from wdr_pipe.cache import Store, commit_path
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
@@ -238,10 +238,6 @@ def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(server, tmp_pat
 
 # -- failures that are not an image's, exit codes, Ctrl-C, file modes -------------------
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
-                                                     os.environ.get("PYTHONPATH", "")])}
-
-
 def test_an_unexpected_error_fails_the_shard_instead_of_every_image(server, tmp_path, monkeypatch):
     index = write_csv(tmp_path / "train.csv", [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(1, 5)])
     monkeypatch.setenv("http_proxy", "ftp://proxy.invalid:21")  # a broken setup: urllib3 refuses that proxy
@@ -269,7 +265,7 @@ def test_a_bug_in_the_image_code_is_not_recorded_as_failed_images(server, tmp_pa
 
 def test_cli_unexpected_error_exits_4_with_one_line_and_the_log(server, tmp_path):
     index = write_csv(tmp_path / "train.csv", [(str(i), server.url(f"images/train/{i}.jpg"), [1]) for i in range(1, 4)])
-    env = {**ENV, "http_proxy": "ftp://proxy.invalid:21", "no_proxy": ""}  # a proxy setting urllib3 refuses
+    env = subprocess_env(http_proxy="ftp://proxy.invalid:21", no_proxy="")  # a proxy setting urllib3 refuses
     proc = subprocess.run([sys.executable, "-m", "wdr_pipe.cli", "fetch", str(index), "--store", str(tmp_path / "s"),
                            "--scheduler", "inline"], capture_output=True, text=True, timeout=120, env=env)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
@@ -299,7 +295,7 @@ def test_ctrl_c_ends_a_cluster_run_within_seconds_with_one_line_and_no_dask_nois
     index = write_csv(tmp_path / "train.csv", rows)
     proc = subprocess.Popen([sys.executable, "-m", "wdr_pipe.cli", "fetch", str(index), "--store", str(tmp_path / "s"),
                              "--shard-size", "3", "--workers", "2", "--threads", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=subprocess_env())
     deadline = time.monotonic() + 120
     drips = lambda: sum(n for path, n in server.hits.items() if path.startswith("/fault/drip/"))  # noqa: E731
     before = drips()

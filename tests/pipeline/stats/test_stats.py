@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import wdr_pipe
-
+from helpers import csv_store, subprocess_env
 from wdr_pipe.cache import (Store, cooccurrence_matrix, label_counts, label_embeddings, label_space, label_weights,
                             load_labels, sample_weights, commit_path)
 from wdr_pipe.cache import LABEL_STATS_TABLES
@@ -188,21 +186,11 @@ def test_stats_command(image_store):
 
 # -- label ids far apart, label 0, and a rerun that fails ----------------------------
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
-                                                     os.environ.get("PYTHONPATH", "")])}
-
-
 def _store_with_labels(synth_data, root, labels):
     """A store of len(labels) generated images fetched by file:// URL, image i labelled labels[i]."""
-    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-
     data_root, records = synth_data
     train = [r for r in records if r.split == "train"][:len(labels)]
-    index = root / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri()},{' '.join(map(str, lab))}\n" for r, lab in zip(train, labels)))
-    fetch(root / "store", [index], FetchConfig(size=48), FetchOptions(shard_size=4, threads=2), scheduler="inline")
-    return root / "store"
+    return csv_store(root, data_root, train, labels, size=48, shard_size=4)[0]
 
 
 def _limit_memory():
@@ -214,7 +202,7 @@ def _limit_memory():
 def test_a_far_label_id_without_a_label_map_needs_no_matrix_of_its_size(synth_data, tmp_path):
     store = _store_with_labels(synth_data, tmp_path, [[1, 5], [5, 99999], [1, 5, 99999], [5]])
     proc = subprocess.run([sys.executable, "-m", "wdr_pipe.cli", "stats", "--store", str(store), "--epochs", "50"],
-                          capture_output=True, text=True, timeout=300, env=ENV, preexec_fn=_limit_memory)
+                          capture_output=True, text=True, timeout=300, env=subprocess_env(), preexec_fn=_limit_memory)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "train: 4 images, 99999 labels" in proc.stdout
     labels, counts = label_counts(store, "train")

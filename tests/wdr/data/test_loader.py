@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from helpers import csv_store
 from wdr_pipe.cache import Store, load_features, load_labels, sample_weights, commit_path
 from wdr_pipe.cache.atomic import write_parquet_atomic
 from wdr_pipe.cache.schema import FAILURES
@@ -220,16 +221,10 @@ def weighted_store(synth_data, tmp_path):
     """The 48 train images fetched again, each with one label chosen so that the real stats stage, with
     alpha=0 (inverse label frequency), gives weights from 6.9 down to 0.4 (mean 1), none near a whole
     number, so no row's count is the same in every epoch. 7-row row groups, as ``store7``."""
-    from wdr_pipe.pipeline.fetch import FetchConfig, FetchOptions, fetch
-
     data_root, records = synth_data
     train = [r for r in records if r.split == "train"]
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(1, 8), PER_LABEL))
-    index = tmp_path / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri()},{lab}\n" for r, lab in zip(train, labels)))
-    root = tmp_path / "store"
-    fetch(root, [index], FetchConfig(size=64), FetchOptions(shard_size=20, threads=2), scheduler="inline")
+    root, _ = csv_store(tmp_path, data_root, train, [[lab] for lab in labels], size=64, shard_size=20)
     regroup(root)
     compute_stats(root, ["train"], cfg=StatsConfig(alpha=0.0, epochs=10))
     return root, {r.image_id: int(lab) for r, lab in zip(train, labels)}

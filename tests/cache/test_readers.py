@@ -1,42 +1,25 @@
-"""The store as a library (wdr_pipe.cache) and the `wdr-pipe store info` command.
+"""The store's readers as a library (wdr_pipe.cache): label space, labels, features, a split in three forms.
 
-Feature shards are the real features stage's, over image shards the real fetch wrote;
-one image's stored bytes are damaged first, so every split has a failed (null) row.
+Feature shards are the real features stage's, over image shards the real fetch wrote
+(``feature_store``, tests/cache/conftest.py); one image's stored bytes are damaged first, so every
+split has a failed (null) row.
 """
-import json
-import shutil
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from wdr_pipe.cache import (Store, config_dict, failures_path, fixed_matrix, label_space, load_features, load_labels,
-                            load_split, open_store, commit_path, store_info)
+from helpers import BROKEN
+from wdr_pipe.cache import (Store, fixed_matrix, label_space, load_features, load_labels, load_split, open_store,
+                            commit_path)
 from wdr_pipe.cache.atomic import write_parquet_atomic
-from wdr_pipe.cache.schema import FAILURES, LABEL_MAP
+from wdr_pipe.cache.schema import LABEL_MAP
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
-from wdr_pipe.pipeline.features import FEATURE_CODE_VERSION, FeatureConfig, compute_features
+from wdr_pipe.pipeline.features import FeatureConfig, compute_features
 
-SMALL = FeatureConfig(hog_size=16, bins=2)                  # hog 36, colour histogram 8
-HALF = FeatureConfig(hog_size=32, bins=2, dtype="float16")  # hog 324: a second config beside SMALL
-BROKEN = "3"  # its stored JPEG bytes are damaged in every split
-
-
-def break_image(root, image_id=BROKEN):
-    """Damage one image's bytes in the image shards (as a bad disk would; the fetch stores only what decodes)."""
-    store = Store(root)
-    for split in store.splits():
-        for shard in store.image_shards(split):
-            t = pq.read_table(shard)
-            ids = t.column("image_id").to_pylist()
-            if image_id in ids:
-                jpeg = t.column("jpeg").to_pylist()
-                jpeg[ids.index(image_id)] = b"not a jpeg at all"
-                col = t.schema.get_field_index("jpeg")
-                write_parquet_atomic(t.set_column(col, t.schema.field(col), pa.array(jpeg, pa.binary())), shard)
+HALF = FeatureConfig(hog_size=32, bins=2, dtype="float16")  # hog 324: a second config beside feature_store's
 
 
 def stage_rows(root, key, split):
@@ -47,23 +30,6 @@ def stage_rows(root, key, split):
         rows.update((i, (h, c, e)) for i, h, c, e in zip(*(t.column(n).to_pylist()
                                                             for n in ("image_id", "hog", "color_hist", "error"))))
     return rows
-
-
-@pytest.fixture(scope="module")
-def _feature_template(_image_store_template, tmp_path_factory):
-    root = tmp_path_factory.mktemp("read") / "store"
-    shutil.copytree(_image_store_template, root)
-    break_image(root)
-    compute_features(root, cfg=SMALL, scheduler="inline")
-    return root
-
-
-@pytest.fixture
-def feature_store(_feature_template, tmp_path):
-    """(a fresh copy of a store with SMALL features of every split, its feature key)."""
-    root = tmp_path / "store"
-    shutil.copytree(_feature_template, root)
-    return root, SMALL.key
 
 
 def _records(synth_data, split):
@@ -197,84 +163,3 @@ def test_incompatible_store_refused_by_api_and_cli(image_store):
     assert res.exit_code == 1 and "schema version 99" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["store", "info", str(image_store.parent)])
     assert res.exit_code == 1 and "not a wdr-pipe store" in res.output
-
-
-def _add_failures(root):
-    shard = Store(root).image_shards("train")[0]
-    t = pa.table({"image_id": ["900", "901", "902"], "url": ["http://x/900", "http://x/901", None],
-                  "status": ["http_404", "timeout", "http_404"], "error": ["404", "read timeout", None]},
-                 schema=FAILURES)
-    write_parquet_atomic(t, failures_path(shard))
-
-
-def test_store_info_counts_everything(feature_store):
-    root, key = feature_store
-    _add_failures(root)
-    info = store_info(root)
-    assert info["schema_version"] == 1 and info["labels"] == len(label_space(root))
-    tr = info["splits"]["train"]
-    assert (tr["index_rows"], tr["ok"], tr["failed"], tr["committed_shards"]) == (48, 48, 3, 3)
-    assert tr["failed_by_status"] == {"http_404": 2, "timeout": 1}
-    assert info["splits"]["test"]["ok"] == 8
-    (f,) = info["features"]
-    assert f["key"] == key and f["shards"] == {"test": 1, "train": 3, "validation": 1}
-    assert f["config"] == config_dict(SMALL) and f["bytes"] > 0
-    assert f["summary"] == ("FeatureConfig hist_dim=8 hog_dim=36 (background_max_s=0.1, background_min_v=0.9, bins=2, "
-                            "block=2, block_norm=L2-Hys, cell=8, color_space=HSV, dtype=float32, hog_size=16, "
-                            f"ignore_background=True, orientations=9, resize=area, version={FEATURE_CODE_VERSION})")
-    assert info["stats"] == {} and info["bytes"] > tr["bytes"] > 0
-
-
-def test_store_info_command_text_and_json(feature_store):
-    root, key = feature_store
-    _add_failures(root)
-    res = CliRunner().invoke(cli, ["store", "info", str(root)])
-    assert res.exit_code == 0, res.output
-    assert "schema version 1" in res.output and "http_404 2, timeout 1" in res.output
-    assert key in res.output and "label stats: none" in res.output
-    train_line = next(line for line in res.output.splitlines() if line.startswith("train"))
-    assert train_line.split()[:4] == ["train", "48", "48", "3"]
-    res = CliRunner().invoke(cli, ["store", "info", str(root), "--json"])
-    assert res.exit_code == 0
-    assert json.loads(res.output)["splits"]["validation"]["ok"] == 16
-
-
-def test_store_info_tells_fetched_failed_and_not_yet_attempted_rows(synth_data, tmp_path):
-    from wdr_pipe.pipeline.features import FeatureConfig, compute_features
-    from wdr_pipe.pipeline.stats import StatsConfig, compute_stats
-
-    data_root, records = synth_data
-    train = [r for r in records if r.split == "train"][:40]
-    index = tmp_path / "train.csv"
-    index.write_text("image_id,url,labels\n" + "".join(
-        f"{r.image_id},{(data_root / r.path).as_uri() if r.image_id != '3' else 'file:///nowhere/3.jpg'},"
-        f"{' '.join(map(str, r.labels))}\n" for r in train))
-    root = tmp_path / "store"
-    res = CliRunner().invoke(cli, ["fetch", str(index), "--store", str(root), "--limit", "10", "--shard-size", "4",
-                                   "--size", "48", "--resize-mode", "center_crop", "--scheduler", "inline"])
-    assert res.exit_code == 0, res.output
-    compute_features(root, cfg=FeatureConfig(hog_size=32, bins=3), scheduler="inline")
-    compute_stats(root, cfg=StatsConfig(epochs=5, dim=3))
-    info = store_info(root)
-    tr = info["splits"]["train"]
-    assert (tr["index_rows"], tr["ok"], tr["failed"], tr["not_attempted"]) == (40, 9, 1, 30)
-    assert (tr["committed_shards"], tr["shards"], tr["shard_size"]) == (3, 10, 4)
-    assert tr["image"] == "48x48 centre crop, JPEG q95" and tr["fetch_config"]["resize_mode"] == "center_crop"
-    (f,) = info["features"]
-    assert f["config"] == config_dict(FeatureConfig(hog_size=32, bins=3))
-    assert f["summary"].endswith(f"version={FeatureConfig().version})")  # whole, never cut
-    st = info["stats"]["train"]
-    assert st["config"] == config_dict(StatsConfig(epochs=5, dim=3)) and st["images"] == 9
-    res = CliRunner().invoke(cli, ["store", "info", str(root)])
-    assert res.exit_code == 0, res.output
-    lines = res.output.splitlines()
-    train_line = next(line for line in lines if line.startswith("train"))
-    assert train_line.split()[:6] == ["train", "40", "9", "1", "30", "3/10"] and "48x48 centre crop" in train_line
-    assert any("not yet: index rows no fetch has tried" in line for line in lines)
-    long = [line for line in lines if len(line) > 100 and str(root) not in line]  # paths are as long as they are
-    assert not long, long
-    text = " ".join(line.strip() for line in lines)
-    assert "background_min_v=0.9" in text and "version=" in text and "..." not in text
-    doc = json.loads(CliRunner().invoke(cli, ["store", "info", str(root), "--json"]).output)
-    assert doc["features"][0]["config"]["type"] == "FeatureConfig" and doc["stats"]["train"]["config"]["dim"] == 3
-    assert doc["splits"]["train"]["not_attempted"] == 30

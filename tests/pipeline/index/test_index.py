@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 
+from helpers import REPO
 from wdr_pipe.cache import Store
 from wdr_pipe.cache.schema import INDEX, LABEL_MAP
 from wdr_pipe.errors import UserError
@@ -363,9 +364,7 @@ def test_ingest_checks_labels_against_the_label_map(tmp_path):
 
 
 def test_docs_list_the_clothing_table():
-    from pathlib import Path
-
-    doc = (Path(__file__).parent.parent / "docs" / "inputs.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "inputs.md").read_text(encoding="utf-8")
     rows = [line.strip("| ").split(" | ") for line in doc.splitlines() if line.startswith("| ") and "`" in line
             and "=" in line]
     documented = [(int(lid), int(task), name.strip("`"), attr) for attr, _, lid, name, task in rows]

@@ -1,7 +1,7 @@
 """Exit codes, one rule for every command (issue 19 §7): a value given on the command line that its
 option refuses on its own exits 2, whether click finds it or the command's settings or config do;
 a value that does not fit the inputs (a split the store lacks) exits 1. docs/cli.md's table is
-generated from ``cli/common.EXIT_CODES`` (tests/test_cli_help.py checks it is current)."""
+generated from ``cli/common.EXIT_CODES`` (tests/cli/test_cli_help.py checks it is current)."""
 from __future__ import annotations
 
 import click

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import cli_run, error_line
+from helpers import cli_run, error_line
 from wdr_pipe.wdr.embed.stage import EmbedConfig
 from wdr_pipe.wdr.model.backbone import file_sha256
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint, state_digest

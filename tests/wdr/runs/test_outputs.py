@@ -19,7 +19,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from conftest import HOSTILE_IDS, HOSTILE_LABELS, cli_run, error_line
+from helpers import HOSTILE_IDS, HOSTILE_LABELS, cli_run, error_line
 from wdr_pipe.cache import index_ids
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
 from wdr_pipe.wdr.runs.evalfiles import read_cell, safe_cell

@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-import wdr_pipe
+from helpers import subprocess_env
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
 from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
@@ -26,13 +25,8 @@ from wdr_pipe.wdr.train.config import TrainConfig
 from wdr_pipe.wdr.train.loop import resume, train
 from wdr_pipe.wdr.train.recipe import fit_batch, phases
 
-REPO = Path(wdr_pipe.__file__).resolve().parents[1]
 # lp-ft kept short: phase 1 stops after 2 validations without a gain, phase 2 trains 1 epoch of 6 steps
 TINY = dict(image_size=64, batch_size=8, checkpoint_every=2, epochs=1, patience=2, recipe="lp-ft")
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 # -- which recipe a command means ---------------------------------------------------------------------
@@ -88,7 +82,7 @@ def start(args, what="train"):
     code = ("import json, sys; from wdr_pipe.wdr.train.loop import train, resume; from wdr_pipe.wdr.train.config "
             "import TrainConfig; " + ("train(TrainConfig(**json.loads(sys.argv[1])))" if what == "train" else
                                       "resume(sys.argv[1])"))
-    return subprocess.Popen([sys.executable, "-c", code, args], env=env(), start_new_session=True,
+    return subprocess.Popen([sys.executable, "-c", code, args], env=subprocess_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -153,7 +147,7 @@ def test_lp_ft_under_torchrun_two_processes_agree(copy_store, tmp_path):
                       "r = train(TrainConfig(**json.loads(sys.argv[1])))\n"
                       "open(os.path.join(sys.argv[2], 'rank%s.json' % os.environ['RANK']), 'w').write(json.dumps(r.to_dict()))\n")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), json.dumps(cfg.to_dict()), str(tmp_path)], env=env(), capture_output=True,
+                          str(script), json.dumps(cfg.to_dict()), str(tmp_path)], env=subprocess_env(), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))

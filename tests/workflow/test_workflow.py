@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import subprocess_env
 from wdr_pipe.cli import cli
 from wdr_pipe.errors import UserError
 from wdr_pipe.workflow import execute, load_config, make_plan
@@ -76,7 +77,6 @@ def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkp
     import sys
     import time
 
-    import wdr_pipe
     from wdr_pipe.wdr.runs.checkpoint import load_checkpoint
     from wdr_pipe.wdr.runs.folder import RunFolder
 
@@ -84,8 +84,7 @@ def test_a_killed_run_resumes_reusing_the_finished_steps_and_the_training_checkp
     cfg.write_text(f'store = "{copy_store}"\nruns = "runs"\nscheduler = "inline"\n\n[stats]\nepochs = 50\n\n'
                    '[train.tune]\npretrained = true\nepochs = 2\nbatch_size = 8\nimage_size = 64\nworkers = 0\n'
                    'checkpoint_every = 2\nthresholds = "none"\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(wdr_pipe.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "wdr_pipe.cli", "run", str(cfg), "--json"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
