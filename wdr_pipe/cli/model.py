@@ -69,8 +69,9 @@ HELP = {
     "batch_size": "Most images per step (per process); an epoch is cut into equal batches [default: single 64, "
                   "lp-ft and fixed 32].",
     "lr": "Learning rate of the recipe's last phase, or auto (the range test of lr-find) [default: single 3e-4, "
-          "lp-ft 1e-3, fixed 3e-2].",
-    "head_lr": "lp-ft: learning rate of phase 1, the heads on the cached embeddings, or auto [default: 3e-2].",
+          "lp-ft 1e-3, fixed 3e-2, or 3e-3 with wide or recurrent in --parts].",
+    "head_lr": "lp-ft: learning rate of phase 1, the heads on the cached embeddings, or auto [default: 3e-2; 3e-3 "
+               "with wide or recurrent in --parts].",
     "optimizer": "Any timm optimizer (nadam as in the paper, adamw, sgd...) [default: single nadam, else adamw].",
     "weight_decay": "Weight decay [default: lp-ft 0.01, else 0].",
     "sched": "Learning-rate schedule (timm), stepped per update [default: cosine].",

@@ -49,6 +49,9 @@ def test_flags_of_the_training_shape_mean_the_single_phase_and_the_recipe_takes_
     bare = TrainConfig(store="s", out="o", backbone="resnet18")
     assert bare.recipe == "single" and not bare.pretrained and "--weights FILE" in bare.why
     assert TrainConfig(store="s", out="o", lr="auto").recipe == "lp-ft"  # auto is the finder, not a shape
+    # the heads' rate: 3e-2 for the linear head alone, 3e-3 where Wide or Recurrent train too
+    wdr = TrainConfig(store="s", out="o", parts="deep,wide,recurrent")
+    assert (wdr.head_lr, TrainConfig(store="s", out="o", recipe="fixed", parts="deep,recurrent").lr) == (3e-3, 3e-3)
     assert TrainConfig(**{**default.to_dict()}).settings() == default.settings()  # settled values round-trip
     assert fit_batch(224, 64) == 56 and fit_batch(224, 32) == 32 and fit_batch(30, 64) == 30
 
