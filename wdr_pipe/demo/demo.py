@@ -35,7 +35,7 @@ ROWS = [
     ("wdr_weighted", "Deep + Wide + Recurrent, weighted", {"deep": "tune", "parts": "deep,wide,recurrent",
                                                            "weighting": "loss"}),
     # not a paper row: wdr-pipe's default recipe (the heads on the embeddings, then the fine-tune)
-    ("wdr_lpft", "Deep + Wide + Recurrent, lp-ft recipe", {"recipe": "lp-ft", "parts": "deep,wide,recurrent"}),
+    ("wdr_lpft", "Deep + Wide + Recurrent, lp-ft", {"recipe": "lp-ft", "parts": "deep,wide,recurrent"}),
 ]
 COMMON = {"backbone": "tf_efficientnet_lite0", "pretrained": True, "batch_size": 16, "lr": 1e-3,
           "thresholds": "tune"}

@@ -11,9 +11,9 @@ Suggestions, on the curve less its first tenth and last 5 points (as fastai):
 ``steep`` (where the smoothed loss falls fastest against log lr), ``valley``
 (fastai's default: the middle of the longest stretch of falling loss) and
 ``minimum`` (a tenth of the rate of the lowest loss). The one used is ``steep``:
-on the real-photo set and the demo's data the heads' best rate by grid search
-(3e-2, AdamW) is within a factor 3 of it, while ``valley`` lands 10-30x lower
-(benchmarks/recipe_lab.py ``lrfind``). Deterministic: the phase's seed draws the
+against the heads' fixed 3e-2 of the recipe it lands at 1.5e-2 on the real-photo set and 1.2e-1 on
+the demo's data, where ``valley`` lands at 1.6e-3 (docs/benchmarks.md; ``benchmarks/recipe_lab.py
+lrfind`` sets fastai's own suggestion functions beside ours on the same curve). Deterministic: the phase's seed draws the
 batches and the dropout; the weights, the random generators and the training
 loader are left as they were. Curve and suggestions go to ``NAME.json`` and
 ``NAME.png`` (matplotlib, Agg).
