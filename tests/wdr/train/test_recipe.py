@@ -172,6 +172,8 @@ def test_lr_find_on_the_cached_embeddings_is_deterministic_and_writes_its_curve(
     assert json.loads(runs[0].stdout)["details"]["suggestion"] == docs[0]["suggestion"]
     res = CliRunner().invoke(cli, ["lr-find", "--store", str(tmp_path), "--out", str(tmp_path / "c")])
     assert res.exit_code == 1 and "not a wdr-pipe store" in res.output and len(res.output.strip().splitlines()) == 1
+    inside = CliRunner().invoke(cli, ["lr-find", "--store", str(copy_store), "--out", str(copy_store / "lrf")])
+    assert inside.exit_code == 1 and "inside the store" in inside.output and not (copy_store / "lrf").exists()
 
 
 def test_lr_auto_trains_at_the_finders_rate_and_reuses_it_on_resume(copy_store, tmp_path):

@@ -160,9 +160,11 @@ def lr_find(cfg: TrainConfig, phase_name: Optional[str] = None, progress: Hook =
     cached embeddings, made first where missing) -> ``OUT/lr_find.json`` and ``OUT/lr_find.png``."""
     from ...errors import UserError
     from ..dist import Dist
+    from ..runs.outputs import check_run_out
     from .setup import phase_loaders, prepare
 
     t0 = time.time()
+    check_run_out(cfg.out)  # a folder of its own: not in a store or a run folder
     plan = phases(cfg)
     names = [p.name for p in plan]
     if phase_name is not None and phase_name not in names:
